@@ -1,0 +1,152 @@
+"""Transformer++ baseline: shapes, causality, cache decoding == forward, sliding-window cache."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import zoo
+from zoo.config import ModelConfig
+
+BASE = dict(vocab_size=61, d_model=32, num_layers=2, num_heads=4)
+
+
+def build(**kw):
+    return zoo.build_model(ModelConfig(**{**BASE, **kw}), rngs=nnx.Rngs(0))
+
+
+def tokens(batch=2, seq=19, seed=1):
+    return jax.random.randint(jax.random.key(seed), (batch, seq), 0, BASE["vocab_size"], jnp.int32)
+
+
+def decode_all(model, toks, prefill):
+    cache = model.init_cache(toks.shape[0], toks.shape[1])
+    logits, cache = model.extend(toks[:, :prefill], cache)
+    out = [logits]
+    for t in range(prefill, toks.shape[1]):
+        step_logits, cache = model.decode_step(toks[:, t:t + 1], cache)
+        out.append(step_logits)
+    return jnp.concatenate(out, axis=1)
+
+
+def test_forward_shape_and_dtype():
+    model = build()
+    logits = model(tokens())
+    assert logits.shape == (2, 19, BASE["vocab_size"]) and logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("kw", [{}, {"num_kv_heads": 2}, {"attn_conv_width": 4}, {"tie_embeddings": False},
+                                {"sliding_window": 5}, {"sliding_window": 5, "attn_conv_width": 3}])
+@pytest.mark.parametrize("prefill", [1, 7])
+def test_decode_matches_forward(kw, prefill):
+    model = build(**kw)
+    toks = tokens()
+    np.testing.assert_allclose(decode_all(model, toks, prefill), model(toks), atol=1e-5, rtol=1e-5)
+
+
+def test_sliding_window_cache_is_window_sized_and_exact():
+    model = build(sliding_window=4)
+    cache = model.init_cache(2, 1000)
+    assert cache[0].k.shape[1] == 4  # constant memory in context length
+    toks = tokens(seq=23)
+    np.testing.assert_allclose(decode_all(model, toks, 3), model(toks), atol=1e-5, rtol=1e-5)
+
+
+def test_sliding_window_limits_receptive_field():
+    model = build(sliding_window=3, num_layers=1)
+    toks = tokens(seq=12)
+    changed = toks.at[:, 2].set((toks[:, 2] + 1) % BASE["vocab_size"])
+    diff = jnp.abs(model(toks) - model(changed)).max(axis=(0, 2))
+    assert np.all(np.asarray(diff[:2]) == 0)  # causal
+    assert np.all(np.asarray(diff[2:5]) > 0)  # positions 2..4 see token 2
+    assert np.all(np.asarray(diff[5:]) == 0)  # one layer, window 3: no further
+
+
+def test_streaming_segments_match_one_call():
+    model = build(attn_conv_width=4)
+    toks = tokens(seq=30)
+    cache = model.init_cache(2, 30)
+    parts = []
+    for lo, hi in [(0, 11), (11, 12), (12, 30)]:
+        logits, cache = model.extend(toks[:, lo:hi], cache)
+        parts.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(parts, 1), model(toks), atol=1e-5, rtol=1e-5)
+
+
+def test_causal():
+    model = build(attn_conv_width=4)
+    toks = tokens()
+    changed = toks.at[:, 10].set((toks[:, 10] + 1) % BASE["vocab_size"])
+    a, b = model(toks), model(changed)
+    np.testing.assert_array_equal(a[:, :10], b[:, :10])
+    assert not np.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_segment_ids_equal_separate_sequences():
+    model = build(attn_conv_width=4)
+    toks = tokens(batch=1, seq=20)
+    seg = jnp.array([[1] * 8 + [2] * 12])
+    packed = model(toks, segment_ids=seg)
+    np.testing.assert_allclose(packed[:, :8], model(toks[:, :8]), atol=1e-5)
+    np.testing.assert_allclose(packed[:, 8:], model(toks[:, 8:]), atol=1e-5)
+
+
+def test_bf16_compute_close_to_fp32():
+    toks = tokens()
+    f32 = build()(toks)
+    bf16 = build(dtype="bfloat16")(toks)
+    assert bf16.dtype == jnp.float32
+    assert float(jnp.abs(f32 - bf16).max()) < 0.05
+
+
+def test_remat_same_gradients():
+    toks = tokens()
+
+    def grads(model):
+        graphdef, state = nnx.split(model)
+        return jax.grad(lambda s: nnx.merge(graphdef, s)(toks).sum())(state)
+
+    g1, g2 = grads(build()), grads(build(remat=True))
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_generate_greedy_matches_argmax_loop():
+    model = build()
+    prompt = tokens(seq=5)
+    out = zoo.generate(model, prompt, max_new_tokens=6)
+    assert out.shape == (2, 11)
+    seq = prompt
+    for _ in range(6):
+        nxt = jnp.argmax(model(seq)[:, -1], axis=-1)[:, None].astype(jnp.int32)
+        seq = jnp.concatenate([seq, nxt], axis=1)
+    np.testing.assert_array_equal(out, seq)
+
+
+def test_generate_sampling_and_errors():
+    model = build()
+    prompt = tokens(seq=3)
+    a = zoo.generate(model, prompt, 4, temperature=1.0, rng=jax.random.key(3))
+    b = zoo.generate(model, prompt, 4, temperature=1.0, rng=jax.random.key(3))
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="rng"):
+        zoo.generate(model, prompt, 4, temperature=1.0)
+    with pytest.raises(ValueError, match="prompt"):
+        zoo.generate(model, prompt[0], 4)
+
+
+def test_bad_inputs():
+    model = build()
+    with pytest.raises(ValueError, match=r"\[batch, seq\]"):
+        model(jnp.zeros((3,), jnp.int32))
+    with pytest.raises(ValueError, match="integer"):
+        model(jnp.zeros((1, 3), jnp.float32))
+    cache = model.init_cache(2, 8)
+    with pytest.raises(ValueError, match="one token"):
+        model.decode_step(tokens(seq=2), cache)
+
+
+def test_registry_lists_transformer():
+    info = zoo.registry.models()["transformer"]
+    assert info.family == "Transformer" and info.tiny_config.endswith(".yaml")

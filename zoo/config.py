@@ -1,0 +1,411 @@
+"""Experiment configuration: frozen dataclasses (the schema), YAML files (the values), overrides.
+
+    cfg = load_config("configs/quickstart.yaml", overrides=["train.steps=100"])
+
+Every section is a frozen dataclass; a YAML file gives values for some of their fields and the
+dataclass defaults fill the rest. Unknown keys, wrong types, values outside a field's allowed
+set and inconsistent combinations raise `ConfigError` before anything is built or compiled; the
+message names the key, what is allowed and, for a misspelt key, the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message says which key and how to fix it."""
+
+
+def _choices(*values: str) -> dict:
+    return {"choices": values}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network. `name` picks a builder from `zoo.registry`; the other fields are shared."""
+
+    name: str = "transformer"
+    vocab_size: int = 512
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 0  # 0 = num_heads (multi-head); fewer = grouped-query attention
+    head_dim: int = 0  # 0 = d_model // num_heads
+    mlp_dim: int = 0  # 0 = SwiGLU default: 8/3 * d_model rounded up to a multiple of 32
+    rope_theta: float = 10000.0
+    sliding_window: int = 0  # 0 = full causal attention; W > 0 = each token sees W tokens
+    attn_conv_width: int = 0  # 0 = off; K > 0 = causal depthwise conv on q/k/v inputs
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    dtype: str = dataclasses.field(default="float32", metadata=_choices("float32", "bfloat16"))
+    remat: bool = False  # recompute each block's activations in the backward pass
+
+
+@dataclasses.dataclass(frozen=True)
+class MQARConfig:
+    """Multi-query associative recall (Zoology semantics), see zoo.data.synthetic.mqar."""
+
+    num_pairs: int = 8  # key-value pairs written at the start of each sequence
+    key_vocab: int = 0  # 0 = half of the non-special vocabulary for keys, the rest for values
+    power_a: float = 0.01  # Zoology's power-law gap distribution between a key and its query
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where tokens come from and how they are packed into batches."""
+
+    source: str = dataclasses.field(
+        default="builtin", metadata=_choices("builtin", "files", "hf", "mqar")
+    )
+    paths: tuple[str, ...] = ()  # source=files: local .txt / .jsonl / .parquet files
+    text_field: str = "text"  # column holding the text in jsonl / parquet / hf rows
+    hf_name: str = ""  # source=hf: dataset name on the hub (streamed; needs network)
+    hf_config: str = ""
+    hf_split: str = "train"
+    max_documents: int = 0  # 0 = all documents of the source (files / hf: required for hf)
+    tokenizer: str = dataclasses.field(
+        default="sentencepiece", metadata=_choices("sentencepiece", "bytes")
+    )
+    tokenizer_path: str = ""  # an existing .model file instead of training one
+    seq_len: int = 128
+    batch_size: int = 16  # global batch (sequences per optimizer step, all devices together)
+    heldout_fraction: float = 0.05  # share of documents kept out of training for evaluation
+    seed: int = 0
+    mqar: MQARConfig = MQARConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = dataclasses.field(default="adamw", metadata=_choices("adamw"))
+    learning_rate: float = 3e-3
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # applied to matrices only, not to norms or biases
+    grad_clip: float = 1.0  # global-norm clipping; 0 = off
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    kind: str = dataclasses.field(default="cosine", metadata=_choices("cosine", "linear", "constant"))
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # final learning rate as a fraction of the peak
+    decay_steps: int = 0  # 0 = train.steps
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh sizes; exactly one axis may be -1 (all the devices the others leave)."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 200
+    keep: int = 3  # newest N checkpoints kept
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000
+    grad_accum: int = 1  # micro-batches per optimizer step; data.batch_size must divide by it
+    seed: int = 0
+    log_every: int = 20
+    eval_every: int = 0  # 0 = only at the end
+    progress_bar: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 16
+    max_batches: int = 20  # held-out batches for perplexity; 0 = the whole held-out split
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    mesh: MeshConfig = MeshConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from plain values, with messages that say what is wrong.
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks / converts a YAML (or override) value to the annotated field type."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        errors = []
+        for arm in typing.get_args(tp):
+            if arm is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, arm, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: None is not allowed")
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {_type_name(tp)} fields, got {value!r}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported field type {tp}")
+
+
+def _unknown_key_message(key: str, name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    hint = f" Did you mean '{key.rpartition('.')[0] + '.' if '.' in key else ''}{close[0]}'?" if close else ""
+    return f"unknown config key '{key}'.{hint} Valid keys here: {', '.join(sorted(valid))}."
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            raise ConfigError(_unknown_key_message(key, str(name), list(fields)))
+        coerced = _coerce(value, hints[name], key)
+        choices = fields[name].metadata.get("choices")
+        if choices and coerced not in choices:
+            close = difflib.get_close_matches(str(coerced), choices, n=1, cutoff=0.4)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"{key}: '{coerced}' is not allowed; choose one of {', '.join(choices)}.{hint}"
+            )
+        kwargs[name] = coerced
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain (YAML / JSON-ready) nested dict of a config dataclass."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return out
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[p] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(
+            f"override '{text}' has no '='; write it as section.field=value, e.g. train.steps=100"
+        )
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' names no key; write section.field=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (dict,)):
+        value = raw
+    return key, value
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks that a single field's type cannot express."""
+    from zoo import registry  # late: the registry imports the models
+
+    m, d, t = cfg.model, cfg.data, cfg.train
+    names = list(registry.models())
+    if m.name not in names:
+        close = difflib.get_close_matches(m.name, names, n=1, cutoff=0.4)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"model.name: unknown model '{m.name}'; registered: {', '.join(names)}.{hint}")
+
+    def positive(key: str, value: float) -> None:
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+
+    for key, value in [
+        ("model.vocab_size", m.vocab_size), ("model.d_model", m.d_model),
+        ("model.num_layers", m.num_layers), ("model.num_heads", m.num_heads),
+        ("data.seq_len", d.seq_len), ("data.batch_size", d.batch_size),
+        ("train.steps", t.steps), ("train.grad_accum", t.grad_accum),
+        ("train.log_every", t.log_every), ("checkpoint.every_steps", cfg.checkpoint.every_steps),
+        ("checkpoint.keep", cfg.checkpoint.keep), ("eval.batch_size", cfg.eval.batch_size),
+        ("optimizer.learning_rate", cfg.optimizer.learning_rate),
+    ]:
+        positive(key, value)
+    for key, value in [
+        ("model.num_kv_heads", m.num_kv_heads), ("model.head_dim", m.head_dim),
+        ("model.mlp_dim", m.mlp_dim), ("model.sliding_window", m.sliding_window),
+        ("model.attn_conv_width", m.attn_conv_width), ("schedule.warmup_steps", cfg.schedule.warmup_steps),
+        ("schedule.decay_steps", cfg.schedule.decay_steps), ("train.eval_every", t.eval_every),
+        ("eval.max_batches", cfg.eval.max_batches), ("optimizer.weight_decay", cfg.optimizer.weight_decay),
+        ("optimizer.grad_clip", cfg.optimizer.grad_clip),
+    ]:
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if m.head_dim == 0 and m.d_model % m.num_heads:
+        raise ConfigError(
+            f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}; "
+            "change one of them or set model.head_dim explicitly"
+        )
+    kv = m.num_kv_heads or m.num_heads
+    if m.num_heads % kv:
+        raise ConfigError(
+            f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads={kv}; "
+            "grouped-query attention needs num_heads = k * num_kv_heads"
+        )
+    if (m.head_dim or m.d_model // m.num_heads) % 2:
+        raise ConfigError("the attention head dimension must be even for rotary embeddings; "
+                          "change model.d_model / model.num_heads or model.head_dim")
+    if d.batch_size % t.grad_accum:
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} is not divisible by train.grad_accum={t.grad_accum}; "
+            "each micro-batch must hold the same number of sequences"
+        )
+    if not 0.0 <= d.heldout_fraction < 1.0:
+        raise ConfigError(f"data.heldout_fraction must be in [0, 1), got {d.heldout_fraction}")
+    if d.source == "files" and not d.paths:
+        raise ConfigError("data.source=files needs data.paths (a list of .txt/.jsonl/.parquet files)")
+    if d.source == "hf" and not d.hf_name:
+        raise ConfigError("data.source=hf needs data.hf_name (a dataset name on the hub)")
+    if d.source == "hf" and d.max_documents <= 0:
+        raise ConfigError("data.source=hf streams the dataset; set data.max_documents to how many "
+                          "documents to take (e.g. data.max_documents=100000)")
+    if d.tokenizer == "bytes" and d.source != "mqar" and m.vocab_size < 259:
+        raise ConfigError(f"data.tokenizer=bytes needs model.vocab_size >= 259 (256 bytes + pad/bos/eos), "
+                          f"got {m.vocab_size}")
+    if d.source == "mqar":
+        if d.seq_len < 4 * d.mqar.num_pairs:
+            raise ConfigError(
+                f"data.seq_len={d.seq_len} is too short for data.mqar.num_pairs={d.mqar.num_pairs}: "
+                "MQAR needs seq_len >= 4 * num_pairs"
+            )
+        if m.vocab_size < 4 * d.mqar.num_pairs + 1:
+            raise ConfigError(f"model.vocab_size={m.vocab_size} is too small for "
+                              f"data.mqar.num_pairs={d.mqar.num_pairs}; need >= 4 * num_pairs + 1")
+    if m.sliding_window and m.sliding_window < 1:
+        raise ConfigError("model.sliding_window must be 0 (off) or a positive window")
+    sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
+    if sum(1 for s in sizes if s == -1) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise ConfigError(f"mesh sizes (data, fsdp, tensor) = {tuple(sizes)}: each must be a positive "
+                          "size and at most one may be -1 (the rest of the devices)")
+    return cfg
+
+
+def from_dict(values: dict) -> Config:
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(values).__name__}")
+    return validate(_build(Config, values))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Reads a YAML config, applies `section.field=value` overrides, validates, returns `Config`."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist; pass a YAML file such as "
+                              "configs/quickstart.yaml")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from e
+        values = loaded or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+    for text in overrides:
+        key, value = _parse_override(text)
+        _set_path(values, key, value)
+    try:
+        return from_dict(values)
+    except ConfigError as e:
+        where = f" (in {path})" if path is not None else ""
+        raise ConfigError(f"{e}{where}") from None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Writes the resolved config as YAML (and reads back to the same Config)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_json(cfg: Config) -> str:
+    return json.dumps(to_dict(cfg), sort_keys=True)

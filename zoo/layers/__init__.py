@@ -1,0 +1,15 @@
+"""Shared building blocks: every model family composes these instead of re-writing them."""
+
+from zoo.layers.attention import Attention, KVCache
+from zoo.layers.conv import ShortConv
+from zoo.layers.embedding import Embedding
+from zoo.layers.linear import Projection
+from zoo.layers.mlp import SwiGLU, swiglu_hidden_dim
+from zoo.layers.norms import RMSNorm
+from zoo.layers.param import constant_param, normal_param
+from zoo.layers.rotary import apply_rotary
+
+__all__ = [
+    "Attention", "KVCache", "ShortConv", "Embedding", "Projection", "SwiGLU", "swiglu_hidden_dim",
+    "RMSNorm", "constant_param", "normal_param", "apply_rotary",
+]

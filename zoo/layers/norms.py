@@ -1,0 +1,23 @@
+"""RMSNorm (Zhang & Sennrich 2019), statistics in float32."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from zoo.layers.param import constant_param
+
+
+class RMSNorm(nnx.Module):
+    """y = x / sqrt(mean(x^2) + eps) * scale over the last dim `[..., dim]`."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6, dtype: jnp.dtype = jnp.float32,
+                 axis_name: str | None = "embed"):
+        self.eps, self.dtype = eps, dtype
+        self.scale = constant_param(jnp.ones((dim,)), (axis_name,))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale.value).astype(self.dtype)
