@@ -359,9 +359,14 @@ def validate(cfg: Config) -> Config:
                 f"data.seq_len={d.seq_len} is too short for data.mqar.num_pairs={d.mqar.num_pairs}: "
                 "MQAR needs seq_len >= 4 * num_pairs"
             )
-        if m.vocab_size < 4 * d.mqar.num_pairs + 1:
+        if m.vocab_size < 4 + 2 * d.mqar.num_pairs:
             raise ConfigError(f"model.vocab_size={m.vocab_size} is too small for "
-                              f"data.mqar.num_pairs={d.mqar.num_pairs}; need >= 4 * num_pairs + 1")
+                              f"data.mqar.num_pairs={d.mqar.num_pairs}: MQAR needs 4 special ids plus "
+                              "disjoint key and value ids, vocab_size >= 4 + 2 * num_pairs")
+        if d.mqar.key_vocab > m.vocab_size - 4 - d.mqar.num_pairs:
+            raise ConfigError(f"data.mqar.key_vocab={d.mqar.key_vocab} leaves fewer than num_pairs="
+                              f"{d.mqar.num_pairs} value ids in model.vocab_size={m.vocab_size}; lower it "
+                              "(0 = half of the ids)")
     if m.sliding_window and m.sliding_window < 1:
         raise ConfigError("model.sliding_window must be 0 (off) or a positive window")
     sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]

@@ -1,5 +1,6 @@
-"""Evaluation of trained models: perplexity now; long-context tasks plug in here."""
+"""Evaluation of trained models: perplexity now; long-context tasks plug into `run.TASKS`."""
 
 from zoo.evaluation.perplexity import evaluate_perplexity
+from zoo.evaluation.run import TASKS, format_table, parse_tasks, run
 
-__all__ = ["evaluate_perplexity"]
+__all__ = ["evaluate_perplexity", "TASKS", "format_table", "parse_tasks", "run"]

@@ -139,7 +139,7 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None,
 
     def evaluate() -> dict:
         batches = data.heldout_batches(cfg.eval.batch_size, cfg.eval.max_batches)
-        result = evaluate_perplexity(rt.eval_step, state.params, batches, mesh, cfg.eval.batch_size)
+        result = evaluate_perplexity(rt.eval_step, state.params, batches, lambda b: put_global_batch(b, mesh))
         logger.log({"step": step, "heldout_loss": result["loss"], "heldout_perplexity": result["perplexity"],
                     "heldout_accuracy": result["accuracy"], "heldout_tokens": result["tokens"]})
         return result

@@ -17,6 +17,7 @@ from zoo.training.state import TrainState
 
 @dataclasses.dataclass
 class RestoredRun:
+    workdir: Path
     cfg: Config
     runtime: Runtime
     state: TrainState
@@ -56,7 +57,7 @@ def restore_run(workdir: str | Path, step: int | None = None, devices: list | No
         state, meta = ckpt.restore(runtime.abstract_state(), step)
     finally:
         ckpt.close()
-    return RestoredRun(cfg, runtime, state, meta, int(jax.device_get(state.step)))
+    return RestoredRun(Path(workdir), cfg, runtime, state, meta, int(jax.device_get(state.step)))
 
 
 def load_checkpoint(workdir: str | Path, step: int | None = None) -> tuple[nnx.Module, Config]:

@@ -15,3 +15,8 @@ TINY = [
 def tiny_cfg():
     """A tiny byte-level Transformer config; extra overrides as arguments."""
     return lambda *extra: load_config(None, overrides=TINY + list(extra))
+
+
+@pytest.fixture
+def tiny_overrides():
+    return list(TINY)

@@ -1,0 +1,28 @@
+"""One process of the two-process training test (run by test_multihost.py, not by pytest)."""
+
+import json
+import os
+import sys
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+
+import jax  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def main():
+    port, process_id, workdir, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+    from zoo.config import load_config
+    from zoo.training import train
+
+    assert jax.device_count() == 4 and jax.local_device_count() == 2
+    result = train(load_config(None, overrides=overrides), workdir)
+    print("RESULT " + json.dumps({"process": process_id, "losses": result.losses, "step": result.step}), flush=True)
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()

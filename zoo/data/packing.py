@@ -1,0 +1,88 @@
+"""Document packing: tokenized documents -> fixed-length rows with segment ids and a loss mask.
+
+Semantics (what every consumer of a packed row may rely on):
+
+* Each document becomes `[bos] + tokens + [eos]`; the documents are concatenated, in order,
+  into one token stream S of length L.
+* Row r covers the stream window S[r*T : r*T + T + 1] (T = seq_len): `inputs[r] = S[rT : rT+T]`,
+  `targets[r] = S[rT+1 : rT+T+1]`. Consecutive rows overlap by one token (a row's last target
+  is the next row's first input), so every next-token pair of the stream is in exactly one row
+  and concatenating all rows' inputs gives back the stream. N = ceil((L - 1) / T) rows.
+* A document may run from one row into the next; in the next row it is a new segment.
+* `segment_ids[r, t]` numbers the documents of the *input* tokens within row r: 1, 2, 3...,
+  restarting at 1 in every row; 0 marks padding. Memory layers reset their state where the
+  segment id changes.
+* `loss_mask[r, t] = 1` iff target t belongs to the same document as input t: 0 on the
+  eos -> next bos transition and on padding (the transition bos -> first token and last token ->
+  eos are trained).
+* The stream is padded with pad id 0 up to N*T + 1 tokens; padded inputs have segment 0, padded
+  targets are 0 and masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from zoo.data.errors import DataError, check_positive_int
+
+PACKED_KEYS = ("inputs", "targets", "segment_ids", "loss_mask")
+
+
+def pack_documents(token_docs: Sequence[Sequence[int]], seq_len: int, bos_id: int,
+                   eos_id: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Packs tokenized documents into rows of `seq_len` next-token pairs (module docstring).
+
+    token_docs: D documents, each a sequence (list / 1-D array) of token ids without bos / eos.
+    Returns
+      inputs       int32   [N, seq_len]
+      targets      int32   [N, seq_len]   the input stream shifted left by one
+      segment_ids  int32   [N, seq_len]   1, 2, ... per document within a row; 0 = padding
+      loss_mask    float32 [N, seq_len]   1 where input and target are in the same document
+    """
+    seq_len = check_positive_int("seq_len", seq_len)
+    if len(token_docs) == 0:
+        raise DataError("no documents to pack; the data source or its tokenization gave nothing")
+    pieces = []
+    for doc in token_docs:
+        arr = np.asarray(doc, dtype=np.int64).reshape(-1)
+        pieces.append(np.concatenate([[bos_id], arr, [eos_id]]))
+    lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+    stream = np.concatenate(pieces)
+    doc_of = np.repeat(np.arange(len(pieces), dtype=np.int64), lengths)  # document of each token
+    if stream.min() < 0 or stream.max() > np.iinfo(np.int32).max:
+        raise DataError("token ids must be in [0, 2**31); the tokenizer produced ids outside it")
+
+    n_rows = -(-(len(stream) - 1) // seq_len)
+    total = n_rows * seq_len + 1
+    pad = total - len(stream)
+    stream = np.concatenate([stream, np.full(pad, pad_id, np.int64)])
+    doc_of = np.concatenate([doc_of, np.full(pad, -1, np.int64)])  # -1 = padding
+
+    body = n_rows * seq_len
+    in_doc = doc_of[:body].reshape(n_rows, seq_len)  # document of each input token
+    tgt_doc = doc_of[1:].reshape(n_rows, seq_len)  # ... and of each target token
+    # Every document holds >= 2 tokens and documents are consecutive in the stream, so within a
+    # row the document index minus the row's first document index counts segments from 0.
+    segment_ids = np.where(in_doc >= 0, in_doc - in_doc[:, :1] + 1, 0)
+    loss_mask = (in_doc >= 0) & (in_doc == tgt_doc)
+    return {
+        "inputs": stream[:body].reshape(n_rows, seq_len).astype(np.int32),
+        "targets": stream[1:].reshape(n_rows, seq_len).astype(np.int32),
+        "segment_ids": segment_ids.astype(np.int32),
+        "loss_mask": loss_mask.astype(np.float32),
+    }
+
+
+def num_rows(packed: dict[str, np.ndarray]) -> int:
+    """Rows of a packed dict, after checking it has the four keys with one shared [N, T] shape."""
+    missing = [k for k in PACKED_KEYS if k not in packed]
+    if missing:
+        raise DataError(f"packed data is missing {', '.join(missing)}; expected the keys "
+                        f"{', '.join(PACKED_KEYS)} as returned by pack_documents")
+    shapes = {k: np.shape(packed[k]) for k in PACKED_KEYS}
+    first = shapes["inputs"]
+    if len(first) != 2 or any(s != first for s in shapes.values()):
+        raise DataError(f"packed arrays must all be [rows, seq_len]; got shapes {shapes}")
+    return first[0]

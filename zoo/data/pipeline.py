@@ -1,0 +1,158 @@
+"""`make_data(cfg)`: config -> tokenizer + training iterator + held-out batches.
+
+Text sources (builtin | files | hf):
+    documents -> split by document (data.heldout_fraction, data.seed)
+    -> tokenizer built on the *training* documents only (bytes, data.tokenizer_path, or a
+       SentencePiece model of exactly model.vocab_size ids, trained once and cached)
+    -> [bos] doc [eos] packed into rows of data.seq_len (zoo.data.packing)
+    -> BatchIterator(batch_size=data.batch_size, seed=data.seed), reshuffled every epoch.
+MQAR (source=mqar): batches generated on the fly by `zoo.data.synthetic.mqar_batch`
+(vocabulary = model.vocab_size), held-out batches from a separate seed stream.
+
+Every process of a multi-host job calls `make_data` with the same config and gets the same
+global batches; the training loop slices them per device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zoo.data.cache import default_cache_dir
+from zoo.data.errors import DataError, check_positive_int
+from zoo.data.iterator import Batch, BatchIterator, GeneratorBatchIterator
+from zoo.data.packing import PACKED_KEYS, pack_documents
+from zoo.data.sources import load_documents, split_documents
+from zoo.data.synthetic.mqar import MQAR_VERSION, mqar_batch, validate_mqar
+from zoo.data.tokenizers import ByteTokenizer, Tokenizer, build_tokenizer
+
+# Held-out synthetic batch i uses np.random.default_rng((seed, HELDOUT_STREAM, i)); training
+# batch i uses (seed, i): the two streams never share a generator state.
+HELDOUT_STREAM = 0x68656C64
+# heldout_batches(max_batches=0) of a synthetic task (which never runs out) gives this many.
+DEFAULT_SYNTHETIC_HELDOUT_BATCHES = 16
+
+
+def _empty_rows(n: int, seq_len: int) -> Batch:
+    """n rows of padding: token 0, segment 0, loss_mask 0."""
+    return {k: np.zeros((n, seq_len), np.float32 if k == "loss_mask" else np.int32)
+            for k in PACKED_KEYS}
+
+
+@dataclasses.dataclass
+class DataBundle:
+    """What training and evaluation need from the data.
+
+    tokenizer: the run's tokenizer (save it into the workdir; `load_tokenizer` reads it back).
+    train: endless, checkpointable iterator of [data.batch_size, data.seq_len] batches.
+    heldout: packed held-out rows [N, seq_len] of a text source (None if nothing is held out).
+    heldout_generator: `(rng, batch_size) -> batch` of a synthetic task (None for text).
+    info: JSON-ready facts for logs and result files (source, document / token / row counts,
+        tokenizer, task version).
+    """
+
+    tokenizer: Tokenizer
+    train: BatchIterator | GeneratorBatchIterator
+    heldout: dict[str, np.ndarray] | None = None
+    heldout_generator: Callable[[np.random.Generator, int], Batch] | None = None
+    heldout_seed: int = 0
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def heldout_batches(self, batch_size: int, max_batches: int = 0) -> list[Batch]:
+        """Deterministic evaluation batches, each [batch_size, seq_len], same keys as training.
+
+        Text: all held-out rows in order, unshuffled; the last batch is completed with padding
+        rows (loss_mask 0) so every batch has the same shape. Synthetic: freshly generated
+        batches from the held-out seed stream. max_batches > 0 keeps the first max_batches;
+        0 = all rows (text) or DEFAULT_SYNTHETIC_HELDOUT_BATCHES (synthetic).
+        Returns [] when nothing was held out (data.heldout_fraction=0).
+        """
+        batch_size = check_positive_int("held-out batch_size", batch_size)
+        if max_batches < 0:
+            raise DataError(f"max_batches must be >= 0 (0 = all), got {max_batches}")
+        if self.heldout_generator is not None:
+            n = max_batches or DEFAULT_SYNTHETIC_HELDOUT_BATCHES
+            return [self.heldout_generator(
+                np.random.default_rng((self.heldout_seed, HELDOUT_STREAM, i)), batch_size)
+                for i in range(n)]
+        if self.heldout is None:
+            return []
+        rows, seq_len = self.heldout["inputs"].shape
+        n = -(-rows // batch_size)
+        if max_batches:
+            n = min(n, max_batches)
+        batches = []
+        for i in range(n):
+            batch = {k: np.array(self.heldout[k][i * batch_size:(i + 1) * batch_size])
+                     for k in PACKED_KEYS}
+            short = batch_size - batch["inputs"].shape[0]
+            if short:
+                pad = _empty_rows(short, seq_len)
+                batch = {k: np.concatenate([batch[k], pad[k]]) for k in PACKED_KEYS}
+            batches.append(batch)
+        return batches
+
+
+def _make_mqar(cfg) -> DataBundle:
+    d = cfg.data
+    m = d.mqar
+    vocab = cfg.model.vocab_size
+    validate_mqar(d.batch_size, d.seq_len, vocab, m.num_pairs, m.key_vocab, m.power_a)
+    generate = functools.partial(mqar_batch, seq_len=d.seq_len, vocab_size=vocab,
+                                 num_pairs=m.num_pairs, key_vocab=m.key_vocab, power_a=m.power_a)
+    name = (f"{MQAR_VERSION}; seq_len={d.seq_len} vocab_size={vocab} num_pairs={m.num_pairs} "
+            f"key_vocab={m.key_vocab} power_a={m.power_a}")
+    info = {"source": "mqar", "task_version": MQAR_VERSION, "seq_len": d.seq_len,
+            "vocab_size": vocab, "num_pairs": m.num_pairs, "key_vocab": m.key_vocab,
+            "power_a": m.power_a, "seed": d.seed, "tokenizer": "bytes (nominal; MQAR is ids)"}
+    # MQAR sequences are token ids, not text: the ByteTokenizer is only there so that every
+    # run saves a loadable tokenizer (its decode skips ids outside its 259).
+    return DataBundle(tokenizer=ByteTokenizer(),
+                      train=GeneratorBatchIterator(generate, d.batch_size, d.seed, name=name),
+                      heldout_generator=generate, heldout_seed=d.seed, info=info)
+
+
+def make_data(cfg, cache_dir: str | Path | None = None, tokenizer: Tokenizer | None = None) -> DataBundle:
+    """Builds the data of a `zoo.config.Config` (module docstring).
+
+    tokenizer: use this tokenizer (e.g. the one a training run saved in its workdir) instead of
+        building one, so evaluation tokenizes exactly as training did.
+
+    cache_dir: the memzoo cache root (default `$MEMZOO_CACHE` or `~/.cache/memzoo`); trained
+        tokenizers go to `<cache_dir>/tokenizers`, HF datasets' copies of local json / parquet
+        files to `<cache_dir>/hf_datasets`.
+    """
+    d = cfg.data
+    if d.source == "mqar":
+        return _make_mqar(cfg)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    docs = load_documents(d, cache_dir=root)
+    train_docs, held_docs = split_documents(docs, d.heldout_fraction, d.seed)
+    tok = tokenizer or build_tokenizer(d, cfg.model.vocab_size, train_docs, root / "tokenizers")
+
+    def pack(documents: list[str]) -> dict[str, np.ndarray]:
+        return pack_documents(tok.encode_batch(documents), d.seq_len, tok.bos_id, tok.eos_id,
+                              tok.pad_id)
+
+    packed = pack(train_docs)
+    heldout = pack(held_docs) if held_docs else None
+    train = BatchIterator(packed, d.batch_size, seed=d.seed, shuffle=True)
+    info = {
+        "source": d.source,
+        "documents_train": len(train_docs),
+        "documents_heldout": len(held_docs),
+        "tokens_train": int((packed["segment_ids"] > 0).sum()),  # non-padding input tokens
+        "rows_train": train.num_rows,
+        "rows_heldout": 0 if heldout is None else int(heldout["inputs"].shape[0]),
+        "seq_len": d.seq_len,
+        "tokenizer": tok.kind,
+        "tokenizer_vocab_size": tok.vocab_size,
+        "tokenizer_file": str(getattr(tok, "path", None) or ""),
+        "tokenizer_from_cache": bool(getattr(tok, "from_cache", False)),
+    }
+    return DataBundle(tokenizer=tok, train=train, heldout=heldout, heldout_seed=d.seed, info=info)
