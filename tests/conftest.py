@@ -8,6 +8,6 @@ if "xla_force_host_platform_device_count" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import jax  # noqa: E402
+import jax  # noqa: E402  (environment must be set first)
 
 jax.config.update("jax_default_matmul_precision", "highest")

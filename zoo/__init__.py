@@ -11,8 +11,17 @@ from zoo.config import Config, ConfigError, load_config
 from zoo.generation import generate
 from zoo.registry import build_model
 
-__all__ = ["registry", "Config", "ConfigError", "load_config", "generate", "build_model", "load_checkpoint",
-           "load_tokenizer", "train"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "build_model",
+    "generate",
+    "load_checkpoint",
+    "load_config",
+    "load_tokenizer",
+    "registry",
+    "train",
+]
 
 
 def load_checkpoint(workdir, step=None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Callable
+from collections.abc import Callable
 
 from flax import nnx
 

@@ -22,8 +22,19 @@ from zoo.data.tokenizers import (
 )
 
 __all__ = [
-    "ByteTokenizer", "SentencePieceTokenizer", "load_tokenizer", "build_tokenizer",
-    "make_data", "DataBundle", "BatchIterator", "GeneratorBatchIterator", "builtin_corpus",
-    "pack_documents", "load_documents", "split_documents", "mqar_batch", "MQAR_VERSION",
+    "MQAR_VERSION",
+    "BatchIterator",
+    "ByteTokenizer",
+    "DataBundle",
     "DataError",
+    "GeneratorBatchIterator",
+    "SentencePieceTokenizer",
+    "build_tokenizer",
+    "builtin_corpus",
+    "load_documents",
+    "load_tokenizer",
+    "make_data",
+    "mqar_batch",
+    "pack_documents",
+    "split_documents",
 ]

@@ -25,8 +25,13 @@ import numpy as np
 from zoo.data.builtin import builtin_corpus
 from zoo.data.errors import DataError
 
-__all__ = ["builtin_corpus", "load_documents", "split_documents", "TEXT_EXTENSIONS",
-           "DATASET_EXTENSIONS"]
+__all__ = [
+    "DATASET_EXTENSIONS",
+    "TEXT_EXTENSIONS",
+    "builtin_corpus",
+    "load_documents",
+    "split_documents",
+]
 
 TEXT_EXTENSIONS = (".txt",)
 DATASET_EXTENSIONS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}

@@ -25,8 +25,7 @@ import numpy as np
 
 from zoo.data.cache import atomic_write_bytes
 from zoo.data.errors import DataError
-from zoo.data.sp_training import (BOS_ID, EOS_ID, PAD_ID, import_sentencepiece, num_threads,
-                                  train_sentencepiece)
+from zoo.data.sp_training import BOS_ID, EOS_ID, PAD_ID, import_sentencepiece, num_threads, train_sentencepiece
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_MODEL = "tokenizer.model"

@@ -3,4 +3,4 @@
 from zoo.evaluation.perplexity import evaluate_perplexity
 from zoo.evaluation.run import TASKS, format_table, parse_tasks, run
 
-__all__ = ["evaluate_perplexity", "TASKS", "format_table", "parse_tasks", "run"]
+__all__ = ["TASKS", "evaluate_perplexity", "format_table", "parse_tasks", "run"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime
 import difflib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 
@@ -47,7 +47,7 @@ def format_table(records: list[dict]) -> str:
     cols = ["task", "step", "loss", "perplexity", "accuracy", "tokens"]
     rows = [[("%.4f" % r[c]) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols] for r in records]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
+    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))
     return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -65,5 +65,5 @@ def run(workdir: str | Path, tasks: list[str], step: int | None = None, devices:
         path.write_text(json.dumps({
             "workdir": str(Path(workdir).absolute()), "step": restored.step, "model": restored.cfg.model.name,
             "devices": restored.runtime.mesh.devices.size,
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(), "results": records}, indent=2))
+            "time": datetime.datetime.now(datetime.UTC).isoformat(), "results": records}, indent=2))
     return records, path

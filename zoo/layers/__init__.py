@@ -10,6 +10,15 @@ from zoo.layers.param import constant_param, normal_param
 from zoo.layers.rotary import apply_rotary
 
 __all__ = [
-    "Attention", "KVCache", "ShortConv", "Embedding", "Projection", "SwiGLU", "swiglu_hidden_dim",
-    "RMSNorm", "constant_param", "normal_param", "apply_rotary",
+    "Attention",
+    "Embedding",
+    "KVCache",
+    "Projection",
+    "RMSNorm",
+    "ShortConv",
+    "SwiGLU",
+    "apply_rotary",
+    "constant_param",
+    "normal_param",
+    "swiglu_hidden_dim",
 ]

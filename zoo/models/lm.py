@@ -10,7 +10,8 @@ segments, and decoding (one token at a time) with the same code.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

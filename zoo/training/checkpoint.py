@@ -60,9 +60,11 @@ class Checkpointer:
     def __init__(self, directory: str | Path, cfg: CheckpointConfig = CheckpointConfig(), *, read_only: bool = False):
         self.directory = Path(directory).absolute()
         self.cfg = cfg
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=cfg.keep, enable_async_checkpointing=cfg.async_save and not read_only,
-            create=not read_only, read_only=read_only)
+        if read_only:  # the settings orbax itself forces for readers, given up front
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,
+                                                   max_to_keep=None, enable_async_checkpointing=False)
+        else:
+            options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, enable_async_checkpointing=cfg.async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def steps(self) -> list[int]:

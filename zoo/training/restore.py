@@ -9,7 +9,7 @@ import jax
 from flax import nnx
 
 from zoo.config import Config, ConfigError, MeshConfig, load_config
-from zoo.training.checkpoint import CheckpointError, Checkpointer
+from zoo.training.checkpoint import Checkpointer, CheckpointError
 from zoo.training.runtime import Runtime
 from zoo.training.sharding import make_mesh, mesh_shape
 from zoo.training.state import TrainState

@@ -12,8 +12,14 @@ import optax
 from zoo.config import Config, ConfigError
 from zoo.training.optimizer import make_optimizer, make_schedule
 from zoo.training.sharding import batch_sharding
-from zoo.training.state import (ModelParts, TrainState, abstract_train_state, init_train_state, model_parts,
-                                state_shardings)
+from zoo.training.state import (
+    ModelParts,
+    TrainState,
+    abstract_train_state,
+    init_train_state,
+    model_parts,
+    state_shardings,
+)
 from zoo.training.step import make_eval_step, make_train_step
 
 

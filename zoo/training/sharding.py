@@ -11,7 +11,8 @@ import math
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from zoo.config import ConfigError, MeshConfig
 

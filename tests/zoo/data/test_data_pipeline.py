@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from zoo.config import Config, DataConfig, MQARConfig, ModelConfig
-from zoo.data import (ByteTokenizer, DataBundle, SentencePieceTokenizer, load_tokenizer,
-                      make_data)
+from zoo.config import Config, DataConfig, ModelConfig, MQARConfig
+from zoo.data import ByteTokenizer, DataBundle, SentencePieceTokenizer, load_tokenizer, make_data
 from zoo.data.errors import DataError
 from zoo.data.synthetic.mqar import MQAR_VERSION
 

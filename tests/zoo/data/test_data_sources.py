@@ -13,7 +13,6 @@ from zoo.data.errors import DataError
 from zoo.data.sources import load_documents, split_documents
 
 
-
 def _hf_flags() -> tuple:
     import datasets
     import huggingface_hub.constants

@@ -7,7 +7,7 @@ import sys
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 
-import jax  # noqa: E402
+import jax  # noqa: E402  (environment must be set first)
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

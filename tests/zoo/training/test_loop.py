@@ -9,7 +9,7 @@ import pytest
 
 from zoo.training import NonFiniteLossError, restore_run, train
 
-ONE = lambda: jax.devices()[:1]  # noqa: E731
+ONE = lambda: jax.devices()[:1]
 
 
 def test_loss_falls_and_outputs(tiny_cfg, tmp_path):
