@@ -1,0 +1,186 @@
+"""The memory engine's test contract (specs/miras-lattice-trellis.md §4.5) on one head."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zoo.memory import engine
+from zoo.memory.engine import Gates
+from zoo.memory.spec import MemorySpec
+from zoo.memory.state import initial_state
+from zoo.memory.structures import init_weights
+
+DK = DV = 6
+SPECS = {
+    "matrix_l2_momentum": MemorySpec(structure="matrix", learner="momentum", retention="scalar"),
+    "matrix_l2_channel_gd": MemorySpec(structure="matrix", learner="gd", retention="channel"),
+    "matrix_dot_exact": MemorySpec(structure="matrix", objective="dot", semantics="exact"),
+    "mlp2_residual_momentum": MemorySpec(structure="mlp", depth=2, expansion=2),
+    "mlp1_gd_no_retention": MemorySpec(structure="mlp", depth=1, residual=False, learner="gd", retention="none"),
+    "mlp2_first_order_silu": MemorySpec(structure="mlp", depth=2, expansion=2, bilevel="first_order",
+                                        activation="silu"),
+}
+
+
+def with_chunk(spec, c):
+    return dataclasses.replace(spec, chunk_size=c)
+
+
+def inputs(spec, t, seed=0):
+    ks = jax.random.split(jax.random.key(seed), 8)
+    norm = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    q = norm(jax.random.normal(ks[0], (t, DK)))
+    k = norm(jax.random.normal(ks[1], (t, DK)))
+    v = jax.random.normal(ks[2], (t, DV))
+    ret_shape = (t, DK) if spec.retention == "channel" else (t,)
+    log_ret = -jax.nn.softplus(jax.random.normal(ks[3], ret_shape) - 2.0)
+    if spec.retention == "none":
+        log_ret = jnp.zeros(ret_shape)
+    gates = Gates(lr=0.5 * jax.nn.sigmoid(jax.random.normal(ks[4], (t,))), log_retention=log_ret,
+                  log_momentum=-jax.nn.softplus(-(jax.random.normal(ks[5], (t,)) + 1.0)))
+    init = init_weights(spec, ks[6], DK, DV)
+    if spec.structure == "matrix":  # a non-empty learned initial state
+        init = (0.3 * jax.random.normal(ks[7], (DK, DV)),)
+    return init, q, k, v, gates
+
+
+def close(a, b, tol=2e-5):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_chunk_size_one_equals_exact_step_loop(name):
+    spec = with_chunk(SPECS[name], 1)
+    init, q, k, v, g = inputs(spec, 9)
+    st_c, y_c = engine.chunk(spec, None, q, k, v, g, init=init)
+    st_s, y_s = engine.step_loop(spec, initial_state(init), q, k, v, g)
+    close(y_c, y_s)
+    close(st_c.weights, st_s.weights)
+    close(st_c.momentum, st_s.momentum)
+
+
+@pytest.mark.parametrize("name", SPECS)
+@pytest.mark.parametrize("t", [3, 13, 16])
+def test_chunk_equals_its_oracle(name, t):
+    spec = with_chunk(SPECS[name], 4)
+    init, q, k, v, g = inputs(spec, t)
+    st_c, y_c = engine.chunk(spec, None, q, k, v, g, init=init)
+    oracle = engine.step_loop if spec.semantics == "exact" else engine.reference_chunked
+    st_r, y_r = oracle(spec, initial_state(init), q, k, v, g)
+    close(y_c, y_r)
+    close((st_c.weights, st_c.momentum, st_c.anchor), (st_r.weights, st_r.momentum, st_r.anchor))
+    assert int(st_c.pos) == int(st_r.pos) == t % 4
+
+
+def test_anchored_differs_from_exact():
+    spec = with_chunk(SPECS["mlp2_residual_momentum"], 4)
+    init, q, k, v, g = inputs(spec, 12)
+    _, y_anchor = engine.chunk(spec, None, q, k, v, g, init=init)
+    _, y_exact = engine.step_loop(spec, initial_state(init), q, k, v, g)
+    assert float(jnp.abs(y_anchor - y_exact).max()) > 1e-3
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_pieces_with_carried_state_equal_one_call(name):
+    spec = with_chunk(SPECS[name], 4)
+    init, q, k, v, g = inputs(spec, 15)
+    st_full, y_full = engine.chunk(spec, None, q, k, v, g, init=init)
+    state, ys = None, []
+    for lo, hi in [(0, 6), (6, 7), (7, 15)]:
+        sl = lambda x: x[lo:hi]  # noqa: E731
+        state, y = engine.chunk(spec, state, sl(q), sl(k), sl(v), jax.tree.map(sl, g), init=init)
+        ys.append(y)
+    close(jnp.concatenate(ys), y_full)
+    close((state.weights, state.momentum, state.anchor), (st_full.weights, st_full.momentum, st_full.anchor))
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_decode_after_mid_chunk_prefill_equals_chunk(name):
+    spec = with_chunk(SPECS[name], 4)
+    init, q, k, v, g = inputs(spec, 14)
+    _, y_full = engine.chunk(spec, None, q, k, v, g, init=init)
+    state, y_pre = engine.chunk(spec, None, q[:6], k[:6], v[:6], jax.tree.map(lambda x: x[:6], g), init=init)
+    ys = [y_pre]
+    for t in range(6, 14):
+        state, y = engine.decode_step(spec, state, q[t], k[t], v[t], g.at(t))
+        ys.append(y[None])
+    close(jnp.concatenate(ys), y_full)
+
+
+@pytest.mark.parametrize("name", ["matrix_l2_momentum", "mlp2_residual_momentum", "matrix_dot_exact"])
+def test_documents_reset_to_initial_state(name):
+    spec = with_chunk(SPECS[name], 4)
+    init, q, k, v, g = inputs(spec, 14)
+    seg = jnp.array([1] * 8 + [2] * 5 + [0])  # doc 2 starts on the grid; a padding token at the end
+    _, y = engine.chunk(spec, None, q, k, v, g, init=init, segment_ids=seg)
+    sl = lambda lo, hi: (lambda x: x[lo:hi])  # noqa: E731
+    _, y1 = engine.chunk(spec, None, q[:8], k[:8], v[:8], jax.tree.map(sl(0, 8), g), init=init)
+    st2, y2 = engine.chunk(spec, None, q[8:13], k[8:13], v[8:13], jax.tree.map(sl(8, 13), g), init=init)
+    close(y[:8], y1)
+    close(y[8:13], y2)
+    # perturbing document 1 leaves document 2 unchanged
+    _, y_pert = engine.chunk(spec, None, q, k.at[3].set(-k[3]), v.at[5].add(1.0), g, init=init, segment_ids=seg)
+    close(y_pert[8:13], y[8:13])
+
+
+@pytest.mark.parametrize("name", ["matrix_l2_momentum", "mlp2_residual_momentum"])
+def test_causal_within_chunk(name):
+    spec = with_chunk(SPECS[name], 8)
+    init, q, k, v, g = inputs(spec, 16)
+    _, y = engine.chunk(spec, None, q, k, v, g, init=init)
+    _, y2 = engine.chunk(spec, None, q, k.at[11].set(-k[11]), v.at[11].add(2.0), g, init=init)
+    np.testing.assert_array_equal(np.asarray(y[:11]), np.asarray(y2[:11]))
+    assert float(jnp.abs(y[11:] - y2[11:]).max()) > 1e-4
+
+
+def test_token_gradient_matches_closed_form():
+    spec = SPECS["matrix_l2_momentum"]
+    init, q, k, v, g = inputs(spec, 2)
+    (u,) = engine.token_gradient(spec, init, k[0], v[0])
+    np.testing.assert_allclose(u, 2 * jnp.outer(k[0], k[0] @ init[0] - v[0]), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["matrix_l2_momentum", "mlp2_residual_momentum", "mlp2_first_order_silu"])
+def test_outer_gradients_equal_the_reference_loop(name):
+    spec = with_chunk(SPECS[name], 4)
+    init, q, k, v, g = inputs(spec, 10)
+    w = jax.random.normal(jax.random.key(9), (10, DV))
+
+    def loss(fn, init, q, k, v, g):
+        st, y = fn(init, q, k, v, g)
+        return jnp.sum(y * w) + sum(jnp.sum(x) for x in st.weights)
+
+    par = lambda i, q, k, v, g: engine.chunk(spec, None, q, k, v, g, init=i)  # noqa: E731
+    ref = lambda i, q, k, v, g: engine.reference_chunked(spec, initial_state(i), q, k, v, g)  # noqa: E731
+    g_par = jax.grad(lambda *a: loss(par, *a), argnums=(0, 1, 2, 3, 4))(init, q, k, v, g)
+    g_ref = jax.grad(lambda *a: loss(ref, *a), argnums=(0, 1, 2, 3, 4))(init, q, k, v, g)
+    close(g_par, g_ref, tol=5e-5)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(g_par))
+    assert float(jnp.abs(g_par[4].lr).max()) > 0  # the gates learn through the inner loop
+
+
+def test_second_order_gradient_matches_finite_differences():
+    spec = with_chunk(SPECS["mlp2_residual_momentum"], 4)
+    init, q, k, v, g = inputs(spec, 8)
+    w = jax.random.normal(jax.random.key(3), (8, DV))
+    f = lambda scale: jnp.sum(engine.chunk(spec, None, q, k * scale, v, g, init=init)[1] * w)  # noqa: E731
+    grad = float(jax.grad(f)(1.0))
+    eps = 1e-2
+    fd = (float(f(1.0 + eps)) - float(f(1.0 - eps))) / (2 * eps)
+    assert abs(grad - fd) < 2e-3 * max(1.0, abs(fd)), (grad, fd)
+    first = dataclasses.replace(spec, bilevel="first_order")
+    f1 = lambda scale: jnp.sum(engine.chunk(first, None, q, k * scale, v, g, init=init)[1] * w)  # noqa: E731
+    assert abs(float(jax.grad(f1)(1.0)) - grad) > 1e-6  # first order drops a real term
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError, match="structure"):
+        MemorySpec(structure="tree")
+    with pytest.raises(ValueError, match="channel"):
+        MemorySpec(structure="mlp", retention="channel")
+    with pytest.raises(ValueError, match="chunk_size"):
+        MemorySpec(chunk_size=0)

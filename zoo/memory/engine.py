@@ -1,0 +1,226 @@
+"""The generic memory engine: exact `step`, chunk-consistent `decode_step`, the anchored
+reference loop, and the chunk-parallel `chunk` (Titans spec §1.6-1.8, DESIGN §3).
+
+All functions here work on ONE sequence of one head: `q, k: [T, dk]`, `v: [T, dv]`, gates
+`[T]` (or `[T, dk]` for channel retention); the mixer vmaps them over [batch, heads].
+
+Online rule (neutral names: l retention, mu momentum decay, rho inner learning rate):
+    u_t = grad_W l(W*; k_t, v_t)        W* = W_{t-1} (exact) or the chunk anchor W_a (anchored)
+    S_t = mu_t S_{t-1} - rho_t u_t,     W_t = l_t W_{t-1} + S_t      (momentum; Titans Eq. 13-14)
+    W_t = l_t W_{t-1} - rho_t u_t                                     (gd)
+    y_t = M(q_t; W_t)                                                 (read after write, Eq. 15)
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from zoo.memory.learners import learner_step, momentum_terms
+from zoo.memory.objectives import inner_loss
+from zoo.memory.retention import decay_terms, retain
+from zoo.memory.spec import MemorySpec
+from zoo.memory.state import MemState, initial_state
+from zoo.memory.structures import Weights, activation, forward
+
+
+@struct.dataclass
+class Gates:
+    """Per-token gates of one head, in the form the rule uses.
+
+    lr: [T] rho_t >= 0. log_retention: [T] (or [T, dk] for channel retention) log l_t <= 0.
+    log_momentum: [T] log mu_t <= 0 (ignored by the gd learner).
+    """
+
+    lr: jax.Array
+    log_retention: jax.Array
+    log_momentum: jax.Array
+
+    def at(self, t) -> Gates:
+        return jax.tree.map(lambda g: g[t], self)
+
+
+def token_gradient(spec: MemorySpec, weights: Weights, k: jax.Array, v: jax.Array) -> Weights:
+    """u = grad_W l(W; k, v) for one token (`k: [dk]`, `v: [dv]`)."""
+    if spec.bilevel == "first_order":
+        weights = jax.lax.stop_gradient(weights)
+    return jax.grad(lambda w: inner_loss(spec, forward(spec, w, k[None])[0], v[None]))(weights)
+
+
+def _apply_update(spec: MemorySpec, state: MemState, grads: Weights, g: Gates) -> tuple[Weights, Weights]:
+    update, momentum = learner_step(spec, state.momentum, grads, g.lr, g.log_momentum)
+    kept = retain(spec, state.weights, g.log_retention)
+    return tuple(w + d for w, d in zip(kept, update, strict=True)), momentum
+
+
+def read(spec: MemorySpec, weights: Weights, q: jax.Array) -> jax.Array:
+    """y = M(q; W) for one query `q: [dk] -> [dv]` (Titans Eq. 15: no weight update)."""
+    return forward(spec, weights, q[None])[0][0]
+
+
+def step(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[MemState, jax.Array]:
+    """The exact per-token rule: gradient at W_{t-1}, write, then read."""
+    weights, momentum = _apply_update(spec, state, token_gradient(spec, state.weights, k, v), g)
+    pos = (state.pos + 1) % spec.chunk_size
+    anchor = jax.tree.map(lambda a, w: jnp.where(pos == 0, w, a), state.anchor, weights)
+    return MemState(weights, momentum, anchor, pos), read(spec, weights, q)
+
+
+def decode_step(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[MemState, jax.Array]:
+    """One token on the training chunk grid: anchored memories take the gradient at the chunk
+    anchor (refreshed every chunk_size tokens), exact ones at W_{t-1}. Equals `chunk`."""
+    if spec.semantics == "exact":
+        return step(spec, state, q, k, v, g)
+    weights, momentum = _apply_update(spec, state, token_gradient(spec, state.anchor, k, v), g)
+    pos = (state.pos + 1) % spec.chunk_size
+    anchor = jax.tree.map(lambda a, w: jnp.where(pos == 0, w, a), state.anchor, weights)
+    return MemState(weights, momentum, anchor, pos), read(spec, weights, q)
+
+
+def _token_loop(spec, state, init, q, k, v, gates, segment_ids, one_token):
+    """lax.scan of `one_token` with document resets (to W_0) and no-op padding (segment 0)."""
+    t = q.shape[0]
+    seg = jnp.ones((t,), jnp.int32) if segment_ids is None else segment_ids
+    prev = jnp.concatenate([seg[:1], seg[:-1]])
+    starts = (jnp.arange(t) > 0) & (seg != prev) & (seg > 0)
+    fresh = initial_state(init)
+
+    def body(st, xs):
+        qt, kt, vt, gt, start, valid = xs
+        st = jax.tree.map(lambda a, b: jnp.where(start, a, b), fresh, st)
+        new, y = one_token(spec, st, qt, kt, vt, gt)
+        new = jax.tree.map(lambda a, b: jnp.where(valid, a, b), new, st)
+        return new, y
+
+    return jax.lax.scan(body, state, (q, k, v, gates, starts, seg > 0))
+
+
+def step_loop(spec, state, q, k, v, gates, *, init=None, segment_ids=None):
+    """The exact online rule token by token (the oracle for exact semantics and for C = 1)."""
+    return _token_loop(spec, state, init if init is not None else state.weights, q, k, v, gates, segment_ids, step)
+
+
+def reference_chunked(spec, state, q, k, v, gates, *, init=None, segment_ids=None):
+    """Token by token with gradients at the chunk anchor: the oracle for anchored `chunk`."""
+    return _token_loop(spec, state, init if init is not None else state.weights, q, k, v, gates, segment_ids,
+                       decode_step)
+
+
+# ----------------------------------------------------------------------------------------------
+# Chunk-parallel form.
+
+
+def _chunk_body(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Weights,
+                q, k, v, g: Gates, valid):
+    """One chunk of C grid positions (invalid ones are exact no-ops), Titans spec §1.6.
+
+    Starts from (W, S) = (w_start, s_start) with inner gradients at `anchor`:
+        W_r = beta_r W_s + f_r S_s - sum_i G[r, i] u_i,   S_r = m_r S_s - sum_i n[r, i] u_i,
+    with u_i = A_i^T delta_i per layer, read through the dual form (no per-token weights).
+    Returns ((W_C, S_C), Y [C, dv]).
+    """
+    vf = valid.astype(jnp.float32)
+    lr = g.lr * vf
+    log_ret = jnp.where(valid.reshape(valid.shape + (1,) * (g.log_retention.ndim - 1)), g.log_retention, 0.0)
+    log_mu = jnp.where(valid, g.log_momentum, 0.0)
+    beta, decay = decay_terms(log_ret)  # [C] | [C, dk];  [C, C] | [C, C, dk]
+    m, n = momentum_terms(spec, lr, log_mu)  # [C], [C, C]
+    channel = spec.retention == "channel"
+    if channel:
+        f = jnp.einsum("rjd,j->rd", decay, vf * m)
+        big_g = jnp.einsum("rjd,ji->rid", decay, vf[:, None] * n)
+    else:
+        f = decay @ (vf * m)
+        big_g = decay @ (vf[:, None] * n)
+
+    w_a = jax.lax.stop_gradient(anchor) if spec.bilevel == "first_order" else anchor
+
+    def key_loss(probes):
+        out, inputs = forward(spec, w_a, k, probes)
+        return inner_loss(spec, out, v), inputs
+
+    probes = tuple(jnp.zeros((k.shape[0], w.shape[1]), jnp.float32) for w in w_a)
+    _, vjp, inputs = jax.vjp(key_loss, probes, has_aux=True)
+    (deltas,) = vjp(jnp.ones((), jnp.float32))
+
+    z = q
+    new_w, new_s = [], []
+    for layer, (ws, ss, a, d) in enumerate(zip(w_start, s_start, inputs, deltas, strict=True)):
+        if channel:
+            p = (z * beta) @ ws + (z * f) @ ss - jnp.einsum("rd,id,rid->ri", z, a, big_g) @ d
+            new_w.append(beta[-1][:, None] * ws + f[-1][:, None] * ss - (a * big_g[-1]).T @ d)
+        else:
+            p = beta[:, None] * (z @ ws) + f[:, None] * (z @ ss) - ((z @ a.T) * big_g) @ d
+            new_w.append(beta[-1] * ws + f[-1] * ss - (a * big_g[-1][:, None]).T @ d)
+        new_s.append(m[-1] * ss - (a * n[-1][:, None]).T @ d if spec.has_momentum else ss)
+        z = activation(spec, p) if layer < len(w_start) - 1 else p
+    if spec.structure == "mlp" and spec.residual:
+        z = z + q
+    return (tuple(new_w), tuple(new_s)), z
+
+
+def chunk_parallel(spec: MemorySpec) -> bool:
+    """Whether `chunk` has a parallel form for this spec: anchored memories always; exact ones
+    when the inner gradient does not depend on W (dot objective)."""
+    return spec.semantics == "anchored" or spec.objective == "dot"
+
+
+def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, init: Weights | None = None,
+          segment_ids: jax.Array | None = None) -> tuple[MemState, jax.Array]:
+    """Runs `q, k: [T, dk]`, `v: [T, dv]` through the memory, chunk-parallel where the spec
+    allows it (`chunk_parallel`), token by token otherwise. Returns (final state, y [T, dv]).
+
+    state=None starts from `init` (W_0) at position 0; a given state continues its chunk grid
+    from `state.pos`, so calls may split a sequence anywhere. segment_ids ([T], only with
+    state=None): a document start resets the memory to W_0; in the parallel form documents
+    must start on the chunk grid (multiples of chunk_size); segment 0 marks padding (no-op).
+    """
+    if init is None and state is None:
+        raise ValueError("chunk needs the initial weights (init=) or a state to continue")
+    if segment_ids is not None and state is not None:
+        raise ValueError("segment_ids resets are supported from a fresh state (state=None) only")
+    init = init if init is not None else state.weights
+    if not chunk_parallel(spec):
+        return step_loop(spec, state if state is not None else initial_state(init), q, k, v, gates,
+                         init=init, segment_ids=segment_ids)
+
+    c = spec.chunk_size
+    t = q.shape[0]
+    fresh = state is None
+    state = initial_state(init) if fresh else state
+    offset = 0 if fresh else state.pos
+    n = math.ceil(((0 if fresh else c - 1) + t) / c)
+    size = n * c
+
+    def place(x):  # [T, ...] -> [n * C, ...] with the tokens at grid positions offset ... offset+T-1
+        buf = jnp.zeros((size,) + x.shape[1:], x.dtype)
+        return jax.lax.dynamic_update_slice(buf, x, (offset,) + (0,) * (x.ndim - 1))
+
+    seg = jnp.ones((t,), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    seg_buf = place(seg)
+    valid = seg_buf > 0
+    prev = jnp.concatenate([seg_buf[:1], seg_buf[:-1]])
+    resets = ((jnp.arange(size) > 0) & (seg_buf != prev) & (seg_buf > 0))[::c]  # [n], chunk starts
+    xs = jax.tree.map(lambda x: place(x).reshape((n, c) + x.shape[1:]), (q, k, v, gates))
+    final_chunk = (offset + t) // c
+    zeros = tuple(jnp.zeros_like(w) for w in init)
+
+    @jax.checkpoint
+    def body(carry, inputs):
+        w, s, anchor, result_anchor = carry
+        index, reset, (qc, kc, vc, gc), vc_mask = inputs
+        w, s, anchor = jax.tree.map(lambda a, b: jnp.where(reset, a, b), (init, zeros, init), (w, s, anchor))
+        result_anchor = jax.tree.map(lambda a, b: jnp.where(index == final_chunk, a, b), anchor, result_anchor)
+        (w, s), y = _chunk_body(spec, w, s, anchor, qc, kc, vc, gc, vc_mask)
+        return (w, s, w, result_anchor), y
+
+    carry = (state.weights, state.momentum, state.anchor, state.anchor)
+    (w, s, _, result_anchor), ys = jax.lax.scan(
+        body, carry, (jnp.arange(n), resets, xs, valid.reshape(n, c)))
+    result_anchor = jax.tree.map(lambda a, b: jnp.where(final_chunk == n, a, b), w, result_anchor)
+    y = jax.lax.dynamic_slice_in_dim(ys.reshape((size,) + ys.shape[2:]), offset, t)
+    pos = jnp.asarray((offset + t) % c, jnp.int32)
+    return MemState(weights=w, momentum=s, anchor=result_anchor, pos=pos), y

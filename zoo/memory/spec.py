@@ -1,0 +1,74 @@
+"""MemorySpec: the static description of one associative memory (DESIGN §3).
+
+A memory is fast weights W written by a per-token rule and read by a query. The spec fixes
+what W is (structure), what each write minimises (objective, the Miras "attentional bias"),
+how W forgets (retention), how the inner optimiser steps (learner), and whether chunks use the
+exact per-token rule or gradients anchored at the chunk start (semantics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+STRUCTURES = ("matrix", "mlp")
+OBJECTIVES = ("l2", "dot")
+RETENTIONS = ("none", "scalar", "channel")
+LEARNERS = ("gd", "momentum")
+SEMANTICS = ("exact", "anchored")
+BILEVEL = ("full", "first_order")
+ACTIVATIONS = ("gelu", "silu")
+
+
+@dataclasses.dataclass(frozen=True)
+class MemorySpec:
+    """Static and hashable, so it can sit in a Flax module and in jit's static arguments.
+
+    structure: "matrix" (W: [dk, dv], M(z) = z W) or "mlp" (`depth` layers, hidden width
+        `expansion * dk`, `activation` between layers, optional residual z + MLP(z)).
+    objective: "l2" = ||M(k) - v||^2 summed over features (Titans Eq. 12); "dot" = -<M(k), v>
+        (Hebbian / linear attention; its gradient does not depend on W).
+    retention: "none", "scalar" (one decay per head and token, Titans' 1 - alpha_t) or
+        "channel" (one decay per key channel, matrix memories only).
+    learner: "gd" (W_t = l_t W_{t-1} - rho_t u_t) or "momentum" (S_t = mu_t S_{t-1} - rho_t u_t,
+        W_t = l_t W_{t-1} + S_t; Titans Eq. 13-14).
+    semantics: "exact" (gradient at W_{t-1} for every token) or "anchored" (every token of a
+        chunk takes its gradient at the chunk-start weights; Titans Eq. 16-18): then
+        `chunk_size` is part of the model.
+    bilevel: "full" (outer gradients flow through the inner gradients, second order) or
+        "first_order" (stop_gradient on the anchor weights inside the inner gradient).
+    """
+
+    structure: str = "mlp"
+    depth: int = 2
+    expansion: int = 4
+    residual: bool = True
+    activation: str = "gelu"
+    objective: str = "l2"
+    retention: str = "scalar"
+    learner: str = "momentum"
+    semantics: str = "anchored"
+    chunk_size: int = 16
+    bilevel: str = "full"
+
+    def __post_init__(self):
+        for name, allowed in [("structure", STRUCTURES), ("objective", OBJECTIVES), ("retention", RETENTIONS),
+                              ("learner", LEARNERS), ("semantics", SEMANTICS), ("bilevel", BILEVEL),
+                              ("activation", ACTIVATIONS)]:
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"MemorySpec.{name}={value!r}; allowed: {', '.join(allowed)}")
+        if self.chunk_size < 1:
+            raise ValueError(f"MemorySpec.chunk_size must be >= 1, got {self.chunk_size}")
+        if self.structure == "mlp" and (self.depth < 1 or self.expansion < 1):
+            raise ValueError(f"an mlp memory needs depth >= 1 and expansion >= 1, got {self.depth}, {self.expansion}")
+        if self.retention == "channel" and self.structure != "matrix":
+            raise ValueError("retention='channel' decays the key channels of a matrix memory; "
+                             "use structure='matrix' or retention='scalar'")
+
+    @property
+    def num_layers(self) -> int:
+        return 1 if self.structure == "matrix" else self.depth
+
+    @property
+    def has_momentum(self) -> bool:
+        return self.learner == "momentum"
