@@ -30,6 +30,28 @@ def _choices(*values: str) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
+class MemoryConfig:
+    """The associative memory of memory models (fields of zoo.memory.MemorySpec, plus the
+    mixer's own: heads, conv width, the inner learning rate's maximum)."""
+
+    structure: str = dataclasses.field(default="mlp", metadata=_choices("matrix", "mlp"))
+    depth: int = 2
+    expansion: int = 4
+    residual: bool = True
+    activation: str = dataclasses.field(default="gelu", metadata=_choices("gelu", "silu"))
+    objective: str = dataclasses.field(default="l2", metadata=_choices("l2", "dot"))
+    retention: str = dataclasses.field(default="scalar", metadata=_choices("none", "scalar", "channel"))
+    learner: str = dataclasses.field(default="momentum", metadata=_choices("gd", "momentum"))
+    semantics: str = dataclasses.field(default="anchored", metadata=_choices("exact", "anchored"))
+    chunk_size: int = 16
+    bilevel: str = dataclasses.field(default="full", metadata=_choices("full", "first_order"))
+    num_heads: int = 0  # 0 = model.num_heads
+    head_dim: int = 0  # 0 = model.d_model // memory heads
+    conv_width: int = 4  # causal depthwise conv on q, k, v (Titans §4.4)
+    lr_max: float = 0.1  # inner learning rate rho_t = lr_max * sigmoid(x w + b)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The network. `name` picks a builder from `zoo.registry`; the other fields are shared."""
 
@@ -49,6 +71,8 @@ class ModelConfig:
     init_std: float = 0.02
     dtype: str = dataclasses.field(default="float32", metadata=_choices("float32", "bfloat16"))
     remat: bool = False  # recompute each block's activations in the backward pass
+    persistent_tokens: int = 0  # Titans' persistent memory: learned key/value slots every query sees
+    memory: MemoryConfig = MemoryConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +102,7 @@ class DataConfig:
     )
     tokenizer_path: str = ""  # an existing .model file instead of training one
     seq_len: int = 128
+    align_documents: int = 0  # >1: documents start at multiples of this (a memory's chunk size)
     batch_size: int = 16  # global batch (sequences per optimizer step, all devices together)
     heldout_fraction: float = 0.05  # share of documents kept out of training for evaluation
     seed: int = 0
@@ -298,6 +323,9 @@ def validate(cfg: Config) -> Config:
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"model.name: unknown model '{m.name}'; registered: {', '.join(names)}.{hint}")
 
+    if registry.models()[m.name].uses_memory:
+        _validate_memory(cfg)
+
     def positive(key: str, value: float) -> None:
         if value <= 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
@@ -341,6 +369,9 @@ def validate(cfg: Config) -> Config:
             f"data.batch_size={d.batch_size} is not divisible by train.grad_accum={t.grad_accum}; "
             "each micro-batch must hold the same number of sequences"
         )
+    if d.align_documents < 0 or (d.align_documents > 1 and d.seq_len % d.align_documents):
+        raise ConfigError(f"data.align_documents={d.align_documents} must be >= 0 and divide "
+                          f"data.seq_len={d.seq_len}")
     if not 0.0 <= d.heldout_fraction < 1.0:
         raise ConfigError(f"data.heldout_fraction must be in [0, 1), got {d.heldout_fraction}")
     if d.source == "files" and not d.paths:
@@ -374,6 +405,31 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"mesh sizes (data, fsdp, tensor) = {tuple(sizes)}: each must be a positive "
                           "size and at most one may be -1 (the rest of the devices)")
     return cfg
+
+
+def _validate_memory(cfg: Config) -> None:
+    """Checks of models with associative-memory mixers (see zoo.memory.MemorySpec)."""
+    from zoo.memory.spec import MemorySpec
+
+    mem = cfg.model.memory
+    spec_fields = {f.name for f in dataclasses.fields(MemorySpec)}
+    try:
+        MemorySpec(**{k: v for k, v in to_dict(mem).items() if k in spec_fields})
+    except ValueError as e:
+        raise ConfigError(f"model.memory: {e}") from None
+    heads = mem.num_heads or cfg.model.num_heads
+    if mem.head_dim == 0 and cfg.model.d_model % heads:
+        raise ConfigError(f"model.d_model={cfg.model.d_model} is not divisible by the memory heads ({heads}); "
+                          "set model.memory.num_heads or model.memory.head_dim")
+    if mem.lr_max < 0:
+        raise ConfigError(f"model.memory.lr_max must be >= 0, got {mem.lr_max}")
+    if mem.conv_width < 1:
+        raise ConfigError(f"model.memory.conv_width must be >= 1, got {mem.conv_width}")
+    c = mem.chunk_size
+    if cfg.data.source != "mqar" and c > 1 and (cfg.data.align_documents < c or cfg.data.align_documents % c):
+        raise ConfigError(
+            f"model.memory.chunk_size={c}: packed documents must start on the memory's chunk grid; set "
+            f"data.align_documents={c} (a multiple of the chunk size; got {cfg.data.align_documents})")
 
 
 def from_dict(values: dict) -> Config:

@@ -17,19 +17,21 @@ class ModelInfo:
     tiny_config: str  # path (relative to the repository root) of a CPU-sized YAML config
     status: str  # "ready" once the model's equivalence tests pass
     builder: Callable = dataclasses.field(repr=False, compare=False)
+    uses_memory: bool = False  # has zoo.memory mixers (documents must start on their chunk grid)
 
 
 _MODELS: dict[str, ModelInfo] = {}
 
 
-def register(name: str, *, family: str, paper: str, tiny_config: str, status: str = "ready"):
+def register(name: str, *, family: str, paper: str, tiny_config: str, status: str = "ready",
+             uses_memory: bool = False):
     """Decorator: `@register("titans_mac", family=..., paper=..., tiny_config=...)` on a
     `builder(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module`."""
 
     def wrap(builder: Callable) -> Callable:
         if name in _MODELS:
             raise ValueError(f"model '{name}' is registered twice")
-        _MODELS[name] = ModelInfo(name, family, paper, tiny_config, status, builder)
+        _MODELS[name] = ModelInfo(name, family, paper, tiny_config, status, builder, uses_memory)
         return builder
 
     return wrap

@@ -17,6 +17,10 @@ Semantics (what every consumer of a packed row may rely on):
   eos are trained).
 * The stream is padded with pad id 0 up to N*T + 1 tokens; padded inputs have segment 0, padded
   targets are 0 and masked.
+* `align > 1` (chunked memory models, whose chunk grid must restart at every document): each
+  document's `[bos] + tokens + [eos]` is followed by padding (id 0, segment 0, masked) up to a
+  multiple of `align`, so with seq_len a multiple of `align` every document starts at a row
+  position that is a multiple of `align`.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ PACKED_KEYS = ("inputs", "targets", "segment_ids", "loss_mask")
 
 
 def pack_documents(token_docs: Sequence[Sequence[int]], seq_len: int, bos_id: int,
-                   eos_id: int, pad_id: int = 0) -> dict[str, np.ndarray]:
+                   eos_id: int, pad_id: int = 0, align: int = 1) -> dict[str, np.ndarray]:
     """Packs tokenized documents into rows of `seq_len` next-token pairs (module docstring).
 
     token_docs: D documents, each a sequence (list / 1-D array) of token ids without bos / eos.
@@ -42,6 +46,10 @@ def pack_documents(token_docs: Sequence[Sequence[int]], seq_len: int, bos_id: in
       loss_mask    float32 [N, seq_len]   1 where input and target are in the same document
     """
     seq_len = check_positive_int("seq_len", seq_len)
+    align = check_positive_int("align", align)
+    if seq_len % align:
+        raise DataError(f"seq_len={seq_len} must be a multiple of the document alignment {align} "
+                        "(data.align_documents): change data.seq_len or data.align_documents")
     if len(token_docs) == 0:
         raise DataError("no documents to pack; the data source or its tokenization gave nothing")
     pieces = []
@@ -49,8 +57,10 @@ def pack_documents(token_docs: Sequence[Sequence[int]], seq_len: int, bos_id: in
         arr = np.asarray(doc, dtype=np.int64).reshape(-1)
         pieces.append(np.concatenate([[bos_id], arr, [eos_id]]))
     lengths = np.array([len(p) for p in pieces], dtype=np.int64)
-    stream = np.concatenate(pieces)
-    doc_of = np.repeat(np.arange(len(pieces), dtype=np.int64), lengths)  # document of each token
+    gaps = -lengths % align  # padding after each document so the next one starts aligned
+    stream = np.concatenate([np.concatenate([p, np.full(g, pad_id, np.int64)]) for p, g in zip(pieces, gaps, strict=True)])
+    doc_of = np.repeat(np.stack([np.arange(len(pieces)), np.full(len(pieces), -1)], 1).reshape(-1),
+                       np.stack([lengths, gaps], 1).reshape(-1))  # document of each token, -1 = padding
     if stream.min() < 0 or stream.max() > np.iinfo(np.int32).max:
         raise DataError("token ids must be in [0, 2**31); the tokenizer produced ids outside it")
 
@@ -65,7 +75,8 @@ def pack_documents(token_docs: Sequence[Sequence[int]], seq_len: int, bos_id: in
     tgt_doc = doc_of[1:].reshape(n_rows, seq_len)  # ... and of each target token
     # Every document holds >= 2 tokens and documents are consecutive in the stream, so within a
     # row the document index minus the row's first document index counts segments from 0.
-    segment_ids = np.where(in_doc >= 0, in_doc - in_doc[:, :1] + 1, 0)
+    first = np.where(in_doc >= 0, in_doc, np.iinfo(np.int64).max).min(axis=1, keepdims=True)
+    segment_ids = np.where(in_doc >= 0, in_doc - first + 1, 0)
     loss_mask = (in_doc >= 0) & (in_doc == tgt_doc)
     return {
         "inputs": stream[:body].reshape(n_rows, seq_len).astype(np.int32),

@@ -137,7 +137,7 @@ def make_data(cfg, cache_dir: str | Path | None = None, tokenizer: Tokenizer | N
 
     def pack(documents: list[str]) -> dict[str, np.ndarray]:
         return pack_documents(tok.encode_batch(documents), d.seq_len, tok.bos_id, tok.eos_id,
-                              tok.pad_id)
+                              tok.pad_id, align=max(d.align_documents, 1))
 
     packed = pack(train_docs)
     heldout = pack(held_docs) if held_docs else None

@@ -3,6 +3,7 @@
 from zoo.layers.attention import Attention, KVCache
 from zoo.layers.conv import ShortConv
 from zoo.layers.embedding import Embedding
+from zoo.layers.gates import GateHead
 from zoo.layers.linear import Projection
 from zoo.layers.mlp import SwiGLU, swiglu_hidden_dim
 from zoo.layers.norms import RMSNorm
@@ -11,7 +12,7 @@ from zoo.layers.rotary import apply_rotary
 
 __all__ = [
     "Attention",
-    "Embedding",
+    "Embedding", "GateHead",
     "KVCache",
     "Projection",
     "RMSNorm",

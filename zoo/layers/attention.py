@@ -15,6 +15,7 @@ from flax import nnx, struct
 
 from zoo.layers.conv import ShortConv
 from zoo.layers.linear import Projection
+from zoo.layers.param import normal_param
 from zoo.layers.rotary import apply_rotary
 
 
@@ -30,13 +31,25 @@ class KVCache:
     conv_tail: jax.Array | None = None
 
 
+def positions_in_documents(segment_ids: jax.Array | None, seq: int) -> jax.Array:
+    """Rotary positions: `[seq]` 0..seq-1, or with `segment_ids: [batch, seq]` the position within
+    each document `[batch, seq]`, so a packed document is encoded exactly as if it were alone."""
+    index = jnp.arange(seq)
+    if segment_ids is None:
+        return index
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1)
+    return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+
+
 class Attention(nnx.Module):
     """`x: [batch, seq, d_model] -> [batch, seq, d_model]`, causal, `num_heads` query heads sharing
-    `num_kv_heads` key/value heads. `sliding_window = W > 0`: token t sees tokens t-W+1 .. t."""
+    `num_kv_heads` key/value heads. `sliding_window = W > 0`: token t sees tokens t-W+1 .. t.
+    `persistent = N_p > 0`: N_p learned key/value slots per KV head that every query sees
+    (Titans' persistent memory, Eq. 19, as per-head K/V; no rotary on them)."""
 
     def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  rope_theta: float, sliding_window: int, conv_width: int, std: float, out_std: float,
-                 dtype: jnp.dtype, rngs: nnx.Rngs):
+                 dtype: jnp.dtype, rngs: nnx.Rngs, persistent: int = 0):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.rope_theta, self.sliding_window, self.dtype = rope_theta, sliding_window, dtype
         self.conv = ShortConv(d_model, conv_width, dtype=dtype) if conv_width else None
@@ -46,6 +59,22 @@ class Attention(nnx.Module):
         self.v = Projection((d_model,), (num_kv_heads, head_dim), axes=("embed", "kv_heads", "kv"), **proj)
         self.o = Projection((num_heads, head_dim), (d_model,), axes=("heads", "kv", "embed"),
                             std=out_std, dtype=dtype, rngs=rngs)
+        if persistent:
+            shape, axes = (persistent, num_kv_heads, head_dim), (None, "kv_heads", "kv")
+            self.persistent_k = normal_param(rngs, shape, axes, head_dim ** -0.5)
+            self.persistent_v = normal_param(rngs, shape, axes, head_dim ** -0.5)
+        else:
+            self.persistent_k = self.persistent_v = None
+
+    def _with_persistent(self, k, v, mask):
+        """Prepends the persistent slots to k, v `[B, S, Hkv, d]` and opens them in `mask [B|1, 1, T, S]`."""
+        if self.persistent_k is None:
+            return k, v, mask
+        b, n_p = k.shape[0], self.persistent_k.value.shape[0]
+        pk = jnp.broadcast_to(self.persistent_k.value.astype(k.dtype), (b,) + self.persistent_k.value.shape)
+        pv = jnp.broadcast_to(self.persistent_v.value.astype(v.dtype), (b,) + self.persistent_v.value.shape)
+        open_ = jnp.ones(mask.shape[:-1] + (n_p,), bool)
+        return jnp.concatenate([pk, k], 1), jnp.concatenate([pv, v], 1), jnp.concatenate([open_, mask], -1)
 
     def _qkv(self, x, positions, segment_ids=None, conv_tail=None):
         tail = None
@@ -58,13 +87,21 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         """Full-sequence causal attention; `segment_ids: [batch, seq]` keeps documents apart."""
         seq = x.shape[1]
-        q, k, v, _ = self._qkv(x, jnp.arange(seq), segment_ids)
+        q, k, v, _ = self._qkv(x, positions_in_documents(segment_ids, seq), segment_ids)
         mask = None
         if segment_ids is not None:
             mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
-        window = (self.sliding_window - 1, 0) if self.sliding_window else None
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, local_window_size=window)
-        return self.o(out)
+        if self.persistent_k is None:  # the form GPUs run with cuDNN
+            window = (self.sliding_window - 1, 0) if self.sliding_window else None
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, local_window_size=window)
+            return self.o(out)
+        pos = jnp.arange(seq)
+        causal = pos[None, :] <= pos[:, None]
+        if self.sliding_window:
+            causal &= pos[:, None] - pos[None, :] < self.sliding_window
+        mask = causal[None, None] if mask is None else mask & causal[None, None]
+        k, v, mask = self._with_persistent(k, v, mask)
+        return self.o(jax.nn.dot_product_attention(q, k, v, mask=mask))
 
     def init_cache(self, batch_size: int, max_len: int) -> KVCache:
         size = min(self.sliding_window, max_len) if self.sliding_window else max_len
@@ -86,7 +123,8 @@ class Attention(nnx.Module):
         mask = (kpos[None, :] >= 0) & (kpos[None, :] <= qpos[:, None])
         if self.sliding_window:
             mask &= qpos[:, None] - kpos[None, :] < self.sliding_window
-        out = jax.nn.dot_product_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask=mask[None, None])
+        keys, values, mask = self._with_persistent(keys.astype(q.dtype), values.astype(q.dtype), mask[None, None])
+        out = jax.nn.dot_product_attention(q, keys, values, mask=mask)
         keep = min(seq, size)  # only the newest `size` tokens can stay in the ring
         slots = qpos[seq - keep:] % size
         new_cache = KVCache(

@@ -13,15 +13,13 @@ from zoo.models.lm import LanguageModel, compute_dtype
 from zoo.registry import register
 
 
-def attention_from_config(cfg: ModelConfig, rngs: nnx.Rngs, *, sliding_window: int | None = None) -> Attention:
+def attention_from_config(cfg: ModelConfig, rngs: nnx.Rngs, *, persistent: int = 0) -> Attention:
     """The attention layer a config describes (shared by every family that mixes in attention)."""
     head_dim = cfg.head_dim or cfg.d_model // cfg.num_heads
     return Attention(
         cfg.d_model, cfg.num_heads, cfg.num_kv_heads or cfg.num_heads, head_dim,
-        rope_theta=cfg.rope_theta,
-        sliding_window=cfg.sliding_window if sliding_window is None else sliding_window,
-        conv_width=cfg.attn_conv_width, std=cfg.init_std, out_std=residual_std(cfg),
-        dtype=compute_dtype(cfg), rngs=rngs)
+        rope_theta=cfg.rope_theta, sliding_window=cfg.sliding_window, conv_width=cfg.attn_conv_width,
+        std=cfg.init_std, out_std=residual_std(cfg), dtype=compute_dtype(cfg), rngs=rngs, persistent=persistent)
 
 
 def mlp_from_config(cfg: ModelConfig, rngs: nnx.Rngs) -> SwiGLU:

@@ -101,3 +101,19 @@ def test_bad_input_errors():
         pack_documents([], 8, BOS, EOS)
     with pytest.raises(DataError, match="seq_len must be a positive integer"):
         pack_documents([[3]], 0, BOS, EOS)
+
+
+def test_align_starts_every_document_on_the_grid():
+    docs = [list(range(10, 10 + n)) for n in (5, 1, 9, 3, 14, 2)]
+    packed = pack_documents(docs, seq_len=16, bos_id=1, eos_id=2, align=4)
+    seg, inputs = packed["segment_ids"], packed["inputs"]
+    starts = [(r, t) for r in range(seg.shape[0]) for t in range(seg.shape[1])
+              if seg[r, t] > 0 and (t == 0 or seg[r, t] != seg[r, t - 1])]
+    assert all(t % 4 == 0 for _, t in starts)
+    assert sum(1 for r, t in starts if inputs[r, t] == 1) == len(docs)  # every bos opens a segment
+    # the real tokens of every document are still there, in order
+    tokens = [int(x) for x, s in zip(inputs.reshape(-1), seg.reshape(-1), strict=True) if s > 0 and x >= 10]
+    assert tokens == [x for d in docs for x in d]
+    assert packed["loss_mask"][seg == 0].sum() == 0
+    with pytest.raises(Exception, match="multiple"):
+        pack_documents(docs, seq_len=10, bos_id=1, eos_id=2, align=4)

@@ -1,0 +1,23 @@
+"""Data-dependent gate heads: a bias-carrying projection of the block input, in float32."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from zoo.layers.linear import Projection
+from zoo.layers.param import constant_param
+
+
+class GateHead(nnx.Module):
+    """`x: [batch, seq, d_model] -> z: [batch, seq, *out_shape]` float32 pre-activations,
+    z = x W + b with b initialised to `bias_init` (sets the gate's starting value)."""
+
+    def __init__(self, d_model: int, out_shape: tuple[int, ...], *, axes: tuple[str | None, ...], bias_init: float,
+                 std: float, rngs: nnx.Rngs):
+        self.proj = Projection((d_model,), out_shape, axes=("embed",) + axes, std=std, dtype=jnp.float32, rngs=rngs)
+        self.bias = constant_param(jnp.full(out_shape, bias_init), axes)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.proj(x.astype(jnp.float32)) + self.bias.value

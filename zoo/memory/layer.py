@@ -1,0 +1,154 @@
+"""The memory mixer: turns x into q, k, v and gates, runs the engine per head, gates the output.
+
+Input path (Titans §4.4, spec §1.1): q, k, v projections -> causal depthwise conv (width 4)
+-> SiLU -> L2-normalised q and k per head. Gates per head and token from x (spec §1.4):
+    rho_t = lr_max * sigmoid(z_lr)          inner learning rate (Titans theta_t)
+    log l_t = -softplus(z_forget)           retention, l = 1 - alpha_t (Titans alpha_t forgotten)
+    log mu_t = -softplus(-z_momentum)       momentum decay (Titans eta_t)
+Output (spec §1.5): (RMSNorm_head(y) * SiLU(x W_G)) W_O.
+The memory never sees x; every outer parameter (projections, conv, gates, W_0) learns through
+the inner updates (full second-order gradients unless spec.bilevel = "first_order").
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from zoo.config import MemoryConfig
+from zoo.layers import GateHead, Projection, ShortConv, constant_param
+from zoo.memory import engine
+from zoo.memory.engine import Gates
+from zoo.memory.spec import MemorySpec
+from zoo.memory.state import MemState, initial_state
+from zoo.memory.structures import init_weights, layer_shapes
+
+# Gate bias inits (spec §1.4 suggestion): forget ~0.01, momentum ~0.9, learning rate ~0.1 lr_max.
+FORGET_BIAS = math.log(0.01 / 0.99)
+MOMENTUM_BIAS = math.log(0.9 / 0.1)
+LR_BIAS = math.log(0.1 / 0.9)
+
+
+def memory_spec(cfg: MemoryConfig) -> MemorySpec:
+    return MemorySpec(structure=cfg.structure, depth=cfg.depth, expansion=cfg.expansion, residual=cfg.residual,
+                      activation=cfg.activation, objective=cfg.objective, retention=cfg.retention,
+                      learner=cfg.learner, semantics=cfg.semantics, chunk_size=cfg.chunk_size, bilevel=cfg.bilevel)
+
+
+@struct.dataclass
+class MixerState:
+    """memory: MemState with leading axes [batch, heads]; conv_tail: [batch, K-1, 3 * heads * dim]."""
+
+    memory: MemState
+    conv_tail: jax.Array
+
+
+def _l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
+
+
+class MemoryMixer(nnx.Module):
+    """`mixer(x: [batch, seq, d_model], *, state=None, segment_ids=None) -> (y, state)`.
+
+    Pass the returned state back to continue a sequence (prefill, streaming, decoding all use
+    it); `segment_ids: [batch, seq]` (fresh calls only) resets the memory to W_0 at every
+    document start; in the chunk-parallel form documents must start at multiples of the chunk
+    size (pack with data.align_documents = chunk_size).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, head_dim: int, spec: MemorySpec, *, conv_width: int = 4,
+                 lr_max: float = 0.1, std: float = 0.02, out_std: float = 0.02, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        self.spec, self.num_heads, self.head_dim, self.lr_max, self.dtype = spec, num_heads, head_dim, lr_max, dtype
+        hd = (num_heads, head_dim)
+        proj = dict(axes=("embed", "heads", "kv"), std=std, dtype=dtype, rngs=rngs)
+        self.q, self.k, self.v = Projection((d_model,), hd, **proj), Projection((d_model,), hd, **proj), \
+            Projection((d_model,), hd, **proj)
+        self.conv = ShortConv(3 * num_heads * head_dim, conv_width, dtype=dtype, axis_name=None)
+        gate = dict(std=std, rngs=rngs)
+        self.lr_gate = GateHead(d_model, (num_heads,), axes=("heads",), bias_init=LR_BIAS, **gate)
+        self.forget_gate = None if spec.retention == "none" else GateHead(
+            d_model, hd if spec.retention == "channel" else (num_heads,),
+            axes=("heads", "kv") if spec.retention == "channel" else ("heads",), bias_init=FORGET_BIAS, **gate)
+        self.momentum_gate = GateHead(d_model, (num_heads,), axes=("heads",), bias_init=MOMENTUM_BIAS,
+                                      **gate) if spec.has_momentum else None
+        keys = jax.random.split(rngs.params(), num_heads)
+        per_head = [init_weights(spec, key, head_dim, head_dim) for key in keys]
+        self.init_state = nnx.List([
+            constant_param(jnp.stack([w[i] for w in per_head]), ("heads", None, None))
+            for i in range(len(layer_shapes(spec, head_dim, head_dim)))])
+        self.out_norm = constant_param(jnp.ones(hd), ("heads", "kv"))
+        self.out_gate = Projection((d_model,), hd, **proj)
+        self.o = Projection(hd, (d_model,), axes=("heads", "kv", "embed"), std=out_std, dtype=dtype, rngs=rngs)
+
+    # -- pieces ----------------------------------------------------------------------------
+
+    def _initial_weights(self) -> tuple[jax.Array, ...]:
+        return tuple(p.value for p in self.init_state)  # each [heads, d_in, d_out]
+
+    def queries_keys_values(self, x, *, segment_ids=None, conv_tail=None):
+        """`x: [B, T, d_model]` -> q, k, v `[B, H, T, dh]` float32 and the new conv tail."""
+        b, t, _ = x.shape
+        qkv = jnp.concatenate([self.q(x), self.k(x), self.v(x)], axis=-1).reshape(b, t, -1)
+        qkv, tail = self.conv(qkv, segment_ids=segment_ids, tail=conv_tail)
+        qkv = jax.nn.silu(qkv.astype(jnp.float32)).reshape(b, t, self.num_heads, 3 * self.head_dim)
+        q, k, v = jnp.split(qkv, 3, axis=-1)
+        to_heads = lambda a: jnp.moveaxis(a, 2, 1)  # noqa: E731  [B, T, H, d] -> [B, H, T, d]
+        return to_heads(_l2_normalize(q)), to_heads(_l2_normalize(k)), to_heads(v), tail
+
+    def gates(self, x) -> Gates:
+        """Per-token gates with leading axes [B, H, T] (channel retention: [B, H, T, dh])."""
+        to_heads = lambda a: jnp.moveaxis(a, 2, 1)  # noqa: E731
+        lr = self.lr_max * jax.nn.sigmoid(self.lr_gate(x))
+        shape = lr.shape
+        log_ret = jnp.zeros(shape) if self.forget_gate is None else -jax.nn.softplus(self.forget_gate(x))
+        log_mu = jnp.zeros(shape) if self.momentum_gate is None else -jax.nn.softplus(-self.momentum_gate(x))
+        return Gates(lr=to_heads(lr), log_retention=to_heads(log_ret), log_momentum=to_heads(log_mu))
+
+    def output(self, x, y):
+        """`y: [B, H, T, dh]` -> `[B, T, d_model]`: per-head RMSNorm, SiLU output gate, W_O."""
+        y = jnp.moveaxis(y, 1, 2)
+        y = y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + 1e-6) * self.out_norm.value
+        return self.o((y * jax.nn.silu(self.out_gate(x).astype(jnp.float32))).astype(self.dtype))
+
+    # -- the mixer ---------------------------------------------------------------------------
+
+    def init_state_for(self, batch_size: int) -> MixerState:
+        per_head = jax.vmap(initial_state)(self._initial_weights())
+        memory = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch_size,) + a.shape), per_head)
+        return MixerState(memory=memory, conv_tail=self.conv.init_tail(batch_size))
+
+    def __call__(self, x: jax.Array, *, state: MixerState | None = None,
+                 segment_ids: jax.Array | None = None) -> tuple[jax.Array, MixerState]:
+        if x.ndim != 3:
+            raise ValueError(f"the memory mixer takes x: [batch, seq, d_model], got shape {x.shape}")
+        if segment_ids is not None and state is not None:
+            raise ValueError("segment_ids are for fresh sequences; a carried state continues one sequence")
+        q, k, v, tail = self.queries_keys_values(
+            x, segment_ids=segment_ids, conv_tail=None if state is None else state.conv_tail)
+        g = self.gates(x)
+        init = self._initial_weights()
+        spec = self.spec
+        if state is None:
+            def one(q, k, v, g, init, seg):
+                return engine.chunk(spec, None, q, k, v, g, init=init, segment_ids=seg)
+
+            seg = segment_ids
+            per_head = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None))
+            memory, y = jax.vmap(per_head, in_axes=(0, 0, 0, 0, None, 0 if seg is not None else None))(
+                q, k, v, g, init, seg)
+        elif x.shape[1] == 1:  # one decoding step: O(1) in the chunk size
+            def cont(st, q, k, v, g, init):
+                st, y = engine.decode_step(spec, st, q[0], k[0], v[0], g.at(0))
+                return st, y[None]
+        else:
+            def cont(st, q, k, v, g, init):
+                return engine.chunk(spec, st, q, k, v, g, init=init)
+
+        if state is not None:
+            per_head = jax.vmap(cont, in_axes=(0, 0, 0, 0, 0, 0))
+            memory, y = jax.vmap(per_head, in_axes=(0, 0, 0, 0, 0, None))(state.memory, q, k, v, g, init)
+        return self.output(x, y), MixerState(memory=memory, conv_tail=tail)
