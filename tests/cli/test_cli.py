@@ -77,3 +77,4 @@ def test_bad_inputs_give_messages(tmp_path):
     assert no_run.returncode == 1 and "config.yaml" in no_run.stderr
     bad_task = run("eval.py", "--workdir", str(tmp_path), "--tasks", "pppl")
     assert bad_task.returncode == 1 and "Did you mean 'ppl'" in bad_task.stderr
+

@@ -66,7 +66,7 @@ class Attention(nnx.Module):
         else:
             self.persistent_k = self.persistent_v = None
 
-    def _with_persistent(self, k, v, mask):
+    def with_persistent(self, k, v, mask):
         """Prepends the persistent slots to k, v `[B, S, Hkv, d]` and opens them in `mask [B|1, 1, T, S]`."""
         if self.persistent_k is None:
             return k, v, mask
@@ -100,7 +100,7 @@ class Attention(nnx.Module):
         if self.sliding_window:
             causal &= pos[:, None] - pos[None, :] < self.sliding_window
         mask = causal[None, None] if mask is None else mask & causal[None, None]
-        k, v, mask = self._with_persistent(k, v, mask)
+        k, v, mask = self.with_persistent(k, v, mask)
         return self.o(jax.nn.dot_product_attention(q, k, v, mask=mask))
 
     def init_cache(self, batch_size: int, max_len: int) -> KVCache:
@@ -123,7 +123,7 @@ class Attention(nnx.Module):
         mask = (kpos[None, :] >= 0) & (kpos[None, :] <= qpos[:, None])
         if self.sliding_window:
             mask &= qpos[:, None] - kpos[None, :] < self.sliding_window
-        keys, values, mask = self._with_persistent(keys.astype(q.dtype), values.astype(q.dtype), mask[None, None])
+        keys, values, mask = self.with_persistent(keys.astype(q.dtype), values.astype(q.dtype), mask[None, None])
         out = jax.nn.dot_product_attention(q, keys, values, mask=mask)
         keep = min(seq, size)  # only the newest `size` tokens can stay in the ring
         slots = qpos[seq - keep:] % size

@@ -113,7 +113,7 @@ def reference_chunked(spec, state, q, k, v, gates, *, init=None, segment_ids=Non
 # Chunk-parallel form.
 
 
-def _chunk_body(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Weights,
+def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Weights,
                 q, k, v, g: Gates, valid):
     """One chunk of C grid positions (invalid ones are exact no-ops), Titans spec §1.6.
 
@@ -214,7 +214,7 @@ def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, in
         index, reset, (qc, kc, vc, gc), vc_mask = inputs
         w, s, anchor = jax.tree.map(lambda a, b: jnp.where(reset, a, b), (init, zeros, init), (w, s, anchor))
         result_anchor = jax.tree.map(lambda a, b: jnp.where(index == final_chunk, a, b), anchor, result_anchor)
-        (w, s), y = _chunk_body(spec, w, s, anchor, qc, kc, vc, gc, vc_mask)
+        (w, s), y = chunk_step(spec, w, s, anchor, qc, kc, vc, gc, vc_mask)
         return (w, s, w, result_anchor), y
 
     carry = (state.weights, state.momentum, state.anchor, state.anchor)

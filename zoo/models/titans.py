@@ -27,7 +27,7 @@ def mixer_from_config(cfg: ModelConfig, rngs: nnx.Rngs) -> MemoryMixer:
                        dtype=compute_dtype(cfg), rngs=rngs)
 
 
-class _Block(nnx.Module):
+class Block(nnx.Module):
     """Pre-norm residual sublayers ending in a SwiGLU MLP; subclasses define the token mixing."""
 
     def norm(self, cfg: ModelConfig) -> RMSNorm:
@@ -42,7 +42,7 @@ class _Block(nnx.Module):
         return x + self.mlp(self.mlp_norm(x)), cache
 
 
-class LMMBlock(_Block):
+class LMMBlock(Block):
     """Titans LMM: the memory is the only token mixer. x + Mem(Norm x), then the MLP."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
@@ -57,7 +57,7 @@ class LMMBlock(_Block):
         return x + h, cache
 
 
-class MALBlock(_Block):
+class MALBlock(Block):
     """Titans MAL (Eq. 29-31): memory layer, then sliding-window attention (with persistent
     memory), then the MLP, each a pre-norm residual sublayer."""
 
@@ -79,7 +79,7 @@ class MALBlock(_Block):
         return x + a, (mem_state, kv)
 
 
-class MAGBlock(_Block):
+class MAGBlock(Block):
     """Titans MAG (Eq. 26-28): sliding-window attention (with persistent memory) and the memory
     read the same normed input; o = RMSNorm_a(attn) * sigmoid(RMSNorm_b(mem)) (spec §2.4)."""
 

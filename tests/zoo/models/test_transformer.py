@@ -20,12 +20,18 @@ def tokens(batch=2, seq=19, seed=1):
     return jax.random.randint(jax.random.key(seed), (batch, seq), 0, BASE["vocab_size"], jnp.int32)
 
 
+_forward = nnx.jit(lambda m, t: m(t))
+_forward_seg = nnx.jit(lambda m, t, s: m(t, segment_ids=s))
+_extend = nnx.jit(lambda m, t, c: m.extend(t, c))
+_decode = nnx.jit(lambda m, t, c: m.decode_step(t, c))
+
+
 def decode_all(model, toks, prefill):
     cache = model.init_cache(toks.shape[0], toks.shape[1])
-    logits, cache = model.extend(toks[:, :prefill], cache)
+    logits, cache = _extend(model, toks[:, :prefill], cache)
     out = [logits]
     for t in range(prefill, toks.shape[1]):
-        step_logits, cache = model.decode_step(toks[:, t:t + 1], cache)
+        step_logits, cache = _decode(model, toks[:, t:t + 1], cache)
         out.append(step_logits)
     return jnp.concatenate(out, axis=1)
 
@@ -42,7 +48,7 @@ def test_forward_shape_and_dtype():
 def test_decode_matches_forward(kw, prefill):
     model = build(**kw)
     toks = tokens()
-    np.testing.assert_allclose(decode_all(model, toks, prefill), model(toks), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(decode_all(model, toks, prefill), _forward(model, toks), atol=1e-5, rtol=1e-5)
 
 
 def test_sliding_window_cache_is_window_sized_and_exact():
@@ -50,14 +56,14 @@ def test_sliding_window_cache_is_window_sized_and_exact():
     cache = model.init_cache(2, 1000)
     assert cache[0].k.shape[1] == 4  # constant memory in context length
     toks = tokens(seq=23)
-    np.testing.assert_allclose(decode_all(model, toks, 3), model(toks), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(decode_all(model, toks, 3), _forward(model, toks), atol=1e-5, rtol=1e-5)
 
 
 def test_sliding_window_limits_receptive_field():
     model = build(sliding_window=3, num_layers=1)
     toks = tokens(seq=12)
     changed = toks.at[:, 2].set((toks[:, 2] + 1) % BASE["vocab_size"])
-    diff = jnp.abs(model(toks) - model(changed)).max(axis=(0, 2))
+    diff = jnp.abs(_forward(model, toks) - _forward(model, changed)).max(axis=(0, 2))
     assert np.all(np.asarray(diff[:2]) == 0)  # causal
     assert np.all(np.asarray(diff[2:5]) > 0)  # positions 2..4 see token 2
     assert np.all(np.asarray(diff[5:]) == 0)  # one layer, window 3: no further
@@ -69,16 +75,16 @@ def test_streaming_segments_match_one_call():
     cache = model.init_cache(2, 30)
     parts = []
     for lo, hi in [(0, 11), (11, 12), (12, 30)]:
-        logits, cache = model.extend(toks[:, lo:hi], cache)
+        logits, cache = _extend(model, toks[:, lo:hi], cache)
         parts.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(parts, 1), model(toks), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(jnp.concatenate(parts, 1), _forward(model, toks), atol=1e-5, rtol=1e-5)
 
 
 def test_causal():
     model = build(attn_conv_width=4)
     toks = tokens()
     changed = toks.at[:, 10].set((toks[:, 10] + 1) % BASE["vocab_size"])
-    a, b = model(toks), model(changed)
+    a, b = _forward(model, toks), _forward(model, changed)
     np.testing.assert_array_equal(a[:, :10], b[:, :10])
     assert not np.allclose(a[:, 10:], b[:, 10:])
 
@@ -87,15 +93,15 @@ def test_segment_ids_equal_separate_sequences():
     model = build(attn_conv_width=4)
     toks = tokens(batch=1, seq=20)
     seg = jnp.array([[1] * 8 + [2] * 12])
-    packed = model(toks, segment_ids=seg)
-    np.testing.assert_allclose(packed[:, :8], model(toks[:, :8]), atol=1e-5)
-    np.testing.assert_allclose(packed[:, 8:], model(toks[:, 8:]), atol=1e-5)
+    packed = _forward_seg(model, toks, seg)
+    np.testing.assert_allclose(packed[:, :8], _forward(model, toks[:, :8]), atol=1e-5)
+    np.testing.assert_allclose(packed[:, 8:], _forward(model, toks[:, 8:]), atol=1e-5)
 
 
 def test_bf16_compute_close_to_fp32():
     toks = tokens()
-    f32 = build()(toks)
-    bf16 = build(dtype="bfloat16")(toks)
+    f32 = _forward(build(), toks)
+    bf16 = _forward(build(dtype="bfloat16"), toks)
     assert bf16.dtype == jnp.float32
     assert float(jnp.abs(f32 - bf16).max()) < 0.05
 
@@ -105,7 +111,7 @@ def test_remat_same_gradients():
 
     def grads(model):
         graphdef, state = nnx.split(model)
-        return jax.grad(lambda s: nnx.merge(graphdef, s)(toks).sum())(state)
+        return jax.jit(jax.grad(lambda s: nnx.merge(graphdef, s)(toks).sum()))(state)
 
     g1, g2 = grads(build()), grads(build(remat=True))
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
@@ -117,11 +123,10 @@ def test_generate_greedy_matches_argmax_loop():
     prompt = tokens(seq=5)
     out = zoo.generate(model, prompt, max_new_tokens=6)
     assert out.shape == (2, 11)
-    seq = prompt
-    for _ in range(6):
-        nxt = jnp.argmax(model(seq)[:, -1], axis=-1)[:, None].astype(jnp.int32)
-        seq = jnp.concatenate([seq, nxt], axis=1)
-    np.testing.assert_array_equal(out, seq)
+    np.testing.assert_array_equal(out[:, :5], prompt)
+    # every generated token is the argmax of the full forward pass at the position before it
+    greedy = jnp.argmax(_forward(model, out)[:, 4:10], axis=-1)
+    np.testing.assert_array_equal(out[:, 5:], greedy)
 
 
 def test_generate_sampling_and_errors():

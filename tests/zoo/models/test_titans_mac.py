@@ -1,0 +1,203 @@
+"""Titans MAC (memory as context): forward shape, decode/streaming == forward, causality,
+segment-local attention (segments meet only through the memory), document resets, gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import zoo
+from zoo.config import MemoryConfig, ModelConfig, load_config
+
+C = 8  # segment = memory chunk
+VOCAB = 61
+
+
+def build(num_layers=1, **memory):
+    cfg = ModelConfig(name="titans_mac", vocab_size=VOCAB, d_model=32, num_layers=num_layers, num_heads=2,
+                      persistent_tokens=2, memory=MemoryConfig(chunk_size=C, expansion=2, **memory))
+    return zoo.build_model(cfg, rngs=nnx.Rngs(0))
+
+
+def tokens(seq, batch=2, seed=1):
+    return jax.random.randint(jax.random.key(seed), (batch, seq), 0, VOCAB, jnp.int32)
+
+
+def perturb(toks, t):
+    return toks.at[:, t].set((toks[:, t] + 7) % VOCAB)
+
+
+# Shapes here are tiny, so XLA's compile time dominates on CPU: compile with backend optimisation
+# off (about 2.5x faster to compile). Models are jitted as (static graphdef, state), like nnx.jit.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def jit(fn):
+    compiled = jax.jit(lambda graphdef, state, *args: fn(nnx.merge(graphdef, state), *args), static_argnums=0,
+                       compiler_options=FAST_COMPILE)
+    return lambda model, *args: compiled(*nnx.split(model), *args)
+
+
+forward = jit(lambda m, t: m(t))
+forward_seg = jit(lambda m, t, s: m(t, segment_ids=s))
+extend = jit(lambda m, t, c: m.extend(t, c))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build(num_layers=2)
+
+
+@pytest.fixture(scope="module")
+def toks():
+    return tokens(21)  # two full segments and a partial one
+
+
+@pytest.fixture(scope="module")
+def reference(model, toks):
+    return forward(model, toks)
+
+
+def stream(model, toks, cuts):
+    cache = model.init_cache(toks.shape[0], toks.shape[1])
+    out = []
+    for lo, hi in zip([0] + cuts, cuts + [toks.shape[1]], strict=True):
+        logits, cache = extend(model, toks[:, lo:hi], cache)
+        out.append(logits)
+    return jnp.concatenate(out, axis=1)
+
+
+def test_forward_shape(reference):
+    assert reference.shape == (2, 21, VOCAB) and reference.dtype == jnp.float32
+    assert np.isfinite(np.asarray(reference)).all()
+
+
+def test_registered():
+    info = zoo.registry.models()["titans_mac"]
+    assert info.family == "Titans" and info.uses_memory and info.tiny_config == "configs/titans/mac_tiny.yaml"
+
+
+def test_decode_after_mid_segment_prefill_equals_forward(model, toks, reference):
+    # prefill of 5 (ends mid-segment), then one token at a time through two segment boundaries
+    np.testing.assert_allclose(stream(model, toks, list(range(5, 21))), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_streaming_pieces_off_the_grid_equal_one_call(model, toks, reference):
+    # pieces of 5 start at in-segment offsets 0, 5, 2, 7, 4 (the last piece is one token)
+    np.testing.assert_allclose(stream(model, toks, [5, 10, 15, 20]), reference, atol=1e-5, rtol=1e-5)
+
+
+def reference_mix(block, x):
+    """One MAC block's token mixing written out segment by segment with public pieces: retrieval
+    at the segment-start memory (Eq. 21), attention over [P || retrieved || segment] with
+    lower-triangular blocks (Eq. 22-23), and the write + per-position read as a plain
+    MemoryMixer call carrying its state from segment to segment (Eq. 24-25)."""
+    from zoo.layers import apply_rotary
+    from zoo.memory import engine
+
+    mixer, attn = block.mixer, block.attn
+    b, t, _ = x.shape
+    h = block.in_norm(x)
+    q_ret = mixer.queries_keys_values(h)[0]
+    state = mixer.init_state_for(b)
+    read = jax.vmap(jax.vmap(jax.vmap(lambda w, q: engine.read(mixer.spec, w, q), (None, 0))))
+    outs = []
+    for lo in range(0, t, C):
+        hs, n = h[:, lo:lo + C], min(C, t - lo)
+        pos = jnp.arange(n)
+        # state.memory.weights: the state after the previous segment (= the anchor)
+        r = block.retrieved_norm(mixer.output(hs, read(state.memory.weights, q_ret[:, :, lo:lo + n])))
+        keys = jnp.concatenate([apply_rotary(attn.k(r), pos), apply_rotary(attn.k(hs), pos)], 1)
+        values = jnp.concatenate([attn.v(r), attn.v(hs)], 1)
+        tril = jnp.tril(jnp.ones((n, n), bool))
+        keys, values, mask = attn.with_persistent(keys, values, jnp.concatenate([tril, tril], 1)[None, None])
+        y = attn.o(jax.nn.dot_product_attention(apply_rotary(attn.q(hs), pos), keys, values, mask=mask))
+        y_n = block.attn_out_norm(y)
+        m, state = mixer(y_n, state=state)
+        outs.append(y_n * jax.nn.sigmoid(block.mem_out_norm(m)))
+    return x + jnp.concatenate(outs, 1)
+
+
+def test_block_matches_segment_by_segment_reference(model):
+    block = model.blocks[0]
+    x = jax.random.normal(jax.random.key(2), (2, 21, 32))
+    mix = jit(lambda blk, x: blk.mix(x, None, None)[0])
+    np.testing.assert_allclose(mix(block, x), jit(reference_mix)(block, x), atol=1e-5, rtol=1e-5)
+
+
+def test_cache_does_not_grow_with_context(model):
+    cache = model.init_cache(2, 10_000)
+    sizes = {x.shape[1] for x in (cache[0].k_mem, cache[0].v_seg, cache[0].written)}
+    assert sizes == {C}
+
+
+def test_causal(model, toks, reference):
+    t = 11  # in the middle of segment 1
+    changed = forward(model, perturb(toks, t))
+    np.testing.assert_array_equal(np.asarray(reference[:, :t]), np.asarray(changed[:, :t]))
+    assert float(jnp.abs(reference[:, t:] - changed[:, t:]).max()) > 0
+
+
+@pytest.mark.parametrize("lr_max", [0.0, 0.1])
+def test_segments_meet_only_through_the_memory(lr_max):
+    # No retention, no conv: with lr_max = 0 the memory stays W_0, so nothing of segment 0 may
+    # reach segment 1 (attention is segment-local); with lr_max > 0 the memory carries it.
+    model = build(retention="none", conv_width=1, lr_max=lr_max)
+    toks = tokens(16, batch=1)
+    a, b = forward(model, toks), forward(model, perturb(toks, 1))
+    assert float(jnp.abs(a[:, 1:C] - b[:, 1:C]).max()) > 0
+    later = float(jnp.abs(a[:, C:] - b[:, C:]).max())
+    if lr_max == 0.0:
+        assert later == 0.0
+    else:
+        assert later > 1e-6
+
+
+def test_document_resets_equal_separate_sequences():
+    model = build()
+    toks = tokens(24, seed=3)
+    # row 0: documents of 8 and 16 tokens; row 1: 16 and 8 (both start on the segment grid)
+    seg = jnp.array([[1] * 8 + [2] * 16, [1] * 16 + [2] * 8])
+    packed = forward_seg(model, toks, seg)
+    short = forward(model, jnp.stack([toks[0, :8], toks[1, 16:]]))
+    long = forward(model, jnp.stack([toks[0, 8:], toks[1, :16]]))
+    np.testing.assert_allclose(packed[0, :8], short[0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(packed[1, 16:], short[1], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(packed[0, 8:], long[0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(packed[1, :16], long[1], atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_flow_through_the_inner_loop():
+    model = build()
+    toks = tokens(12, batch=1)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit(compiler_options=FAST_COMPILE)
+    def grads(state):
+        return jax.grad(lambda s: jnp.mean(nnx.merge(graphdef, s)(toks) ** 2))(state)
+
+    g = nnx.to_pure_dict(grads(state))
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(g))
+    mixer = g["blocks"][0]["mixer"]
+    # the gates, W_K and W_V learn only through the memory updates (second order)
+    for name in ("lr_gate", "forget_gate", "momentum_gate"):
+        assert float(jnp.abs(mixer[name]["bias"]).max()) > 0, name
+        assert float(jnp.abs(mixer[name]["proj"]["kernel"]).max()) > 0, name
+    for name in ("q", "k", "v"):
+        assert float(jnp.abs(mixer[name]["kernel"]).max()) > 0, name
+    assert all(float(jnp.abs(w).max()) > 0 for w in jax.tree.leaves(mixer["init_state"]))
+    assert float(jnp.abs(g["blocks"][0]["attn"]["persistent_k"]).max()) > 0
+
+
+def test_tiny_config_builds():
+    cfg = load_config("configs/titans/mac_tiny.yaml")
+    assert cfg.model.name == "titans_mac" and cfg.data.align_documents == cfg.model.memory.chunk_size == 8
+    model = zoo.build_model(cfg.model, rngs=nnx.Rngs(0))
+    assert len(model.blocks) == 2
+
+
+def test_rejects_attention_conv():
+    with pytest.raises(ValueError, match="attn_conv_width"):
+        zoo.build_model(ModelConfig(name="titans_mac", d_model=32, num_heads=2, attn_conv_width=4),
+                        rngs=nnx.Rngs(0))

@@ -1,0 +1,308 @@
+"""Titans MAC: Memory as Context (Behrouz et al. 2025, arXiv:2501.00663 §4.1, Eq. 21-25, Fig. 2).
+
+The sequence is cut into segments of C = `memory.chunk_size` tokens on the grid of absolute
+positions (multiples of C from the sequence or document start); the memory's chunk is the segment,
+so its anchor is the segment start. Per block, with h = Norm(x) and segment s (Eq. numbers of the
+paper, causality fixes (i), (ii) of the spec §2.4):
+
+    Eq. 21   r_i = M*(q_i; W_a)              retrieval at the segment-start state W_a (no update),
+                                            q_i from the mixer's query path on h (W_Q, conv, SiLU, L2)
+    Eq. 22   S~ = [P || r || h_s]            persistent slots, retrieved tokens, segment tokens
+    Eq. 23   y_s = Attn(S~)                  query i sees P, r_j and h_j for j <= i only (fix (i));
+                                            nothing of other segments: the memory carries the context
+    Eq. 24   M_s = M_{s-1}(y_s)              write y_s (the mixer's full path: q, k, v, gates from y)
+    Eq. 25   o_i = y_i (x) M*_{<=i}(y_i)     read after writing y_{<=i} (fix (ii), the dual form with
+                                            memory chunk = segment), gated as in MAG:
+                                            o = RMSNorm_a(y) * sigmoid(RMSNorm_b(mem_out))
+    x <- x + o,  x <- x + SwiGLU(Norm(x)).
+
+Choices where the paper is silent (see `MACBlock`):
+* The retrieved vectors r are mapped to d_model with the mixer's own output path (per-head RMSNorm,
+  SiLU gate from h, W_O: the same path as the memory's other read) and then RMSNorm-ed, so
+  attention sees them on the scale of its other (normed) inputs.
+* The write path reads y through RMSNorm_a (y_n = RMSNorm_a(y)); the same y_n is the gated side of
+  Eq. 25, so o = y_n * sigmoid(RMSNorm_b(mixer_out(y_n))).
+* One memory mixer (one W_Q, conv kernel, W_O, W_0) serves both reads, as the paper has one memory
+  M; its short conv runs over two streams (Norm x for retrieval queries, y_n for writes), each with
+  its own carried tail. The tails stream across segment boundaries (reset at document starts), so
+  the K-1 tokens before a segment reach it through the conv as well as through the memory.
+* Rotary positions are in-segment positions 0..C-1, the retrieved token r_j at the same position
+  as its token h_j (attention is segment-local and RoPE relative, so absolute positions would give
+  the same scores).
+* `model.sliding_window = W > 0` further limits a query to the last W positions of its segment
+  (both the retrieved and the segment block); 0 = the whole causal segment (the paper).
+
+The segment loop is a `lax.scan` (remat per segment); `extend` runs the same segment step over a
+piece placed at its in-segment offset (any length, starting mid-segment), and a one-token step for
+decoding that costs O(C) attention plus one memory token, independent of the context length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from zoo.config import ModelConfig
+from zoo.layers import apply_rotary
+from zoo.memory import engine
+from zoo.memory.engine import Gates
+from zoo.memory.state import MemState
+from zoo.models.lm import LanguageModel
+from zoo.models.titans import PAPER, Block, mixer_from_config
+from zoo.models.transformer import attention_from_config, mlp_from_config
+from zoo.registry import register
+
+
+@struct.dataclass
+class MACCache:
+    """The state one MAC block carries between `extend` calls (size O(C), not O(context)).
+
+    memory: MemState with leading axes [batch, heads]; its anchor is the state at the current
+        segment's start (where retrievals read and inner gradients are taken).
+    retrieve_tail: [batch, K-1, 3 * heads * head_dim] conv tail of the retrieval query path (Norm x).
+    write_tail: [batch, K-1, 3 * heads * head_dim] conv tail of the write path at the segment start.
+    written: [batch, C, d_model] the write-path inputs y_n of the current segment's tokens so far.
+    k_mem, v_mem / k_seg, v_seg: [batch, C, kv_heads, head_dim] attention keys/values of the
+        segment's retrieved tokens / segment tokens so far (slot = in-segment position).
+    pos: [] int32, tokens of the current segment already seen (0 .. C-1).
+    """
+
+    memory: MemState
+    retrieve_tail: jax.Array
+    write_tail: jax.Array
+    written: jax.Array
+    k_mem: jax.Array
+    v_mem: jax.Array
+    k_seg: jax.Array
+    v_seg: jax.Array
+    pos: jax.Array
+
+
+def _read(spec, weights, q):
+    """M(q; W) per [batch, head] without update (Eq. 15/21): weights [B, H, ...], q [B, H, T, dk]."""
+    per_position = jax.vmap(lambda w, qt: engine.read(spec, w, qt), in_axes=(None, 0))
+    return jax.vmap(jax.vmap(per_position))(weights, q)
+
+
+def _where(cond, a, b):
+    """Selects a where `cond` (broadcast over a's trailing axes), else b, in b's dtype."""
+    cond = jnp.reshape(cond, cond.shape + (1,) * (b.ndim - cond.ndim))
+    return jnp.where(cond, a.astype(b.dtype), b)
+
+
+class MACBlock(Block):
+    """One Titans MAC layer: segment-local attention over [persistent || retrieved || segment],
+    a memory written with the attention output, the MAG-style output gate, then the MLP."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        if cfg.attn_conv_width:
+            raise ValueError("titans_mac: model.attn_conv_width must be 0 (MAC attention has no input conv; "
+                             "the memory's conv is model.memory.conv_width)")
+        self.segment = cfg.memory.chunk_size
+        self.window = cfg.sliding_window
+        self.d_model = cfg.d_model
+        self.in_norm = self.norm(cfg)
+        self.mixer = mixer_from_config(cfg, rngs)
+        if not engine.chunk_parallel(self.mixer.spec):
+            raise ValueError("titans_mac needs a chunk-parallel memory (semantics=anchored, or exact with "
+                             "objective=dot): each segment is one memory chunk")
+        self.retrieved_norm = self.norm(cfg)
+        self.attn = attention_from_config(cfg, rngs, persistent=cfg.persistent_tokens)
+        self.attn_out_norm, self.mem_out_norm = self.norm(cfg), self.norm(cfg)
+        self.mlp_norm, self.mlp = self.norm(cfg), mlp_from_config(cfg, rngs)
+
+    # -- cache -----------------------------------------------------------------------------------
+
+    def init_cache(self, batch_size: int, max_len: int = 0) -> MACCache:
+        """Independent of max_len: the memory carries everything before the current segment."""
+        state = self.mixer.init_state_for(batch_size)
+        a, c = self.attn, self.segment
+        kv = jnp.zeros((batch_size, c, a.num_kv_heads, a.head_dim), a.dtype)
+        return MACCache(memory=state.memory, retrieve_tail=state.conv_tail, write_tail=state.conv_tail,
+                        written=jnp.zeros((batch_size, c, self.d_model), self.in_norm.dtype),
+                        k_mem=kv, v_mem=kv, k_seg=kv, v_seg=kv, pos=jnp.zeros((), jnp.int32))
+
+    # -- pieces ----------------------------------------------------------------------------------
+
+    def _rotary(self, x, positions):
+        return apply_rotary(x, positions, self.attn.rope_theta)
+
+    def _retrieve(self, h, q_ret, anchor, positions):
+        """Eq. 21: retrieved tokens at the anchor, as attention keys/values. h: [B, L, d],
+        q_ret: [B, H, L, dh] (the mixer's query path on h), positions: [L] in-segment."""
+        r = _read(self.mixer.spec, anchor, q_ret)
+        r = self.retrieved_norm(self.mixer.output(h, r))
+        return self._rotary(self.attn.k(r), positions), self.attn.v(r)
+
+    def _visible(self, qpos, kpos):
+        """[Lq, Lk] in-segment causal mask (fix (i)), optionally windowed."""
+        mask = kpos[None, :] <= qpos[:, None]
+        if self.window:
+            mask &= qpos[:, None] - kpos[None, :] < self.window
+        return mask
+
+    def _attend(self, q, k_mem, v_mem, k_seg, v_seg, block_mask):
+        """Eq. 22-23: queries q [B, Lq, Hq, d] over [P || retrieved || segment]; block_mask
+        [B|1, 1, Lq, C] applies to both the retrieved and the segment block."""
+        keys = jnp.concatenate([k_mem, k_seg], axis=1).astype(q.dtype)
+        values = jnp.concatenate([v_mem, v_seg], axis=1).astype(q.dtype)
+        mask = jnp.concatenate([block_mask, block_mask], axis=-1)
+        keys, values, mask = self.attn.with_persistent(keys, values, mask)
+        return self.attn.o(jax.nn.dot_product_attention(q, keys, values, mask=mask))
+
+    def _gate(self, y_n, mem_out):
+        """Eq. 25 with the MAG gate: RMSNorm_a(y) * sigmoid(RMSNorm_b(M(y)))."""
+        gate = jax.nn.sigmoid(self.mem_out_norm(mem_out).astype(jnp.float32))
+        return y_n.astype(jnp.float32) * gate
+
+    def _write_window(self, seg_tail, written, r):
+        """The K-1 pre-conv write-path inputs before in-segment slot r: from `written` (projected
+        here) inside the segment, from the segment-start tail before it."""
+        k1 = seg_tail.shape[1]
+        if k1 == 0:
+            return seg_tail
+        idx = r - k1 + jnp.arange(k1)
+        recent = jnp.take(written, jnp.clip(idx, 0, self.segment - 1), axis=1)
+        # The conv tail of a (K-1)-token call is exactly the projections of those K-1 tokens.
+        _, _, _, projected = self.mixer.queries_keys_values(recent, conv_tail=seg_tail)
+        before = jnp.take(seg_tail, jnp.clip(idx + k1, 0, k1 - 1), axis=1)
+        return jnp.where((idx < 0)[None, :, None], before, projected.astype(seg_tail.dtype))
+
+    # -- segment-parallel path (forward, prefill, streaming) -----------------------------------
+
+    def _segments(self, h, cache: MACCache, offset, segment_ids):
+        """Runs `h: [B, T, d]` (starting at in-segment position `offset`) segment by segment.
+        Tokens are placed on a grid of n segments; empty slots are no-ops for the memory and are
+        filled from the cache (the current segment's earlier tokens) for attention and the conv."""
+        m, attn, c, spec = self.mixer, self.attn, self.segment, self.mixer.spec
+        b, t, _ = h.shape
+        forward = isinstance(offset, int)  # a fresh sequence (static offset 0) or a continued one
+        if forward and offset != 0:
+            raise ValueError("a fresh MAC sequence starts at in-segment offset 0")
+        n = math.ceil(t / c) if forward else math.ceil((c - 1 + t) / c)
+        size = n * c
+
+        # Everything that depends only on h, for the whole piece at once.
+        q_ret, _, _, retrieve_tail = m.queries_keys_values(
+            h, segment_ids=segment_ids, conv_tail=None if forward else cache.retrieve_tail)
+        pos = (offset + jnp.arange(t)) % c
+        q = self._rotary(attn.q(h), pos)
+        k_seg, v_seg = self._rotary(attn.k(h), pos), attn.v(h)
+
+        def place(x, axis=1):  # [.., T, ..] -> [.., n * C, ..] at grid offset, then segments first
+            shape = x.shape[:axis] + (size,) + x.shape[axis + 1:]
+            start = [0] * x.ndim
+            start[axis] = offset
+            buf = jax.lax.dynamic_update_slice(jnp.zeros(shape, x.dtype), x, start)
+            buf = buf.reshape(x.shape[:axis] + (n, c) + x.shape[axis + 1:])
+            return jnp.moveaxis(buf, axis, 0)
+
+        present = place(jnp.ones((t,), bool), axis=0)  # [n, C]
+        if segment_ids is None:
+            seg = jnp.ones((n, b, c), jnp.int32)
+            resets = jnp.zeros((n, b), bool)
+        else:
+            seg = place(segment_ids.astype(jnp.int32))  # [n, B, C]
+            prev = jnp.concatenate([jnp.zeros((1, b), jnp.int32), seg[:-1, :, -1]])
+            resets = (jnp.arange(n)[:, None] > 0) & (seg[:, :, 0] != prev) & (seg[:, :, 0] > 0)
+        valid = present[:, None, :] & (seg > 0)  # [n, B, C]: tokens the memory writes
+        xs = (place(h), place(q_ret, axis=2), place(q), place(k_seg), place(v_seg), seg, present, valid, resets)
+        slots = jnp.arange(c)
+        visible = self._visible(slots, slots)
+        fresh = self.init_cache(b)
+
+        def chunk(w, s, a, qc, kc, vc, gc, ok):
+            return engine.chunk_step(spec, w, s, a, qc, kc, vc, gc, ok)
+
+        write = jax.vmap(jax.vmap(chunk, in_axes=(0,) * 7 + (None,)))
+
+        @jax.checkpoint
+        def body(st: MACCache, inputs):
+            h_s, q_ret_s, q_s, k_s, v_s, seg_s, here, ok, reset = inputs
+            # A document start resets the memory to W_0 and the write conv (the retrieval conv
+            # already respects segment_ids).
+            memory = jax.tree.map(lambda f, x: _where(reset, f, x), fresh.memory, st.memory)
+            write_tail = _where(reset, fresh.write_tail, st.write_tail)
+            # Eq. 21-23: retrieve at the anchor, attend within the segment.
+            k_mem, v_mem = self._retrieve(h_s, q_ret_s, memory.anchor, slots)
+            slot = here[None]  # [1, C]: this call's tokens, the rest from the cache
+            k_mem, v_mem = _where(slot, k_mem, st.k_mem), _where(slot, v_mem, st.v_mem)
+            k_s, v_s = _where(slot, k_s, st.k_seg), _where(slot, v_s, st.v_seg)
+            same = seg_s[:, :, None] == seg_s[:, None, :]
+            y = self._attend(q_s, k_mem, v_mem, k_s, v_s, (visible[None] & same)[:, None])
+            y_n = _where(slot, self.attn_out_norm(y), st.written)
+            # Eq. 24-25: write y_n with per-position reads after writing y_{<=i} (dual form).
+            qm, km, vm, tail = m.queries_keys_values(y_n, conv_tail=write_tail)
+            gates = m.gates(y_n)
+            (w, s), mem_y = write(memory.weights, memory.momentum, memory.anchor, qm, km, vm, gates, ok)
+            o = self._gate(y_n, m.output(y_n, mem_y))
+            done = here[-1]  # the segment is complete: its end state anchors the next one
+            anchor = jax.tree.map(lambda new, old: jnp.where(done, new, old), w, memory.anchor)
+            new = MACCache(memory=MemState(w, s, anchor, memory.pos), retrieve_tail=st.retrieve_tail,
+                           write_tail=jnp.where(done, tail.astype(write_tail.dtype), write_tail), written=y_n,
+                           k_mem=k_mem, v_mem=v_mem, k_seg=k_s, v_seg=v_s, pos=st.pos)
+            return new, o
+
+        st, out = jax.lax.scan(body, cache, xs)
+        out = jnp.moveaxis(out, 0, 1).reshape(b, size, -1)
+        out = jax.lax.dynamic_slice_in_dim(out, offset, t, axis=1)
+        new_pos = jnp.asarray((offset + t) % c, jnp.int32)
+        memory = st.memory.replace(pos=jnp.full(st.memory.pos.shape, new_pos, jnp.int32))
+        return out, st.replace(memory=memory, retrieve_tail=retrieve_tail.astype(st.retrieve_tail.dtype),
+                               pos=new_pos)
+
+    # -- one-token path (decoding) ------------------------------------------------------------
+
+    def _token(self, h, cache: MACCache):
+        """One token `h: [B, 1, d]` at in-segment position cache.pos: O(C) attention, one
+        memory step (engine.decode_step: gradient at the anchor, anchor refresh at segment end)."""
+        m, attn, c, spec = self.mixer, self.attn, self.segment, self.mixer.spec
+        r = cache.pos
+        pos = r[None]
+        q_ret, _, _, retrieve_tail = m.queries_keys_values(h, conv_tail=cache.retrieve_tail)
+        k_mem, v_mem = self._retrieve(h, q_ret, cache.memory.anchor, pos)
+
+        def put(buf, x):
+            return jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), r, axis=1)
+
+        k_mem, v_mem = put(cache.k_mem, k_mem), put(cache.v_mem, v_mem)
+        k_seg, v_seg = put(cache.k_seg, self._rotary(attn.k(h), pos)), put(cache.v_seg, attn.v(h))
+        block_mask = self._visible(pos, jnp.arange(c))[None, None]
+        y = self._attend(self._rotary(attn.q(h), pos), k_mem, v_mem, k_seg, v_seg, block_mask)
+        y_n = self.attn_out_norm(y)
+        written = put(cache.written, y_n)
+        window = self._write_window(cache.write_tail, written, r)
+        qm, km, vm, tail = m.queries_keys_values(y_n, conv_tail=window)
+        gates = m.gates(y_n)
+
+        def one(st, qt, kt, vt, gt: Gates):
+            return engine.decode_step(spec, st, qt[0], kt[0], vt[0], gt.at(0))
+
+        memory, mem_y = jax.vmap(jax.vmap(one))(cache.memory, qm, km, vm, gates)
+        o = self._gate(y_n, m.output(y_n, mem_y[:, :, None]))
+        done = r == c - 1
+        return o, MACCache(memory=memory, retrieve_tail=retrieve_tail.astype(cache.retrieve_tail.dtype),
+                           write_tail=jnp.where(done, tail.astype(cache.write_tail.dtype), cache.write_tail),
+                           written=written, k_mem=k_mem, v_mem=v_mem, k_seg=k_seg, v_seg=v_seg,
+                           pos=(r + 1) % c)
+
+    # -- the block ------------------------------------------------------------------------------
+
+    def mix(self, x, cache, segment_ids):
+        h = self.in_norm(x)
+        if cache is None:
+            o, _ = self._segments(h, self.init_cache(x.shape[0]), 0, segment_ids)
+        elif x.shape[1] == 1:
+            o, cache = self._token(h, cache)
+        else:
+            o, cache = self._segments(h, cache, cache.pos, None)
+        return x + o.astype(x.dtype), cache
+
+
+@register("titans_mac", family="Titans", paper=PAPER, tiny_config="configs/titans/mac_tiny.yaml",
+          uses_memory=True)
+def build_titans_mac(cfg: ModelConfig, rngs: nnx.Rngs) -> LanguageModel:
+    return LanguageModel(cfg, lambda i, r: MACBlock(cfg, r), rngs=rngs)
