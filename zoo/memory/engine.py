@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+import kernels
+
 from zoo.memory.learners import learner_step, momentum_terms
 from zoo.memory.objectives import inner_loss
 from zoo.memory.retention import decay_terms, retain
@@ -162,10 +164,33 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
     return (tuple(new_w), tuple(new_s)), z
 
 
+def uses_delta_kernel(spec: MemorySpec) -> bool:
+    """Exact l2 matrix memories are Titans' linear memory: `kernels.momentum_delta_rule`."""
+    return (spec.semantics == "exact" and spec.structure == "matrix" and spec.objective == "l2"
+            and spec.retention != "channel")
+
+
 def chunk_parallel(spec: MemorySpec) -> bool:
     """Whether `chunk` has a parallel form for this spec: anchored memories always; exact ones
-    when the inner gradient does not depend on W (dot objective)."""
-    return spec.semantics == "anchored" or spec.objective == "dot"
+    when the inner gradient does not depend on W (dot objective) or the delta kernel serves them."""
+    return spec.semantics == "anchored" or spec.objective == "dot" or uses_delta_kernel(spec)
+
+
+def _delta_kernel_chunk(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[MemState, jax.Array]:
+    """Exact l2 matrix memory through the UT-form kernel (Titans App. C: with a linear memory the
+    LMM is the momentum delta rule). The kernel's gradient is k e^T, Eq. 12's is 2 k e^T, so
+    the kernel's learning rate is 2 rho."""
+    expand = lambda x: x[None, :, None]  # noqa: E731  [T, ...] -> [1, T, 1, ...]
+    momentum = spec.has_momentum
+    o, (w, s) = kernels.momentum_delta_rule(
+        expand(q), expand(k), expand(v), expand(2.0 * g.lr),
+        expand(g.log_retention if spec.retention != "none" else jnp.zeros_like(g.lr)),
+        expand(g.log_momentum) if momentum else None, scale=1.0,
+        initial_state=state.weights[0][None, None], initial_momentum=state.momentum[0][None, None] if momentum else None,
+        output_final_state=True, chunk_size=spec.chunk_size)
+    weights = (w[0, 0],)
+    pos = (state.pos + q.shape[0]) % spec.chunk_size
+    return MemState(weights, (s[0, 0],) if momentum else state.momentum, weights, pos), o[0, :, 0]
 
 
 def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, init: Weights | None = None,
@@ -187,6 +212,10 @@ def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, in
         return step_loop(spec, state if state is not None else initial_state(init), q, k, v, gates,
                          init=init, segment_ids=segment_ids)
 
+    if uses_delta_kernel(spec):
+        if segment_ids is not None:  # the kernel has no resets: the exact rule token by token
+            return step_loop(spec, initial_state(init), q, k, v, gates, init=init, segment_ids=segment_ids)
+        return _delta_kernel_chunk(spec, state if state is not None else initial_state(init), q, k, v, gates)
     c = spec.chunk_size
     t = q.shape[0]
     fresh = state is None

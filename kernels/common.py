@@ -1,0 +1,144 @@
+"""Plumbing shared by every op in `kernels/`: argument validation, backend choice, the
+token-by-token scan of the reference backends, the chunk / tail split of the chunked backends, and
+the two pieces of chunk algebra every delta-rule op needs (masked decay ratios and the
+unit-lower-triangular solve of the UT / WY form).
+
+Layout conventions (FLA-style): `q, k: [batch, seq, heads, dk]`, `v: [batch, seq, heads, dv]`,
+per-token gates `[batch, seq, heads]`, recurrent states `[batch, heads, dk, dv]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+BACKENDS = ("auto", "reference", "xla")
+GATE_LAYOUT = "[batch, seq, heads]"
+STATE_LAYOUT = "[batch, heads, dk, dv]"
+
+
+def select_backend(backend: Any) -> str:
+    """Maps the user's `backend` to the implementation that runs: "reference" or "xla".
+
+    "auto" is "xla" on every platform for now; it will pick the Pallas kernels on GPU / TPU once
+    they exist."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+    return "xla" if backend == "auto" else backend
+
+
+def _check_float(name: str, x: jax.Array) -> jax.Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{name} must be a floating-point array; got dtype {x.dtype}")
+    return x
+
+
+def validate_qkv(q: jax.Array, k: jax.Array, v: jax.Array) -> tuple[int, int, int, int, int]:
+    """Checks `q, k: [batch, seq, heads, dk]`, `v: [batch, seq, heads, dv]` and returns
+    `(batch, seq, heads, dk, dv)`."""
+    q, k, v = (_check_float(n, x) for n, x in (("q", q), ("k", k), ("v", v)))
+    if q.ndim != 4:
+        raise ValueError(f"q must be 4-D [batch, seq, heads, dk]; got shape {q.shape}")
+    if k.shape != q.shape:
+        raise ValueError(f"k must have the shape of q, [batch, seq, heads, dk] = {q.shape}; got {k.shape}")
+    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must have shape [batch, seq, heads, dv] with [batch, seq, heads] = {q.shape[:3]} "
+                         f"as in q; got {v.shape}")
+    batch, seq, heads, dk = q.shape
+    if seq < 1:
+        raise ValueError(f"q, k, v must hold at least one token (seq >= 1); got seq = {seq}")
+    return batch, seq, heads, dk, v.shape[-1]
+
+
+def check_shape(name: str, x: jax.Array, shape: tuple[int, ...], layout: str) -> jax.Array:
+    """Returns `x` as an fp32 array after checking that it is floating point with shape `shape`
+    (named `layout` in the error message)."""
+    x = _check_float(name, x)
+    if x.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {layout} = {tuple(shape)}; got {x.shape}")
+    return x.astype(jnp.float32)
+
+
+def state_or_zeros(name: str, x: jax.Array | None, shape: tuple[int, ...]) -> jax.Array:
+    """An fp32 state `[batch, heads, dk, dv]`: the validated `x`, or zeros when `x` is None."""
+    if x is None:
+        return jnp.zeros(shape, jnp.float32)
+    return check_shape(name, x, shape, STATE_LAYOUT)
+
+
+def check_chunk_size(chunk_size: Any) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1; got {chunk_size!r}")
+    return chunk_size
+
+
+def default_scale(scale: float | None, dk: int) -> float:
+    return dk**-0.5 if scale is None else scale
+
+
+def token_scan(step: Callable, carry: Any, xs: Any) -> tuple[Any, jax.Array]:
+    """Runs `step(carry, x_t) -> (carry, y_t)` over the tokens in order.
+
+    `xs`: a pytree of `[batch, seq, heads, ...]` arrays; `step` sees one token, `[batch, heads, ...]`.
+    Returns the last carry and `ys: [batch, seq, heads, ...]`."""
+    xs = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), xs)
+    carry, ys = lax.scan(step, carry, xs)
+    return carry, jnp.moveaxis(ys, 0, 1)
+
+
+def _to_chunks(x: jax.Array, n: int, c: int) -> jax.Array:
+    """`[batch, n*c, heads, *rest] -> [n, batch, heads, c, *rest]`."""
+    b, _, h, *rest = x.shape
+    x = x.reshape(b, n, c, h, *rest)
+    return x.transpose(1, 0, 3, 2, *range(4, x.ndim))
+
+
+def _from_chunks(y: jax.Array) -> jax.Array:
+    """`[n, batch, heads, c, *rest] -> [batch, n*c, heads, *rest]`."""
+    n, b, h, c, *rest = y.shape
+    return y.transpose(1, 0, 3, 2, *range(4, y.ndim)).reshape(b, n * c, h, *rest)
+
+
+def chunk_scan(body: Callable, carry: Any, xs: Any, chunk_size: int) -> tuple[Any, jax.Array]:
+    """Runs `body(carry, chunk) -> (carry, y)` over consecutive chunks of `chunk_size` tokens.
+
+    `xs`: a pytree of `[batch, seq, heads, ...]` arrays; `body` sees `[batch, heads, C, ...]` leaves
+    and returns `y: [batch, heads, C, ...]`. The floor(seq / C) full chunks go through `lax.scan`;
+    the seq mod C remaining tokens are one more, shorter chunk through the same body (no padding:
+    a padded token is never neutral for every recurrence, e.g. momentum keeps flowing into the
+    memory). The body is rematerialised (`jax.checkpoint`) so the backward pass keeps only the
+    carries. Returns the last carry and `y: [batch, seq, heads, ...]`."""
+    seq = jax.tree.leaves(xs)[0].shape[1]
+    n, rem = divmod(seq, chunk_size)
+    ys = []
+    if n:
+        full = jax.tree.map(lambda x: _to_chunks(x[:, : n * chunk_size], n, chunk_size), xs)
+        carry, y = lax.scan(jax.checkpoint(body, prevent_cse=False), carry, full)
+        ys.append(_from_chunks(y))
+    if rem:
+        tail = jax.tree.map(lambda x: _to_chunks(x[:, n * chunk_size:], 1, rem)[0], xs)
+        carry, y = jax.checkpoint(body)(carry, tail)
+        ys.append(_from_chunks(y[None]))
+    return carry, ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=1)
+
+
+def decay_ratios(log_cum: jax.Array, strict: bool = False) -> jax.Array:
+    """`log_cum: [..., C]` cumulative log decays L (L_r = sum_{j<=r} log a_j) ->
+    `[..., C, C]` with entry (r, j) = prod_{i=j+1..r} a_i = exp(L_r - L_j) for j <= r (j < r if
+    `strict`), 0 above. The mask is applied before the exp, so no inf or NaN reaches either pass."""
+    c = log_cum.shape[-1]
+    mask = jnp.tril(jnp.ones((c, c), bool), -1 if strict else 0)
+    diff = jnp.where(mask, log_cum[..., :, None] - log_cum[..., None, :], 0.0)
+    return jnp.where(mask, jnp.exp(diff), 0.0)
+
+
+def solve_unit_lower(a: jax.Array, rhs: jax.Array) -> jax.Array:
+    """Solves `(I + tril(a, -1)) X = rhs` for X. `a: [..., C, C]`, `rhs: [..., C, d]`; only the
+    strictly lower triangle of `a` is used (the mask also keeps gradients off the rest)."""
+    # unit_diagonal: the solver never reads the diagonal, it takes it as ones.
+    return jax.scipy.linalg.solve_triangular(jnp.tril(a, -1), rhs, lower=True, unit_diagonal=True)

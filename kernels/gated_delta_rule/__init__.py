@@ -1,0 +1,64 @@
+"""`gated_delta_rule`: the gated delta rule of Gated DeltaNet (Yang et al. 2024), FLA conventions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from kernels.common import (
+    GATE_LAYOUT,
+    check_chunk_size,
+    check_shape,
+    default_scale,
+    select_backend,
+    state_or_zeros,
+    validate_qkv,
+)
+from kernels.gated_delta_rule.chunked import chunk_gated_delta_rule
+from kernels.gated_delta_rule.reference import recurrent_gated_delta_rule
+
+__all__ = ["chunk_gated_delta_rule", "gated_delta_rule", "recurrent_gated_delta_rule"]
+
+
+def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, g: jax.Array,
+                     scale: float | None = None, initial_state: jax.Array | None = None,
+                     output_final_state: bool = False, chunk_size: int = 64,
+                     backend: str = "auto") -> tuple[jax.Array, jax.Array | None]:
+    """Gated delta rule (Gated DeltaNet, Yang et al. 2024; S here is dk x dv, the transpose of the
+    paper's), read after write:
+
+        S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,   o_t = scale * q_t^T S_t
+
+    i.e. per token: S <- exp(g_t) S, then S <- S + beta_t k_t (v_t - S^T k_t)^T (the delta step
+    acts on the decayed state).
+
+    Args:
+      q, k: `[batch, seq, heads, dk]` (the models pass L2-normalised keys; not enforced).
+      v: `[batch, seq, heads, dv]`.
+      beta: `[batch, seq, heads]` write strength, typically in [0, 1] (not enforced).
+      g: `[batch, seq, heads]` log decay, alpha_t = exp(g_t), typically <= 0.
+      scale: query scale; default `dk ** -0.5`.
+      initial_state: `[batch, heads, dk, dv]` S_0; zeros when None.
+      output_final_state: return S_T as well.
+      chunk_size: chunk length of the "xla" backend (a tiling choice: the result is exact for any
+        size; a ragged tail is handled without padding). Validated for every backend.
+      backend: "auto" (currently "xla" on every platform), "reference" (token-by-token `lax.scan`,
+        the oracle) or "xla" (exact chunk-parallel UT form).
+
+    bf16 inputs are accepted; states, gates and accumulations are fp32.
+    Returns `(o, final_state)`: `o: [batch, seq, heads, dv]` in v's dtype, `final_state:
+    [batch, heads, dk, dv]` fp32 (None unless `output_final_state`).
+    """
+    impl = select_backend(backend)
+    b, t, h, dk, dv = validate_qkv(q, k, v)
+    beta = check_shape("beta", beta, (b, t, h), GATE_LAYOUT)
+    g = check_shape("g", g, (b, t, h), GATE_LAYOUT)
+    chunk_size = check_chunk_size(chunk_size)
+    s0 = state_or_zeros("initial_state", initial_state, (b, h, dk, dv))
+    scale = default_scale(scale, dk)
+    q32, k32, v32 = (jnp.asarray(x).astype(jnp.float32) for x in (q, k, v))
+    if impl == "reference":
+        o, s = recurrent_gated_delta_rule(q32, k32, v32, beta, g, s0, scale)
+    else:
+        o, s = chunk_gated_delta_rule(q32, k32, v32, beta, g, s0, scale, chunk_size)
+    return o.astype(jnp.asarray(v).dtype), (s if output_final_state else None)

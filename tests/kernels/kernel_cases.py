@@ -1,0 +1,176 @@
+"""Shared test material for `kernels/`: float64 NumPy loops written straight from the equations,
+random well-conditioned inputs, and one `OpCase` per op variant so every test runs over all ops.
+
+Shapes are declared once here: batch 2, heads 2, dk 8, dv 6 (dk != dv on purpose)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+import kernels
+
+BATCH, HEADS, DK, DV = 2, 2, 8, 6
+
+# Tests check the math of the HLO graph, which LLVM's optimisation level does not change; level 0
+# roughly halves the compile time that dominates this suite on a small CPU.
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def gated_delta_rule_numpy(q, k, v, beta, g, initial_state, scale):
+    """S <- exp(g_t) S;  S <- S + beta_t k_t (v_t - S^T k_t)^T;  o_t = scale q_t^T S (float64)."""
+    q, k, v, beta, g, initial_state = (np.asarray(x, np.float64) for x in (q, k, v, beta, g, initial_state))
+    batch, seq, heads, _ = q.shape
+    o = np.zeros(v.shape)
+    final = np.zeros(initial_state.shape)
+    for b in range(batch):
+        for h in range(heads):
+            s = initial_state[b, h].copy()
+            for t in range(seq):
+                s = np.exp(g[b, t, h]) * s
+                s = s + beta[b, t, h] * np.outer(k[b, t, h], v[b, t, h] - s.T @ k[b, t, h])
+                o[b, t, h] = scale * q[b, t, h] @ s
+            final[b, h] = s
+    return o, final
+
+
+def momentum_delta_rule_numpy(q, k, v, lr, log_retention, log_momentum, initial_state, initial_momentum, scale):
+    """e_t = k_t^T W_{t-1} - v_t, u_t = k_t e_t^T, S_t = mu_t S_{t-1} - lr_t u_t,
+    W_t = lambda_t W_{t-1} + S_t, o_t = scale q_t^T W_t; without momentum (log_momentum None)
+    W_t = lambda_t W_{t-1} - lr_t u_t (float64). Returns (o, W_T) or (o, W_T, S_T)."""
+    q, k, v, lr, log_retention, initial_state = (
+        np.asarray(x, np.float64) for x in (q, k, v, lr, log_retention, initial_state))
+    momentum = log_momentum is not None
+    if momentum:
+        log_momentum, initial_momentum = (np.asarray(x, np.float64) for x in (log_momentum, initial_momentum))
+    batch, seq, heads, _ = q.shape
+    o = np.zeros(v.shape)
+    final_w = np.zeros(initial_state.shape)
+    final_s = np.zeros(initial_state.shape)
+    for b in range(batch):
+        for h in range(heads):
+            w = initial_state[b, h].copy()
+            s = initial_momentum[b, h].copy() if momentum else None
+            for t in range(seq):
+                u = np.outer(k[b, t, h], k[b, t, h] @ w - v[b, t, h])
+                if momentum:
+                    s = np.exp(log_momentum[b, t, h]) * s - lr[b, t, h] * u
+                    w = np.exp(log_retention[b, t, h]) * w + s
+                else:
+                    w = np.exp(log_retention[b, t, h]) * w - lr[b, t, h] * u
+                o[b, t, h] = scale * q[b, t, h] @ w
+            final_w[b, h] = w
+            if momentum:
+                final_s[b, h] = s
+    return (o, final_w, final_s) if momentum else (o, final_w)
+
+
+def _log_sigmoid(x):
+    return -np.logaddexp(0.0, -x)
+
+
+def _qkv(rng, seq):
+    q = rng.standard_normal((BATCH, seq, HEADS, DK))
+    k = rng.standard_normal((BATCH, seq, HEADS, DK))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)  # L2-normalised keys, as the models use
+    v = rng.standard_normal((BATCH, seq, HEADS, DV))
+    return {"q": q, "k": k, "v": v}
+
+
+def _gate(rng, seq):
+    return rng.standard_normal((BATCH, seq, HEADS))
+
+
+def _state(rng, std):
+    return std * rng.standard_normal((BATCH, HEADS, DK, DV))
+
+
+@dataclasses.dataclass(frozen=True)
+class OpCase:
+    """One op variant: `inputs(rng, seq)` -> dict of float32 arrays (every differentiable input,
+    initial states included); `run(inputs, backend, chunk_size)` -> (o, *final states);
+    `numpy(inputs)` -> the same tuple from the float64 loop; `split(inputs, t0, t1)` the inputs of
+    tokens t0..t1 without the initial states; `states(outputs)` the final states as the next
+    call's initial-state entries."""
+
+    name: str
+    make: Callable[[np.random.Generator, int], dict[str, np.ndarray]]
+    run: Callable[..., tuple]
+    numpy: Callable[[dict], tuple]
+    state_keys: tuple[str, ...]
+
+    def inputs(self, rng: np.random.Generator, seq: int) -> dict[str, np.ndarray]:
+        return {name: np.asarray(x, np.float32) for name, x in self.make(rng, seq).items()}
+
+    def split(self, inputs: dict, t0: int, t1: int) -> dict:
+        return {name: (x if name in self.state_keys else x[:, t0:t1]) for name, x in inputs.items()}
+
+    def states(self, outputs: tuple) -> dict:
+        return dict(zip(self.state_keys, outputs[1:]))
+
+    def output_shapes(self, seq: int) -> tuple[tuple[int, ...], ...]:
+        return ((BATCH, seq, HEADS, DV),) + ((BATCH, HEADS, DK, DV),) * len(self.state_keys)
+
+
+def _gdn_inputs(rng, seq):
+    return dict(**_qkv(rng, seq), beta=1 / (1 + np.exp(-_gate(rng, seq))), g=_log_sigmoid(_gate(rng, seq) + 2.5),
+                initial_state=_state(rng, 0.5))
+
+
+def _gdn_run(x, backend, chunk_size):
+    return kernels.gated_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"], initial_state=x["initial_state"],
+                                    output_final_state=True, chunk_size=chunk_size, backend=backend)
+
+
+def _gdn_numpy(x):
+    return gated_delta_rule_numpy(x["q"], x["k"], x["v"], x["beta"], x["g"], x["initial_state"], DK**-0.5)
+
+
+def _mdr_inputs(momentum):
+    def make(rng, seq):
+        x = dict(**_qkv(rng, seq), lr=0.6 / (1 + np.exp(-_gate(rng, seq))),
+                 log_retention=_log_sigmoid(_gate(rng, seq) + 3.0), initial_state=_state(rng, 0.5))
+        if momentum:
+            x.update(log_momentum=_log_sigmoid(_gate(rng, seq) + 1.0), initial_momentum=_state(rng, 0.2))
+        return x
+
+    return make
+
+
+def _mdr_run(x, backend, chunk_size):
+    o, (w, s) = kernels.momentum_delta_rule(
+        x["q"], x["k"], x["v"], x["lr"], x["log_retention"], x.get("log_momentum"),
+        initial_state=x["initial_state"], initial_momentum=x.get("initial_momentum"), output_final_state=True,
+        chunk_size=chunk_size, backend=backend)
+    return (o, w) if s is None else (o, w, s)
+
+
+def _mdr_numpy(x):
+    return momentum_delta_rule_numpy(x["q"], x["k"], x["v"], x["lr"], x["log_retention"], x.get("log_momentum"),
+                                     x["initial_state"], x.get("initial_momentum"), DK**-0.5)
+
+
+CASES = {
+    "gated_delta_rule": OpCase("gated_delta_rule", _gdn_inputs, _gdn_run, _gdn_numpy, ("initial_state",)),
+    "momentum_delta_rule": OpCase("momentum_delta_rule", _mdr_inputs(True), _mdr_run, _mdr_numpy,
+                                  ("initial_state", "initial_momentum")),
+    "momentum_delta_rule/no_momentum": OpCase("momentum_delta_rule/no_momentum", _mdr_inputs(False), _mdr_run,
+                                              _mdr_numpy, ("initial_state",)),
+}
+
+
+def assert_close(actual, expected, *, rtol=1e-5, atol=1e-5, what=""):
+    """Elementwise `|a - e| <= atol * max(1, max|e|) + rtol * |e|`: the absolute part scales with
+    the array's magnitude so large gradients are held to the same relative standard."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale, err_msg=what)
+
+
+def random_like(rng: np.random.Generator, shapes) -> tuple[np.ndarray, ...]:
+    return tuple(rng.standard_normal(shape).astype(np.float32) for shape in shapes)

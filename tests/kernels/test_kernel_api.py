@@ -1,0 +1,119 @@
+"""The public surface of `kernels`: names, defaults, backend choice and argument validation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from kernel_cases import jit
+
+import kernels
+
+B, T, H, DK, DV = 1, 3, 2, 4, 3
+
+
+def _args(op):
+    """Valid positional arguments of `op` plus its state keyword names, tiny shapes."""
+    rng = np.random.default_rng(0)
+    qkv = [rng.standard_normal((B, T, H, d)).astype(np.float32) for d in (DK, DK, DV)]
+    gate = lambda: rng.uniform(-0.5, 0.0, (B, T, H)).astype(np.float32)
+    state = lambda: rng.standard_normal((B, H, DK, DV)).astype(np.float32)
+    args = {"q": qkv[0], "k": qkv[1], "v": qkv[2]}
+    if op is kernels.gated_delta_rule:
+        return {**args, "beta": -gate(), "g": gate(), "initial_state": state()}
+    return {**args, "lr": -gate(), "log_retention": gate(), "log_momentum": gate(), "initial_state": state(),
+            "initial_momentum": state()}
+
+
+OPS = [kernels.gated_delta_rule, kernels.momentum_delta_rule]
+
+
+def test_exports():
+    assert set(kernels.__all__) >= {"gated_delta_rule", "momentum_delta_rule"}
+    assert kernels.BACKENDS == ("auto", "reference", "xla")
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_defaults_auto_and_shapes(op):
+    args = _args(op)
+
+    @jit
+    def calls(args):
+        explicit = op(**args, scale=DK**-0.5, output_final_state=True, backend="xla")
+        default = op(**args, output_final_state=True)  # scale dk**-0.5, backend "auto" (= "xla")
+        no_state = op(**args)
+        return explicit, default, no_state
+
+    explicit, default, no_state = calls(args)
+    assert no_state[1] is None
+    assert explicit[0].shape == (B, T, H, DV) and explicit[0].dtype == jnp.float32
+    jax.tree.map(np.testing.assert_array_equal, explicit, default)
+    np.testing.assert_array_equal(no_state[0], default[0])
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("backend", ["pallas", "XLA", "", None])
+def test_unknown_backend_lists_allowed_names(op, backend):
+    with pytest.raises(ValueError, match=r"backend must be one of 'auto', 'reference', 'xla'"):
+        op(**_args(op), backend=backend)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("chunk_size", [0, -4, 2.5, True, "64", None])
+def test_bad_chunk_size(op, chunk_size):
+    with pytest.raises(ValueError, match=r"^chunk_size must be an int >= 1"):
+        op(**_args(op), chunk_size=chunk_size)
+
+
+_SHAPE_ERRORS = [
+    # (op, argument, replacement shape)
+    (kernels.gated_delta_rule, "q", (B, T, H)),
+    (kernels.gated_delta_rule, "k", (B, T, H, DK + 1)),
+    (kernels.gated_delta_rule, "v", (B, T + 1, H, DV)),
+    (kernels.gated_delta_rule, "beta", (B, T, H + 1)),
+    (kernels.gated_delta_rule, "g", (B, T)),
+    (kernels.gated_delta_rule, "initial_state", (B, H, DV, DK)),
+    (kernels.momentum_delta_rule, "k", (B, T + 1, H, DK)),
+    (kernels.momentum_delta_rule, "v", (B, T, H + 1, DV)),
+    (kernels.momentum_delta_rule, "lr", (B, T + 1, H)),
+    (kernels.momentum_delta_rule, "log_retention", (B, H, T)),
+    (kernels.momentum_delta_rule, "log_momentum", (B, T, H, 1)),
+    (kernels.momentum_delta_rule, "initial_state", (B, H, DK, DV + 1)),
+    (kernels.momentum_delta_rule, "initial_momentum", (B, H, DK)),
+]
+
+
+@pytest.mark.parametrize("op,name,shape", _SHAPE_ERRORS, ids=lambda x: getattr(x, "__name__", str(x)))
+def test_shape_errors_name_the_argument(op, name, shape):
+    args = _args(op)
+    args[name] = np.zeros(shape, np.float32)
+    with pytest.raises(ValueError, match=rf"^{name} must .*got") as info:
+        op(**args)
+    assert str(shape) in str(info.value)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_integer_inputs_are_rejected(op):
+    args = _args(op)
+    args["v"] = args["v"].astype(np.int32)
+    with pytest.raises(ValueError, match=r"^v must be a floating-point array; got dtype int32"):
+        op(**args)
+
+
+def test_zero_length_sequence_is_rejected():
+    args = _args(kernels.gated_delta_rule)
+    args.update(q=args["q"][:, :0], k=args["k"][:, :0], v=args["v"][:, :0], beta=args["beta"][:, :0],
+                g=args["g"][:, :0])
+    with pytest.raises(ValueError, match=r"seq >= 1"):
+        kernels.gated_delta_rule(**args)
+
+
+def test_initial_momentum_without_momentum_is_rejected():
+    args = _args(kernels.momentum_delta_rule)
+    args["log_momentum"] = None
+    with pytest.raises(ValueError, match=r"^initial_momentum was given but log_momentum is None"):
+        kernels.momentum_delta_rule(**args)
+    del args["initial_momentum"]
+    _, (w, s) = jit(lambda a: kernels.momentum_delta_rule(**a, output_final_state=True))(args)
+    assert s is None and w.shape == (B, H, DK, DV) and w.dtype == jnp.float32
