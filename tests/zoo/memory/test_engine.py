@@ -22,6 +22,8 @@ SPECS = {
     "matrix_l2_exact_gd_kernel": MemorySpec(structure="matrix", semantics="exact", learner="gd", retention="none"),
     "mlp2_residual_momentum": MemorySpec(structure="mlp", depth=2, expansion=2),
     "mlp1_gd_no_retention": MemorySpec(structure="mlp", depth=1, residual=False, learner="gd", retention="none"),
+    "mlp2_dot_gd": MemorySpec(structure="mlp", depth=2, expansion=2, objective="dot", learner="gd"),
+    "mlp2_exact_token_loop": MemorySpec(structure="mlp", depth=2, expansion=2, semantics="exact"),
     "mlp2_first_order_silu": MemorySpec(structure="mlp", depth=2, expansion=2, bilevel="first_order",
                                         activation="silu"),
 }
