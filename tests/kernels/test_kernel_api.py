@@ -85,7 +85,7 @@ _SHAPE_ERRORS = [
 
 
 @pytest.mark.parametrize("op,name,shape", _SHAPE_ERRORS, ids=lambda x: getattr(x, "__name__", str(x)))
-def test_shape_errors_name_the_argument(op, name, shape):
+def test_bad_shapes_name_the_argument(op, name, shape):
     args = _args(op)
     args[name] = np.zeros(shape, np.float32)
     with pytest.raises(ValueError, match=rf"^{name} must .*got") as info:

@@ -94,3 +94,11 @@ def test_gradients_flow_through_the_inner_loop(name):
 def test_exact_matrix_memory_model_decodes_exactly():
     model, toks = build("titans_lmm", structure="matrix", semantics="exact"), tokens(11)
     np.testing.assert_allclose(stream(model, toks, list(range(5, 11))), forward(model, toks), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_greedy_generation_follows_the_forward_argmax(name):
+    model, prompt = build(name), tokens(7)
+    out = zoo.generate(model, prompt, max_new_tokens=5)
+    np.testing.assert_array_equal(out[:, :7], prompt)
+    np.testing.assert_array_equal(out[:, 7:], jnp.argmax(forward(model, out)[:, 6:11], axis=-1))
