@@ -12,6 +12,11 @@ if "xla_backend_optimization_level" not in flags:
     flags += " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = flags.strip()
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# One memzoo cache for the whole run (subprocesses inherit it), never the user's home.
+if "MEMZOO_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["MEMZOO_CACHE"] = tempfile.mkdtemp(prefix="memzoo-test-cache-")
 
 import jax  # noqa: E402  (environment must be set first)
 

@@ -15,7 +15,7 @@ TINY = ["--config", "configs/transformer/tiny.yaml", "--set", "train.steps=8", "
 
 def _env():
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # one device, fast compiles (see conftest)
     return env
 
 

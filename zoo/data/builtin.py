@@ -12,18 +12,28 @@ Modules are read with `ast` and never imported (importing `antigravity` opens a 
 `this` prints, others need a display...). Test packages, `site-packages`, `pydoc_data` itself
 (already in 1.) and files that do not parse are skipped; documents under
 `MIN_DOCUMENT_CHARS` characters are dropped. The exact text depends on the Python version.
+
+Extracting takes a few seconds, so the result is also kept on disk under the memzoo cache
+(`builtin/<key>.json`), keyed by the Python version, the stdlib location and every source
+file's size and mtime; a changed install gets a new key.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import hashlib
+import json
 import os
+import sys
 import sysconfig
 import warnings
 from pathlib import Path
 
+from zoo.data.cache import atomic_write_bytes, default_cache_dir
+
 MIN_DOCUMENT_CHARS = 200
+EXTRACTION_VERSION = 1  # bump when the extraction rules change, to invalidate disk caches
 
 # Directory names (at any depth below the stdlib root) whose files are not reference prose.
 _SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages",
@@ -62,9 +72,9 @@ def _stdlib_sources(stdlib: Path) -> list[Path]:
     return sorted(found)
 
 
-def _module_documents(stdlib: Path) -> list[str]:
+def _module_documents(sources: list[Path]) -> list[str]:
     docs = []
-    for path in _stdlib_sources(stdlib):
+    for path in sources:
         try:
             with warnings.catch_warnings():  # e.g. SyntaxWarning for odd escapes on newer Pythons
                 warnings.simplefilter("ignore")
@@ -86,10 +96,31 @@ def _topic_documents() -> list[str]:
     return [d for d in docs if len(d) >= MIN_DOCUMENT_CHARS]
 
 
+def _cache_key(stdlib: Path, sources: list[Path]) -> str:
+    digest = hashlib.sha256(f"{EXTRACTION_VERSION}|{sys.version}|{stdlib}".encode())
+    for path in sources:
+        stat = path.stat()
+        digest.update(f"|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:32]
+
+
 @functools.lru_cache(maxsize=1)
 def _builtin_corpus() -> tuple[str, ...]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    return tuple(_topic_documents() + _module_documents(stdlib))
+    sources = _stdlib_sources(stdlib)
+    cached = default_cache_dir() / "builtin" / f"{_cache_key(stdlib, sources)}.json"
+    try:
+        docs = json.loads(cached.read_text())
+        if isinstance(docs, list) and all(isinstance(d, str) for d in docs):
+            return tuple(docs)
+    except (OSError, ValueError):
+        pass  # missing or unreadable: extract again
+    docs = _topic_documents() + _module_documents(sources)
+    try:
+        atomic_write_bytes(cached, json.dumps(docs).encode())
+    except OSError:
+        pass  # a read-only cache location only costs the extraction time next time
+    return tuple(docs)
 
 
 def builtin_corpus() -> list[str]:

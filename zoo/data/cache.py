@@ -4,6 +4,7 @@ Layout under the cache root (`$MEMZOO_CACHE`, else `~/.cache/memzoo`):
 
     tokenizers/<sha256>.model    SentencePiece models, named by the hash of their training input
     hf_datasets/                 HF `datasets` cache for local json / parquet files
+    builtin/<key>.json           the extracted built-in corpus (zoo.data.builtin)
 """
 
 from __future__ import annotations

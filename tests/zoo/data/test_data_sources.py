@@ -117,3 +117,25 @@ def test_split_is_deterministic_and_disjoint():
     assert split_documents(["a", "b"], 0.9, seed=0)[0] != []  # training keeps a document
     with pytest.raises(DataError, match=r"heldout_fraction must be in \[0, 1\)"):
         split_documents(docs, 1.0, seed=0)
+
+
+def test_builtin_corpus_is_cached_on_disk(tmp_path, monkeypatch):
+    from zoo.data import builtin
+
+    monkeypatch.setenv("MEMZOO_CACHE", str(tmp_path))
+    builtin._builtin_corpus.cache_clear()
+    first = builtin_corpus()
+    (cached,) = (tmp_path / "builtin").glob("*.json")
+    builtin._builtin_corpus.cache_clear()
+
+    def no_extraction(*_):
+        raise AssertionError("the corpus was extracted again instead of read from the disk cache")
+
+    monkeypatch.setattr(builtin, "_module_documents", no_extraction)
+    assert builtin_corpus() == first
+    cached.write_text("{not json")  # a corrupt cache entry is rebuilt, not trusted
+    builtin._builtin_corpus.cache_clear()
+    monkeypatch.undo()
+    monkeypatch.setenv("MEMZOO_CACHE", str(tmp_path))
+    assert builtin_corpus() == first
+    builtin._builtin_corpus.cache_clear()

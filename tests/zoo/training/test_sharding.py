@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from zoo.config import MeshConfig
+from zoo.config import MeshConfig, load_config
 from zoo.data import make_data
 from zoo.training import Runtime, make_mesh, restore_run, train
 from zoo.training.loop import _micro_batches
@@ -43,6 +43,19 @@ def test_fsdp_tensor_step_matches_single_device(tiny_cfg):
     for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(single.opt_state), jax.tree.leaves(sharded.opt_state)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_memory_model_sharded_step_matches_single_device():
+    """A Titans (MAG) step with the memory states split over data x fsdp and heads over tensor."""
+    base = ["model.num_layers=1", "data.seq_len=32", "data.max_documents=40", "data.batch_size=8"]
+    cfg = lambda *extra: load_config("configs/titans/mag_tiny.yaml", overrides=base + list(extra))  # noqa: E731
+    single, m1, _ = _one_step(cfg("mesh.data=1"), jax.devices()[:1])
+    sharded, m8, live = _one_step(cfg("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"), jax.devices()[:8])
+    w0 = live.params["blocks"][0]["mixer"]["init_state"][0]
+    assert w0.sharding.spec[0] == "tensor"  # the learned initial memory is split by heads
+    assert abs(float(m1["loss"]) - float(m8["loss"])) < 1e-5
+    for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(sharded.params), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
