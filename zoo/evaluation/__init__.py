@@ -1,6 +1,10 @@
-"""Evaluation of trained models: perplexity now; long-context tasks plug into `run.TASKS`."""
+"""Evaluation of trained checkpoints: held-out perplexity, perplexity by position, RULER-style
+needles, BABILong-style QA and MQAR, with console tables, JSON and PNG plots."""
 
 from zoo.evaluation.perplexity import evaluate_perplexity
-from zoo.evaluation.run import TASKS, format_table, parse_tasks, run
+from zoo.evaluation.run import TASKS, run
+from zoo.evaluation.settings import EvalSettings, parse_depths, parse_lengths, parse_tasks
+from zoo.evaluation.tables import format_tables
 
-__all__ = ["TASKS", "evaluate_perplexity", "format_table", "parse_tasks", "run"]
+__all__ = ["TASKS", "EvalSettings", "evaluate_perplexity", "format_tables", "parse_depths", "parse_lengths",
+           "parse_tasks", "run"]

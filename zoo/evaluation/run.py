@@ -1,69 +1,106 @@
-"""`eval.py`'s engine: restore a checkpoint, run the named tasks, write tables and JSON."""
+"""`eval.py`'s engine: restore a checkpoint, run the named tasks, write tables, JSON and plots.
+
+    records, files = run("runs/quickstart", ["s_niah_1", "mqar"], settings=EvalSettings(lengths=(1024,)))
+
+Outputs (process 0): `<workdir>/eval/step_<N>.json` (or `output`) with one record per task x
+length (x depth) and the settings, and PNGs next to it in `<workdir>/eval/step_<N>/`: a needle
+heatmap (depth x length) per needle task, accuracy vs length of all accuracy tasks, perplexity
+vs position.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-import difflib
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 
-from zoo.data import load_tokenizer, make_data
-from zoo.evaluation.perplexity import evaluate_perplexity
-from zoo.training.restore import RestoredRun, restore_run
-from zoo.training.sharding import put_global_batch
+from zoo.data import load_tokenizer
+from zoo.evaluation import plots
+from zoo.evaluation.settings import BABILONG_TASKS, NEEDLE_TASKS, EvalSettings, parse_tasks
+from zoo.evaluation.tasks import (
+    TaskContext,
+    babilong_task,
+    mqar_task,
+    needle_task,
+    ppl_by_position_task,
+    ppl_task,
+)
+from zoo.training.metrics import progress_bar
+from zoo.training.restore import restore_run
+
+TASKS: dict[str, Callable[[TaskContext, str], list[dict]]] = {
+    "ppl": ppl_task, "ppl_by_position": ppl_by_position_task, "mqar": mqar_task,
+    **{name: needle_task for name in NEEDLE_TASKS}, **{name: babilong_task for name in BABILONG_TASKS}}
+
+__all__ = ["TASKS", "parse_tasks", "run", "write_plots"]
 
 
-def ppl_task(run: RestoredRun) -> dict:
-    """Held-out perplexity on the run's own held-out split (documents never trained on)."""
-    cfg = run.cfg
-    data = make_data(cfg, tokenizer=load_tokenizer(run.workdir))
-    batches = data.heldout_batches(cfg.eval.batch_size, cfg.eval.max_batches)
-    rt = run.runtime
-    rt.check_batch(cfg.eval.batch_size, "eval.batch_size")
-    result = evaluate_perplexity(rt.eval_step, run.state.params, batches, lambda b: put_global_batch(b, rt.mesh))
-    return {"task": "ppl", **result, "source": cfg.data.source, "seq_len": cfg.data.seq_len}
+def write_plots(records: list[dict], directory: Path, label: str) -> list[Path]:
+    """The PNGs of one evaluation (module docstring); returns their paths."""
+    paths = []
+    for task in dict.fromkeys(r["task"] for r in records if r.get("depth") is not None):
+        recs = [r for r in records if r["task"] == task]
+        paths.append(plots.needle_heatmap(recs, directory / f"{task}_heatmap.png", f"{task} accuracy ({label})"))
+    series = accuracy_series(records)
+    if series:
+        paths.append(plots.accuracy_vs_length(series, directory / "accuracy_vs_length.png", f"accuracy vs length ({label})"))
+    by_pos = {plots.format_length(r["length"]): (r["positions"], r["position_perplexity"])
+              for r in records if r["task"] == "ppl_by_position"}
+    if by_pos:
+        paths.append(plots.perplexity_vs_position(by_pos, directory / "ppl_by_position.png",
+                                                  f"perplexity vs position ({label})"))
+    return paths
 
 
-TASKS: dict[str, Callable[[RestoredRun], dict]] = {"ppl": ppl_task}
-
-
-def parse_tasks(text: str) -> list[str]:
-    """'ppl,mqar' -> ['ppl', 'mqar'], rejecting unknown names with a suggestion."""
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
-        raise ValueError(f"--tasks is empty; available tasks: {', '.join(TASKS)}")
-    for name in names:
-        if name not in TASKS:
-            close = difflib.get_close_matches(name, list(TASKS), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"unknown task '{name}'; available tasks: {', '.join(TASKS)}.{hint}")
-    return names
-
-
-def format_table(records: list[dict]) -> str:
-    cols = ["task", "step", "loss", "perplexity", "accuracy", "tokens"]
-    rows = [[("%.4f" % r[c]) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols] for r in records]
-    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))
-    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])
+def accuracy_series(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """task -> [(length, accuracy averaged over depths)] for every accuracy task."""
+    cells: dict[str, dict[int, list[float]]] = {}
+    for r in records:
+        if "accuracy" in r and r["task"] != "ppl":
+            cells.setdefault(r["task"], {}).setdefault(r["length"], []).append(r["accuracy"])
+    return {t: [(n, sum(v) / len(v)) for n, v in sorted(by_len.items())] for t, by_len in cells.items()}
 
 
 def run(workdir: str | Path, tasks: list[str], step: int | None = None, devices: list | None = None,
-        output: str | Path | None = None) -> tuple[list[dict], Path]:
+        output: str | Path | None = None, settings: EvalSettings | None = None,
+        make_plots: bool = True) -> tuple[list[dict], list[Path]]:
     """Evaluates checkpoint `step` (default newest) of `workdir` on `tasks`.
 
-    Returns the records and the JSON path (default `<workdir>/eval/step_<N>.json`).
+    Returns the records and the files written (JSON first, then PNGs).
     """
+    settings = settings or EvalSettings()
+    for name in tasks:
+        if name not in TASKS:
+            parse_tasks(name)  # raises with a suggestion
     restored = restore_run(workdir, step, devices)
-    records = [{**TASKS[name](restored), "step": restored.step} for name in tasks]
+    main = jax.process_index() == 0
+    total = len(tasks)
+
+    def report(line: str) -> None:
+        if settings.progress and main:
+            print(f"{progress_bar(done, total)} {line}", file=sys.stderr, flush=True)
+
+    ctx = TaskContext(restored, load_tokenizer(workdir), settings, report)
+    records = []
+    for done, name in enumerate(tasks):
+        records += [{**r, "step": restored.step} for r in TASKS[name](ctx, name)]
+    done = total
+    report("done")
     path = Path(output) if output else Path(workdir) / "eval" / f"step_{restored.step}.json"
-    if jax.process_index() == 0:
+    files = [path]
+    if main:
+        label = f"{Path(workdir).name} step {restored.step}"
+        if make_plots:
+            files += write_plots(records, path.with_suffix(""), label)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({
             "workdir": str(Path(workdir).absolute()), "step": restored.step, "model": restored.cfg.model.name,
-            "devices": restored.runtime.mesh.devices.size,
-            "time": datetime.datetime.now(datetime.UTC).isoformat(), "results": records}, indent=2))
-    return records, path
+            "devices": restored.runtime.mesh.devices.size, "time": datetime.datetime.now(datetime.UTC).isoformat(),
+            "settings": {**dataclasses.asdict(settings), "tasks": tasks}, "results": records,
+            "plots": [str(p) for p in files[1:]]}, indent=2))
+    return records, files
