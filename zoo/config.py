@@ -85,11 +85,20 @@ class MQARConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class NIAHConfig:
+    """Training on a needle task (source=niah), see zoo.data.synthetic.niah."""
+
+    task: str = dataclasses.field(default="s_niah_1", metadata=_choices(
+        "s_niah_1", "s_niah_2", "s_niah_3", "mk_niah", "mv_niah", "mq_niah"))
+    haystack_path: str = ""  # a text file for essay haystacks ("" = the built-in corpus)
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where tokens come from and how they are packed into batches."""
 
     source: str = dataclasses.field(
-        default="builtin", metadata=_choices("builtin", "files", "hf", "mqar")
+        default="builtin", metadata=_choices("builtin", "files", "hf", "mqar", "niah")
     )
     paths: tuple[str, ...] = ()  # source=files: local .txt / .jsonl / .parquet files
     text_field: str = "text"  # column holding the text in jsonl / parquet / hf rows
@@ -107,6 +116,7 @@ class DataConfig:
     heldout_fraction: float = 0.05  # share of documents kept out of training for evaluation
     seed: int = 0
     mqar: MQARConfig = MQARConfig()
+    niah: NIAHConfig = NIAHConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,7 +436,7 @@ def _validate_memory(cfg: Config) -> None:
     if mem.conv_width < 1:
         raise ConfigError(f"model.memory.conv_width must be >= 1, got {mem.conv_width}")
     c = mem.chunk_size
-    if cfg.data.source != "mqar" and c > 1 and (cfg.data.align_documents < c or cfg.data.align_documents % c):
+    if cfg.data.source not in ("mqar", "niah") and c > 1 and (cfg.data.align_documents < c or cfg.data.align_documents % c):
         raise ConfigError(
             f"model.memory.chunk_size={c}: packed documents must start on the memory's chunk grid; set "
             f"data.align_documents={c} (a multiple of the chunk size; got {cfg.data.align_documents})")

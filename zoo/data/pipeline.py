@@ -8,6 +8,9 @@ Text sources (builtin | files | hf):
     -> BatchIterator(batch_size=data.batch_size, seed=data.seed), reshuffled every epoch.
 MQAR (source=mqar): batches generated on the fly by `zoo.data.synthetic.mqar_batch`
 (vocabulary = model.vocab_size), held-out batches from a separate seed stream.
+Needles (source=niah): rows of `zoo.data.synthetic.niah.niah_training_batch` for data.niah.task
+(prompt at a random depth + answer, loss on the answer), generated the same way; the tokenizer
+is bytes or SentencePiece trained on the built-in corpus (or data.niah.haystack_path).
 
 Every process of a multi-host job calls `make_data` with the same config and gets the same
 global batches; the training loop slices them per device.
@@ -28,7 +31,9 @@ from zoo.data.errors import DataError, check_positive_int
 from zoo.data.iterator import Batch, BatchIterator, GeneratorBatchIterator
 from zoo.data.packing import PACKED_KEYS, pack_documents
 from zoo.data.sources import load_documents, split_documents
+from zoo.data.synthetic.haystack import NOISE_PASSAGE, make_haystack
 from zoo.data.synthetic.mqar import MQAR_VERSION, mqar_batch, validate_mqar
+from zoo.data.synthetic.niah import NIAH_TASKS, NIAH_VERSION, niah_training_batch
 from zoo.data.tokenizers import ByteTokenizer, Tokenizer, build_tokenizer
 
 # Held-out synthetic batch i uses np.random.default_rng((seed, HELDOUT_STREAM, i)); training
@@ -117,6 +122,31 @@ def _make_mqar(cfg) -> DataBundle:
                       heldout_generator=generate, heldout_seed=d.seed, info=info)
 
 
+def _make_niah(cfg, root: Path, tokenizer: Tokenizer | None) -> DataBundle:
+    d, n = cfg.data, cfg.data.niah
+    if tokenizer is None:
+        texts = None
+        if d.tokenizer == "sentencepiece" and not d.tokenizer_path:
+            from zoo.data.builtin import builtin_corpus
+
+            path = Path(n.haystack_path) if n.haystack_path else None
+            texts = [path.read_text(errors="replace")] if path and path.is_file() else builtin_corpus()
+            texts = texts + [NOISE_PASSAGE]
+        tokenizer = build_tokenizer(d, cfg.model.vocab_size, texts, root / "tokenizers")
+    haystack = make_haystack(NIAH_TASKS[n.task].haystack, tokenizer, n.haystack_path or None)
+    generate = functools.partial(niah_training_batch, seq_len=d.seq_len, name=n.task, tokenizer=tokenizer,
+                                 haystack=haystack)
+    try:
+        generate(np.random.default_rng(0), 1)
+    except DataError as e:
+        raise DataError(f"data.seq_len={d.seq_len} is too short for data.niah.task={n.task}: {e}") from None
+    name = f"{NIAH_VERSION}; task={n.task} seq_len={d.seq_len} haystack={haystack.source}"
+    info = {"source": "niah", "task": n.task, "task_version": NIAH_VERSION, "seq_len": d.seq_len,
+            "haystack": haystack.source, "seed": d.seed, "tokenizer": tokenizer.kind}
+    return DataBundle(tokenizer=tokenizer, train=GeneratorBatchIterator(generate, d.batch_size, d.seed, name=name),
+                      heldout_generator=generate, heldout_seed=d.seed, info=info)
+
+
 def make_data(cfg, cache_dir: str | Path | None = None, tokenizer: Tokenizer | None = None) -> DataBundle:
     """Builds the data of a `zoo.config.Config` (module docstring).
 
@@ -131,6 +161,8 @@ def make_data(cfg, cache_dir: str | Path | None = None, tokenizer: Tokenizer | N
     if d.source == "mqar":
         return _make_mqar(cfg)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if d.source == "niah":
+        return _make_niah(cfg, root, tokenizer)
     docs = load_documents(d, cache_dir=root)
     train_docs, held_docs = split_documents(docs, d.heldout_fraction, d.seed)
     tok = tokenizer or build_tokenizer(d, cfg.model.vocab_size, train_docs, root / "tokenizers")

@@ -10,7 +10,7 @@ from zoo.evaluation.plots import format_length
 
 def grid(header: Sequence[str], rows: Sequence[Sequence[str]], title: str) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))  # noqa: E731
+    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))
     return "\n".join([title, line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 

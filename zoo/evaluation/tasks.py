@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import zlib
 from collections.abc import Callable
@@ -26,9 +27,9 @@ from zoo.data.synthetic.babilong import BABILONG_VERSION, babilong_sample
 from zoo.data.synthetic.haystack import Haystack, PromptSample, encode_piece, make_haystack
 from zoo.data.synthetic.mqar import MQAR_VERSION, key_value_ranges, mqar_batch
 from zoo.data.synthetic.niah import NIAH_TASKS, NIAH_VERSION, niah_sample
+from zoo.evaluation.perplexity import evaluate_perplexity
 from zoo.evaluation.scoring import babilong_correct, string_match_all
 from zoo.evaluation.settings import EvalSettings
-from zoo.evaluation.perplexity import evaluate_perplexity
 from zoo.generation import generate
 from zoo.streaming import stream_logits, stream_nll
 from zoo.training.restore import RestoredRun
@@ -193,9 +194,9 @@ def mqar_task(ctx: TaskContext, name: str = "mqar") -> list[dict]:
 def _heldout_stream(ctx: TaskContext) -> np.ndarray:
     """The run's held-out documents, tokenized as in training ([bos] doc [eos]), concatenated."""
     d = ctx.cfg.data
-    if d.source == "mqar":
+    if d.source in ("mqar", "niah"):
         raise DataError("ppl_by_position needs a run trained on text (data.source builtin, files or hf), "
-                        "this one trained on mqar")
+                        f"this one trained on {d.source}")
     _, held = split_documents(load_documents(d), d.heldout_fraction, d.seed)
     if not held:
         raise DataError("ppl_by_position needs held-out documents; the run has data.heldout_fraction=0")
@@ -206,7 +207,7 @@ def _heldout_stream(ctx: TaskContext) -> np.ndarray:
 def position_buckets(length: int) -> list[tuple[int, int]]:
     """[start, end) position buckets doubling in size: [0,1), [1,2), [2,4), ... up to length."""
     edges = [0] + [2 ** i for i in range(int(math.log2(max(length, 1))) + 1) if 2 ** i < length] + [length]
-    return list(zip(edges[:-1], edges[1:]))
+    return list(itertools.pairwise(edges))
 
 
 def ppl_by_position_task(ctx: TaskContext, name: str = "ppl_by_position") -> list[dict]:

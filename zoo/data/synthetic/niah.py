@@ -145,3 +145,31 @@ def niah_sample(name: str, rng: np.random.Generator, tokenizer, haystack: Haysta
     answers = tuple(v for k, v in needles if k in queried)
     return PromptSample(task=name, prompt=prompt, answers=answers, question=question, length=length,
                         depth=float(depth))
+
+
+def niah_training_batch(rng: np.random.Generator, batch_size: int, seq_len: int, name: str, tokenizer,
+                        haystack: Haystack) -> dict[str, np.ndarray]:
+    """Language-model rows for training on needle task `name`: each row is a prompt (random depth)
+    followed by the answer " {values}." and eos, padded to `seq_len`; the loss is on the answer
+    and eos only.
+
+    Returns inputs, targets, segment_ids (1 on the sample, 0 on padding) int32 [batch, seq_len] and
+    loss_mask float32 [batch, seq_len].
+    """
+    eos, pad = tokenizer.eos_id, tokenizer.pad_id
+    # Room for the longest answer: the widest values of the task's kind, plus eos.
+    widest = "9" * 7 if NIAH_TASKS[name].value_kind == "numbers" else "f" * 8 + "-ffff-4fff-bfff-" + "f" * 12
+    n_values = NIAH_TASKS[name].values * NIAH_TASKS[name].queries
+    reserve = 2 * len(encode_piece(tokenizer, _join([widest] * n_values) + ".")) + 1
+    out = {k: np.zeros((batch_size, seq_len), np.int32) for k in ("inputs", "targets", "segment_ids")}
+    out["loss_mask"] = np.zeros((batch_size, seq_len), np.float32)
+    for row in range(batch_size):
+        sample = niah_sample(name, rng, tokenizer, haystack, seq_len - reserve, float(rng.uniform()))
+        answer = np.append(encode_piece(tokenizer, _join(list(sample.answers)) + "."), eos).astype(np.int32)
+        stream = np.concatenate([sample.prompt, answer])
+        stream = np.pad(stream, (0, seq_len + 1 - len(stream)), constant_values=pad)
+        p, a = len(sample.prompt), len(answer)
+        out["inputs"][row], out["targets"][row] = stream[:seq_len], stream[1:]
+        out["segment_ids"][row, : p + a - 1] = 1
+        out["loss_mask"][row, p - 1: p + a - 1] = 1.0
+    return out
