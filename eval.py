@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per device call (default: 8)")
     p.add_argument("--segment-len", default="2k", help="stream long contexts in segments of this many tokens")
     p.add_argument("--haystack", default=None, help="a text file for essay haystacks (default: built-in corpus)")
+    p.add_argument("--babilong-data", default=None, metavar="DIR",
+                   help="official BABILong splits as DIR/<length>/<qa>.jsonl (or .json/.parquet), used where present")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
     p.add_argument("--no-plots", action="store_true", help="write no PNGs")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 lengths=parse_lengths(args.lengths), depths=parse_depths(args.depths), num_samples=args.num_samples,
                 max_length=None if args.max_length is None else parse_length(args.max_length),
                 batch_size=args.batch_size, segment_len=parse_length(args.segment_len), haystack=args.haystack,
-                seed=args.seed, progress=not args.quiet)
+                babilong_data=args.babilong_data, seed=args.seed, progress=not args.quiet)
             records, files = run(args.workdir, parse_tasks(args.tasks), step=args.step, output=args.output,
                                  settings=settings, make_plots=not args.no_plots)
             print(format_tables(records))

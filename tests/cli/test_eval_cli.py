@@ -50,8 +50,12 @@ def test_long_context_tasks_write_tables_json_and_plots(tmp_path):
     work = tmp_path / "text"
     train = run("train.py", *TINY, "--workdir", str(work))
     assert train.returncode == 0, train.stderr[-3000:]
+    official = tmp_path / "babilong" / "1k"
+    official.mkdir(parents=True)
+    (official / "qa1.jsonl").write_text(json.dumps({"input": "Mary went to the garden. " * 20,
+                                                    "question": "Where is Mary?", "target": "garden"}))
     ev = _eval(work, "--tasks", "s_niah_1,babilong_qa1,mqar", "--lengths", "512,1k", "--depths", "0,100",
-               "--num-samples", "2", "--segment-len", "256")
+               "--num-samples", "2", "--segment-len", "256", "--babilong-data", str(tmp_path / "babilong"))
     assert "s_niah_1: accuracy % (rows length, columns depth)" in ev.stdout
     assert "babilong_qa1" in ev.stdout and "100.0%" in ev.stderr  # the progress bar ends at 100%
     result = json.loads((work / "eval" / "step_8.json").read_text())
@@ -61,9 +65,10 @@ def test_long_context_tasks_write_tables_json_and_plots(tmp_path):
     assert sorted(r["length"] for r in records if r["task"] == "babilong_qa1") == [512, 1024]
     assert sorted(r["length"] for r in records if r["task"] == "mqar") == [512, 1024]
     for r in records:
-        assert 0.0 <= r["accuracy"] <= 1.0 and r["num_samples"] == 2 and r["version"] and r["step"] == 8
-    assert all(r["note"] == "generator-based, not leaderboard-comparable" for r in records
-               if r["task"].startswith("babilong"))
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["num_samples"] in (1, 2) and r["version"] and r["step"] == 8
+    babilong = {r["length"]: r for r in records if r["task"] == "babilong_qa1"}
+    assert babilong[512]["note"] == "generator-based, not leaderboard-comparable"
+    assert babilong[1024]["version"].startswith("official BABILong file") and babilong[1024]["num_samples"] == 1
     assert result["settings"]["lengths"] == [512, 1024] and result["settings"]["segment_len"] == 256
     pngs = sorted(p.name for p in (work / "eval" / "step_8").glob("*.png"))
     assert pngs == ["accuracy_vs_length.png", "s_niah_1_heatmap.png"]

@@ -17,7 +17,8 @@ class EvalSettings:
     """lengths: prompt / context lengths in tokens (None = each task's default); depths: needle
     depths in [0, 1]; num_samples: samples per (task, length, depth) cell; max_length: drop longer
     lengths; batch_size: sequences per device call; segment_len: streaming segment in tokens;
-    haystack: a text file for essay haystacks (None = built-in corpus); seed: generator seed."""
+    haystack: a text file for essay haystacks (None = built-in corpus); babilong_data: a folder of
+    official BABILong splits (`<dir>/<length>/<qa>.jsonl`, used where present); seed: generator seed."""
 
     lengths: tuple[int, ...] | None = None
     depths: tuple[float, ...] = DEFAULT_DEPTHS
@@ -26,6 +27,7 @@ class EvalSettings:
     batch_size: int = 8
     segment_len: int = 2048
     haystack: str | None = None
+    babilong_data: str | None = None
     seed: int = 0
     progress: bool = True
 

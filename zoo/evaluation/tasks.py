@@ -23,7 +23,7 @@ from zoo.data.errors import DataError
 from zoo.data.pipeline import make_data
 from zoo.data.sources import load_documents, split_documents
 from zoo.data.synthetic.babi import TASK_LABELS
-from zoo.data.synthetic.babilong import BABILONG_VERSION, babilong_sample
+from zoo.data.synthetic.babilong import BABILONG_VERSION, babilong_sample, find_official_file, official_samples
 from zoo.data.synthetic.haystack import Haystack, PromptSample, encode_piece, make_haystack
 from zoo.data.synthetic.mqar import MQAR_VERSION, key_value_ranges, mqar_batch
 from zoo.data.synthetic.niah import NIAH_TASKS, NIAH_VERSION, niah_sample
@@ -38,6 +38,8 @@ from zoo.training.sharding import put_global_batch
 NEEDLE_LENGTHS = (1024, 2048, 4096)
 BABILONG_LENGTHS = (0, 1024, 2048, 4096)
 NOT_LEADERBOARD = "generator-based, not leaderboard-comparable"
+OFFICIAL_NOTE = ("official BABILong samples (lengths in the dataset's GPT-2 tokens); our plain template "
+                 "without BABILong's instructions and examples")
 
 
 @dataclasses.dataclass
@@ -119,7 +121,7 @@ def ppl_task(ctx: TaskContext, name: str = "ppl") -> list[dict]:
 
 
 def _label(length: int) -> str:
-    return f"{length // 1024}k" if length and length % 1024 == 0 else str(length)
+    return f"{length // 1024}k" if length % 1024 == 0 else str(length)
 
 
 def needle_task(ctx: TaskContext, name: str) -> list[dict]:
@@ -151,13 +153,22 @@ def babilong_task(ctx: TaskContext, name: str) -> list[dict]:
     max_new = max(len(encode_piece(ctx.tokenizer, lab)) for lab in labels) + 8
     records = []
     for length in s.lengths_for(BABILONG_LENGTHS):
-        rng = ctx.rng(name, length)
-        hay = ctx.haystack("essay") if length > 0 else None
-        samples = [babilong_sample(qa, rng, ctx.tokenizer, hay, length) for _ in range(s.num_samples)]
+        official = find_official_file(s.babilong_data, qa, _label(length)) if s.babilong_data else None
+        hay = None
+        if official is not None:
+            samples = official_samples(official, qa, ctx.tokenizer, s.num_samples)
+            version, note = f"official BABILong file {official}", OFFICIAL_NOTE
+        else:
+            if s.babilong_data:
+                ctx.report(f"{name} length={_label(length)}: no official file in {s.babilong_data}, generating")
+            hay = ctx.haystack("essay") if length > 0 else None
+            rng = ctx.rng(name, length)
+            samples = [babilong_sample(qa, rng, ctx.tokenizer, hay, length) for _ in range(s.num_samples)]
+            version, note = BABILONG_VERSION, NOT_LEADERBOARD
         replies = generate_replies(ctx, samples, max_new)
         acc = float(np.mean([babilong_correct(r, x.answers, x.question, labels) for r, x in zip(replies, samples)]))
         records.append({"task": name, "length": length, "depth": None, "accuracy": acc,
-                        "num_samples": len(samples), "version": BABILONG_VERSION, "note": NOT_LEADERBOARD,
+                        "num_samples": len(samples), "version": version, "note": note,
                         "haystack": hay.source if hay else None,
                         "example": {"question": samples[0].question, "answers": list(samples[0].answers),
                                     "reply": replies[0]}})

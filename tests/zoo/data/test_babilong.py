@@ -271,3 +271,26 @@ def test_babilong_scorer_qa5():
     assert babilong_correct("Fred gave the football to Jeff.", ["Fred"], question, labels) == 1.0
     assert babilong_correct("Bill", ["Fred"], question, labels) == 0.0
     assert babilong_correct("Fred and Mary", ["Fred"], question, labels) == 0.0
+
+
+def test_official_files_load_through_the_same_interface(tmp_path):
+    import json
+
+    from zoo.data.synthetic.babilong import find_official_file, official_samples
+
+    rows = [{"input": "Mary moved to the bathroom. The sky is blue.", "question": "Where is Mary?",
+             "target": "bathroom"}, {"input": "John went to the office.", "question": "Where is John?",
+                                     "target": "office"}]
+    (tmp_path / "1k").mkdir()
+    (tmp_path / "1k" / "qa1.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert find_official_file(tmp_path, "qa1", "2k") is None
+    path = find_official_file(tmp_path, "qa1", "1k")
+    tok = ByteTokenizer()
+    samples = official_samples(path, "qa1", tok, limit=5)
+    assert [s.answers for s in samples] == [("bathroom",), ("office",)]
+    text = tok.decode(samples[0].prompt)
+    assert "Mary moved to the bathroom." in text and text.rstrip().endswith("Question: Where is Mary? Answer:")
+    assert samples[0].length == len(samples[0].prompt) and samples[0].task == "babilong_qa1"
+    (tmp_path / "1k" / "qa2.json").write_text(json.dumps([{"input": "x", "question": "y"}]))
+    with pytest.raises(DataError, match="lacks \\['target'\\]"):
+        official_samples(find_official_file(tmp_path, "qa2", "1k"), "qa2", tok, limit=5)

@@ -17,6 +17,9 @@ Prompt (pieces of int32 ids, each encoded with `encode_piece`, i.e. with a leadi
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from zoo.data.errors import DataError
@@ -42,6 +45,13 @@ def hide_facts(rng: np.random.Generator, facts: list[np.ndarray], filler: list[n
     return insert_at_boundaries(filler, [(int(b), f) for b, f in zip(bounds, facts)])
 
 
+def _template(tokenizer, question: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The id pieces before and after the context."""
+    head = [encode_piece(tokenizer, PREFIX), encode_piece(tokenizer, CONTEXT_OPEN)]
+    tail = [encode_piece(tokenizer, CONTEXT_CLOSE), encode_piece(tokenizer, QUESTION.format(question=question))]
+    return head, tail
+
+
 def babilong_sample(task: str, rng: np.random.Generator, tokenizer, haystack: Haystack | None,
                     length: int, num_facts: int | None = None) -> PromptSample:
     """One BABILong sample of bAbI `task` ('qa1'..'qa5') as an int32 [length] prompt
@@ -57,9 +67,7 @@ def babilong_sample(task: str, rng: np.random.Generator, tokenizer, haystack: Ha
         raise DataError(f"BABILong length {length} needs a haystack (only length 0 has none)")
     story = babi_story(task, rng, num_facts)
     name = f"babilong_{task}"
-    head = [encode_piece(tokenizer, PREFIX), encode_piece(tokenizer, CONTEXT_OPEN)]
-    tail = [encode_piece(tokenizer, CONTEXT_CLOSE),
-            encode_piece(tokenizer, QUESTION.format(question=story.question))]
+    head, tail = _template(tokenizer, story.question)
     facts = [encode_piece(tokenizer, f) for f in story.facts]
     needed = sum(len(p) for p in head + tail + facts)
     if length == 0:
@@ -71,3 +79,54 @@ def babilong_sample(task: str, rng: np.random.Generator, tokenizer, haystack: Ha
     prompt = np.concatenate(head + context + tail).astype(np.int32)
     return PromptSample(task=name, prompt=prompt, answers=(story.answer,), question=story.question,
                         length=int(length), depth=None)
+
+
+# Official data: `datasets.load_dataset("RMT-team/babilong", "1k")["qa1"].to_json("DIR/1k/qa1.jsonl")`
+# (or .json / .parquet) puts BABILong's own samples where `eval.py --babilong-data DIR` finds them.
+OFFICIAL_EXTENSIONS = (".jsonl", ".json", ".parquet")
+
+
+def find_official_file(directory: str | Path, task: str, length_label: str) -> Path | None:
+    """`<directory>/<length_label>/<task>.{jsonl,json,parquet}` (e.g. DIR/1k/qa1.jsonl) or None."""
+    for ext in OFFICIAL_EXTENSIONS:
+        path = Path(directory) / length_label / f"{task}{ext}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(f"reading {path} needs pyarrow (pip install pyarrow), or export the "
+                            "split as .jsonl") from None
+        return pq.read_table(path).to_pylist()
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".json" and text.lstrip().startswith("["):
+            return json.loads(text)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except ValueError as e:
+        raise DataError(f"{path} is not valid JSON / JSON lines: {e}") from None
+
+
+def official_samples(path: str | Path, task: str, tokenizer, limit: int) -> list[PromptSample]:
+    """Up to `limit` BABILong samples from an official split file (columns input, question,
+    target), in our prompt template; prompt lengths are whatever the text tokenizes to."""
+    path = Path(path)
+    rows = _read_rows(path)[:limit]
+    out = []
+    for i, row in enumerate(rows):
+        missing = {"input", "question", "target"} - set(row)
+        if missing:
+            raise DataError(f"{path} row {i} lacks {sorted(missing)}: BABILong files have the columns "
+                            "input, question and target")
+        head, tail = _template(tokenizer, row["question"])
+        prompt = np.concatenate(head + [encode_piece(tokenizer, row["input"])] + tail).astype(np.int32)
+        out.append(PromptSample(task=f"babilong_{task}", prompt=prompt, answers=(str(row["target"]),),
+                                question=row["question"], length=len(prompt), depth=None))
+    if not out:
+        raise DataError(f"{path} holds no samples")
+    return out
