@@ -18,6 +18,14 @@ if "MEMZOO_CACHE" not in os.environ:
 
     os.environ["MEMZOO_CACHE"] = tempfile.mkdtemp(prefix="memzoo-test-cache-")
 
+# A persistent XLA compilation cache for the run: the CLI tests' subprocesses (train.py, eval.py)
+# compile the same programs again and again; with the cache only the first one pays.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="memzoo-test-xla-cache-")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
 import jax  # noqa: E402  (environment must be set first)
 
 jax.config.update("jax_default_matmul_precision", "highest")

@@ -13,14 +13,16 @@ TINY = ["--config", "configs/transformer/tiny.yaml", "--set", "train.steps=8", "
         "--set", "train.log_every=4", "--set", "data.max_documents=60", "--set", "data.seq_len=32"]
 
 
-def _env():
+def _env(optimize=False):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # one device, fast compiles (see conftest)
+    # One device; fast compiles (see conftest) unless the run is long enough for XLA's
+    # optimisations to pay for themselves.
+    env["XLA_FLAGS"] = "" if optimize else "--xla_backend_optimization_level=0"
     return env
 
 
-def run(script, *args, timeout=300):
-    return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=_env(), capture_output=True,
+def run(script, *args, timeout=300, optimize=False):
+    return subprocess.run([sys.executable, script, *args], cwd=ROOT, env=_env(optimize), capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -35,7 +35,7 @@ def _mqar_accuracy(workdir):
 
 
 def test_mqar_trained_transformer_solves_it_untrained_does_not(tmp_path):
-    trained = run("train.py", *MQAR, "--workdir", str(tmp_path / "trained"))
+    trained = run("train.py", *MQAR, "--workdir", str(tmp_path / "trained"), optimize=True)  # 400 steps
     assert trained.returncode == 0, trained.stderr[-3000:]
     untrained = run("train.py", *MQAR, "--set", "train.steps=1", "--set", "optimizer.learning_rate=1e-9",
                     "--set", "schedule.warmup_steps=0", "--workdir", str(tmp_path / "untrained"))

@@ -16,7 +16,7 @@ V = 53
 
 
 def build(name):
-    cfg = ModelConfig(name=name, vocab_size=V, d_model=16, num_layers=2, num_heads=2, sliding_window=6,
+    cfg = ModelConfig(name=name, vocab_size=V, d_model=16, num_layers=1, num_heads=2, sliding_window=6,
                       persistent_tokens=2 if name != "transformer" else 0,
                       memory=MemoryConfig(chunk_size=4, expansion=2))
     return zoo.build_model(cfg, rngs=nnx.Rngs(0))
@@ -35,9 +35,8 @@ def test_segment_streamed_logits_equal_one_call(name):
     np.testing.assert_allclose(stream_logits(model, toks, 7), full, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["transformer", "titans_lmm"])
-def test_segment_streamed_nll_equals_one_call(name):
-    model = build(name)
+def test_segment_streamed_nll_equals_one_call():
+    model = build("titans_lmm")
     toks = jax.random.randint(jax.random.key(1), (2, 23), 0, V, jnp.int32)
     full = nnx.jit(lambda m, t: m(t))(model, toks)
     targets = jnp.roll(toks, -1, axis=1)
@@ -46,7 +45,7 @@ def test_segment_streamed_nll_equals_one_call(name):
 
 
 def test_generation_prefill_in_segments_equals_one_segment():
-    model = build("titans_mag")
+    model = build("titans_lmm")
     prompt = jax.random.randint(jax.random.key(2), (2, 19), 0, V, jnp.int32)
     one = zoo.generate(model, prompt, max_new_tokens=5, segment_len=64)
     np.testing.assert_array_equal(zoo.generate(model, prompt, max_new_tokens=5, segment_len=4), one)
