@@ -54,7 +54,7 @@ def test_long_context_tasks_write_tables_json_and_plots(tmp_path):
     official.mkdir(parents=True)
     (official / "qa1.jsonl").write_text(json.dumps({"input": "Mary went to the garden. " * 20,
                                                     "question": "Where is Mary?", "target": "garden"}))
-    ev = _eval(work, "--tasks", "s_niah_1,babilong_qa1,mqar", "--lengths", "512,1k", "--depths", "0,100",
+    ev = _eval(work, "--tasks", "s_niah_1,babilong_qa1,mqar,ppl_by_position", "--lengths", "512,1k", "--depths", "0,100",
                "--num-samples", "2", "--segment-len", "256", "--babilong-data", str(tmp_path / "babilong"))
     assert "s_niah_1: accuracy % (rows length, columns depth)" in ev.stdout
     assert "babilong_qa1" in ev.stdout and "100.0%" in ev.stderr  # the progress bar ends at 100%
@@ -64,6 +64,11 @@ def test_long_context_tasks_write_tables_json_and_plots(tmp_path):
     assert cells == [("s_niah_1", n, d) for n in (512, 1024) for d in (0.0, 1.0)]
     assert sorted(r["length"] for r in records if r["task"] == "babilong_qa1") == [512, 1024]
     assert sorted(r["length"] for r in records if r["task"] == "mqar") == [512, 1024]
+    by_position = [r for r in records if r["task"] == "ppl_by_position"]
+    assert [r["length"] for r in by_position] == [512, 1024]
+    assert by_position[1]["positions"][-1] == 1024 and len(by_position[1]["position_perplexity"]) == 11
+    assert all(1.0 < p < 300 for r in by_position for p in r["position_perplexity"])
+    records = [r for r in records if r["task"] != "ppl_by_position"]
     for r in records:
         assert 0.0 <= r["accuracy"] <= 1.0 and r["num_samples"] in (1, 2) and r["version"] and r["step"] == 8
     babilong = {r["length"]: r for r in records if r["task"] == "babilong_qa1"}
@@ -71,7 +76,7 @@ def test_long_context_tasks_write_tables_json_and_plots(tmp_path):
     assert babilong[1024]["version"].startswith("official BABILong file") and babilong[1024]["num_samples"] == 1
     assert result["settings"]["lengths"] == [512, 1024] and result["settings"]["segment_len"] == 256
     pngs = sorted(p.name for p in (work / "eval" / "step_8").glob("*.png"))
-    assert pngs == ["accuracy_vs_length.png", "s_niah_1_heatmap.png"]
+    assert pngs == ["accuracy_vs_length.png", "ppl_by_position.png", "s_niah_1_heatmap.png"]
     for name in pngs:
         _png_ok(work / "eval" / "step_8" / name)
 
