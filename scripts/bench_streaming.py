@@ -24,10 +24,10 @@ from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import zoo  # noqa: E402
-from zoo.config import MemoryConfig, ModelConfig  # noqa: E402
-from zoo.evaluation.settings import parse_lengths  # noqa: E402
-from zoo.streaming import stream_nll  # noqa: E402
+import zoo
+from zoo.config import MemoryConfig, ModelConfig
+from zoo.evaluation.settings import parse_lengths
+from zoo.streaming import stream_nll
 
 MODELS = ("transformer", "titans_lmm", "titans_mag")
 
