@@ -88,7 +88,12 @@ def test_long_context_tasks_write_tables_json_and_plots(tmp_path):
     for task in ("s_niah_1", "babilong_qa1", "mqar"):
         _png_ok(tmp_path / "cmp" / f"compare_{task}.png")
 
-    too_short = run("eval.py", "--workdir", str(work), "--tasks", "s_niah_1", "--lengths", "64")
+    partial = tmp_path / "partial.json"
+    too_short = run("eval.py", "--workdir", str(work), "--tasks", "mqar,s_niah_1", "--lengths", "64",
+                    "--num-samples", "2", "--output", str(partial))
     assert too_short.returncode == 1 and "use lengths >=" in too_short.stderr
+    assert f"the 1 results before it are in {partial}" in too_short.stderr  # nothing lost
+    kept = json.loads(partial.read_text())
+    assert [r["task"] for r in kept["results"]] == ["mqar"] and "use lengths >=" in kept["incomplete"]
     no_results = run("eval.py", "--compare", str(tmp_path))
     assert no_results.returncode == 1 and "holds no eval results" in no_results.stderr

@@ -66,6 +66,12 @@ def accuracy_series(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
     return {t: [(n, sum(v) / len(v)) for n, v in sorted(by_len.items())] for t, by_len in cells.items()}
 
 
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**payload, "time": datetime.datetime.now(datetime.UTC).isoformat()}
+    path.write_text(json.dumps(payload, indent=2))
+
+
 def run(workdir: str | Path, tasks: list[str], step: int | None = None, devices: list | None = None,
         output: str | Path | None = None, settings: EvalSettings | None = None,
         make_plots: bool = True) -> tuple[list[dict], list[Path]]:
@@ -86,21 +92,29 @@ def run(workdir: str | Path, tasks: list[str], step: int | None = None, devices:
             print(f"{progress_bar(done, total)} {line}", file=sys.stderr, flush=True)
 
     ctx = TaskContext(restored, load_tokenizer(workdir), settings, report)
-    records = []
-    for done, name in enumerate(tasks):
-        records += [{**r, "step": restored.step} for r in TASKS[name](ctx, name)]
+    for name in tasks:  # bad --lengths / --max-length fail before anything runs
+        if name != "ppl":
+            ctx.lengths(name)
+    path = Path(output) if output else Path(workdir) / "eval" / f"step_{restored.step}.json"
+    header = {"workdir": str(Path(workdir).absolute()), "step": restored.step, "model": restored.cfg.model.name,
+              "devices": restored.runtime.mesh.devices.size,
+              "settings": {**dataclasses.asdict(settings), "tasks": tasks}}
+    records: list[dict] = []
+    try:
+        for done, name in enumerate(tasks):
+            records += [{**r, "step": restored.step} for r in TASKS[name](ctx, name)]
+    except Exception as e:
+        if main and records:  # keep what finished
+            _write_json(path, {**header, "incomplete": f"{type(e).__name__}: {e}", "results": records})
+            if isinstance(e, ValueError):  # our input errors (DataError, ConfigError): name the file
+                raise type(e)(f"{e} (the {len(records)} results before it are in {path})") from e
+        raise
     done = total
     report("done")
-    path = Path(output) if output else Path(workdir) / "eval" / f"step_{restored.step}.json"
     files = [path]
     if main:
         label = f"{Path(workdir).name} step {restored.step}"
         if make_plots:
             files += write_plots(records, path.with_suffix(""), label)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({
-            "workdir": str(Path(workdir).absolute()), "step": restored.step, "model": restored.cfg.model.name,
-            "devices": restored.runtime.mesh.devices.size, "time": datetime.datetime.now(datetime.UTC).isoformat(),
-            "settings": {**dataclasses.asdict(settings), "tasks": tasks}, "results": records,
-            "plots": [str(p) for p in files[1:]]}, indent=2))
+        _write_json(path, {**header, "results": records, "plots": [str(p) for p in files[1:]]})
     return records, files

@@ -41,10 +41,15 @@ class EvalSettings:
         if not self.depths or any(not 0.0 <= d <= 1.0 for d in self.depths):
             raise ValueError(f"--depths must be fractions (or percentages) in [0, 1], got {self.depths}")
 
-    def lengths_for(self, task_defaults: tuple[int, ...]) -> tuple[int, ...]:
-        """The lengths to run: the asked ones (else the task's defaults) up to max_length."""
+    def lengths_for(self, task: str, task_defaults: tuple[int, ...]) -> tuple[int, ...]:
+        """The lengths to run for `task`: the asked ones (else the task's defaults) up to
+        max_length; a ValueError if max_length leaves none."""
         lengths = self.lengths if self.lengths is not None else task_defaults
-        return tuple(n for n in lengths if self.max_length is None or n <= self.max_length)
+        kept = tuple(n for n in lengths if self.max_length is None or n <= self.max_length)
+        if not kept:
+            raise ValueError(f"{task}: no length is <= --max-length {self.max_length} (lengths "
+                             f"{', '.join(map(str, lengths))}); raise --max-length or give shorter --lengths")
+        return kept
 
 
 def parse_tasks(text: str) -> list[str]:

@@ -42,6 +42,19 @@ OFFICIAL_NOTE = ("official BABILong samples (lengths in the dataset's GPT-2 toke
                  "without BABILong's instructions and examples")
 
 
+def default_lengths(task: str, cfg) -> tuple[int, ...]:
+    """Each task's lengths when --lengths is not given."""
+    if task.startswith("babilong_"):
+        return BABILONG_LENGTHS
+    if task == "mqar":
+        return (cfg.data.seq_len,) if cfg.data.source == "mqar" else (256,)
+    if task == "ppl_by_position":
+        return tuple(cfg.data.seq_len * k for k in (1, 2, 4, 8))
+    if task == "ppl":
+        return (cfg.data.seq_len,)
+    return NEEDLE_LENGTHS
+
+
 @dataclasses.dataclass
 class TaskContext:
     """restored: the checkpoint (config, runtime, train state); tokenizer: the run's tokenizer;
@@ -69,6 +82,10 @@ class TaskContext:
     def rng(self, task: str, *cell) -> np.random.Generator:
         """Independent, reproducible generator per (seed, task, cell)."""
         return np.random.default_rng((self.settings.seed, zlib.crc32(task.encode()), *cell))
+
+    def lengths(self, task: str) -> tuple[int, ...]:
+        """The lengths task `task` runs at (--lengths or its defaults, up to --max-length)."""
+        return self.settings.lengths_for(task, default_lengths(task, self.cfg))
 
     def check_text_model(self, task: str) -> None:
         vocab = self.cfg.model.vocab_size
@@ -130,7 +147,7 @@ def needle_task(ctx: TaskContext, name: str) -> list[dict]:
     hay = ctx.haystack(NIAH_TASKS[name].haystack)
     s = ctx.settings
     records = []
-    for length in s.lengths_for(NEEDLE_LENGTHS):
+    for length in ctx.lengths(name):
         for d_index, depth in enumerate(s.depths):
             rng = ctx.rng(name, length, d_index)
             samples = [niah_sample(name, rng, ctx.tokenizer, hay, length, depth) for _ in range(s.num_samples)]
@@ -152,7 +169,7 @@ def babilong_task(ctx: TaskContext, name: str) -> list[dict]:
     s = ctx.settings
     max_new = max(len(encode_piece(ctx.tokenizer, lab)) for lab in labels) + 8
     records = []
-    for length in s.lengths_for(BABILONG_LENGTHS):
+    for length in ctx.lengths(name):
         official = find_official_file(s.babilong_data, qa, _label(length)) if s.babilong_data else None
         hay = None
         if official is not None:
@@ -181,10 +198,9 @@ def mqar_task(ctx: TaskContext, name: str = "mqar") -> list[dict]:
     with the run's data.mqar settings and the model's vocabulary."""
     cfg, s = ctx.cfg, ctx.settings
     m, vocab = cfg.data.mqar, cfg.model.vocab_size
-    default = (cfg.data.seq_len,) if cfg.data.source == "mqar" else (256,)
     chance = 1.0 / len(key_value_ranges(vocab, m.key_vocab)[1])
     records = []
-    for length in s.lengths_for(default):
+    for length in ctx.lengths(name):
         batch = mqar_batch(ctx.rng(name, length), s.num_samples, length, vocab, m.num_pairs, m.key_vocab, m.power_a)
         rows = list(range(s.num_samples))
         correct = total = 0.0
@@ -225,10 +241,10 @@ def ppl_by_position_task(ctx: TaskContext, name: str = "ppl_by_position") -> lis
     """Perplexity of held-out text vs token position, one record per context length: contiguous
     held-out text cut into num_samples rows of `length` tokens (fewer if the text runs out)."""
     ctx.check_text_model(name)
-    s, seq_len = ctx.settings, ctx.cfg.data.seq_len
+    s = ctx.settings
     text = _heldout_stream(ctx)
     records = []
-    for length in s.lengths_for(tuple(seq_len * k for k in (1, 2, 4, 8))):
+    for length in ctx.lengths(name):
         rows = min(s.num_samples, (len(text) - 1) // length)
         if rows < 1:
             raise DataError(f"ppl_by_position at length {length}: the held-out text has only {len(text)} "

@@ -46,8 +46,10 @@ def test_parse_lengths_tasks_depths():
         EvalSettings(depths=(1.5,))
     with pytest.raises(ValueError, match="--num-samples"):
         EvalSettings(num_samples=0)
-    assert EvalSettings(lengths=(512, 4096), max_length=1024).lengths_for((1, 2)) == (512,)
-    assert EvalSettings(max_length=1024).lengths_for((1024, 2048)) == (1024,)
+    assert EvalSettings(lengths=(512, 4096), max_length=1024).lengths_for("mqar", (1, 2)) == (512,)
+    assert EvalSettings(max_length=1024).lengths_for("mqar", (1024, 2048)) == (1024,)
+    with pytest.raises(ValueError, match="s_niah_1: no length is <= --max-length 512"):
+        EvalSettings(lengths=(1024,), max_length=512).lengths_for("s_niah_1", (4096,))
 
 
 def test_position_buckets():
