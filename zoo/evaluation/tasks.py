@@ -23,11 +23,18 @@ from zoo.data.errors import DataError
 from zoo.data.pipeline import make_data
 from zoo.data.sources import load_documents, split_documents
 from zoo.data.synthetic.babi import TASK_LABELS
-from zoo.data.synthetic.babilong import BABILONG_VERSION, babilong_sample, find_official_file, official_samples
+from zoo.data.synthetic.babilong import (
+    BABILONG_LENGTHS,
+    BABILONG_VERSION,
+    babilong_sample,
+    find_official_file,
+    official_samples,
+)
 from zoo.data.synthetic.haystack import Haystack, PromptSample, encode_piece, make_haystack
 from zoo.data.synthetic.mqar import MQAR_VERSION, key_value_ranges, mqar_batch
 from zoo.data.synthetic.niah import NIAH_TASKS, NIAH_VERSION, niah_sample
 from zoo.evaluation.perplexity import evaluate_perplexity
+from zoo.evaluation.plots import format_length
 from zoo.evaluation.scoring import babilong_correct, string_match_all
 from zoo.evaluation.settings import EvalSettings
 from zoo.generation import generate
@@ -36,7 +43,7 @@ from zoo.training.restore import RestoredRun
 from zoo.training.sharding import put_global_batch
 
 NEEDLE_LENGTHS = (1024, 2048, 4096)
-BABILONG_LENGTHS = (0, 1024, 2048, 4096)
+BABILONG_DEFAULT_LENGTHS = (0, 1024, 2048, 4096)
 NOT_LEADERBOARD = "generator-based, not leaderboard-comparable"
 OFFICIAL_NOTE = ("official BABILong samples (lengths in the dataset's GPT-2 tokens); our plain template "
                  "without BABILong's instructions and examples")
@@ -45,7 +52,7 @@ OFFICIAL_NOTE = ("official BABILong samples (lengths in the dataset's GPT-2 toke
 def default_lengths(task: str, cfg) -> tuple[int, ...]:
     """Each task's lengths when --lengths is not given."""
     if task.startswith("babilong_"):
-        return BABILONG_LENGTHS
+        return BABILONG_DEFAULT_LENGTHS
     if task == "mqar":
         return (cfg.data.seq_len,) if cfg.data.source == "mqar" else (256,)
     if task == "ppl_by_position":
@@ -137,8 +144,9 @@ def ppl_task(ctx: TaskContext, name: str = "ppl") -> list[dict]:
     return [{"task": name, **result, "length": cfg.data.seq_len, "depth": None, "source": cfg.data.source}]
 
 
-def _label(length: int) -> str:
-    return f"{length // 1024}k" if length % 1024 == 0 else str(length)
+def _babilong_label(length: int) -> str:
+    """BABILong's name for a length ('0k', '1k', ...), which names its official data folders."""
+    return {n: label for label, n in BABILONG_LENGTHS.items()}.get(length, format_length(length))
 
 
 def needle_task(ctx: TaskContext, name: str) -> list[dict]:
@@ -157,7 +165,7 @@ def needle_task(ctx: TaskContext, name: str) -> list[dict]:
             records.append({"task": name, "length": length, "depth": depth, "accuracy": acc,
                             "num_samples": len(samples), "version": NIAH_VERSION, "haystack": hay.source,
                             "example": {"answers": list(samples[0].answers), "reply": replies[0]}})
-            ctx.report(f"{name} length={_label(length)} depth={depth:.0%}: accuracy {acc:.1%}")
+            ctx.report(f"{name} length={format_length(length)} depth={depth:.0%}: accuracy {acc:.1%}")
     return records
 
 
@@ -170,14 +178,14 @@ def babilong_task(ctx: TaskContext, name: str) -> list[dict]:
     max_new = max(len(encode_piece(ctx.tokenizer, lab)) for lab in labels) + 8
     records = []
     for length in ctx.lengths(name):
-        official = find_official_file(s.babilong_data, qa, _label(length)) if s.babilong_data else None
+        official = find_official_file(s.babilong_data, qa, _babilong_label(length)) if s.babilong_data else None
         hay = None
         if official is not None:
             samples = official_samples(official, qa, ctx.tokenizer, s.num_samples)
             version, note = f"official BABILong file {official}", OFFICIAL_NOTE
         else:
             if s.babilong_data:
-                ctx.report(f"{name} length={_label(length)}: no official file in {s.babilong_data}, generating")
+                ctx.report(f"{name} length={format_length(length)}: no official file in {s.babilong_data}, generating")
             hay = ctx.haystack("essay") if length > 0 else None
             rng = ctx.rng(name, length)
             samples = [babilong_sample(qa, rng, ctx.tokenizer, hay, length) for _ in range(s.num_samples)]
@@ -189,7 +197,7 @@ def babilong_task(ctx: TaskContext, name: str) -> list[dict]:
                         "haystack": hay.source if hay else None,
                         "example": {"question": samples[0].question, "answers": list(samples[0].answers),
                                     "reply": replies[0]}})
-        ctx.report(f"{name} length={_label(length)}: accuracy {acc:.1%}")
+        ctx.report(f"{name} length={format_length(length)}: accuracy {acc:.1%}")
     return records
 
 
@@ -214,7 +222,7 @@ def mqar_task(ctx: TaskContext, name: str = "mqar") -> list[dict]:
         records.append({"task": name, "length": length, "depth": None, "accuracy": acc,
                         "num_samples": s.num_samples, "queries": int(total), "num_pairs": m.num_pairs,
                         "vocab_size": vocab, "chance": chance, "version": MQAR_VERSION})
-        ctx.report(f"{name} length={_label(length)}: accuracy {acc:.1%} (chance {chance:.1%})")
+        ctx.report(f"{name} length={format_length(length)}: accuracy {acc:.1%} (chance {chance:.1%})")
     return records
 
 
@@ -259,5 +267,5 @@ def ppl_by_position_task(ctx: TaskContext, name: str = "ppl_by_position") -> lis
                         "perplexity": math.exp(float(nll.mean())), "rows": rows, "tokens": int(nll.size),
                         "positions": [end for _, end in buckets],
                         "position_perplexity": [math.exp(float(nll[:, a:b].mean())) for a, b in buckets]})
-        ctx.report(f"{name} length={_label(length)}: perplexity {records[-1]['perplexity']:.3f}")
+        ctx.report(f"{name} length={format_length(length)}: perplexity {records[-1]['perplexity']:.3f}")
     return records
