@@ -37,7 +37,9 @@ class MemoryConfig:
     structure: str = dataclasses.field(default="mlp", metadata=_choices("matrix", "mlp"))
     depth: int = 2
     expansion: int = 4
-    residual: bool = True
+    residual: bool = False  # M(z) = z + MLP(z) (ATLAS); off: stored values reach the read at init
+    mlp_first_layer_std: float = 0.5  # std of W_0's first MLP layer (its inputs are unit-norm keys)
+    last_layer_std: float = 0.0  # std of W_0's last layer (the matrix itself); 0 = an empty memory
     activation: str = dataclasses.field(default="gelu", metadata=_choices("gelu", "silu"))
     objective: str = dataclasses.field(default="l2", metadata=_choices("l2", "dot"))
     retention: str = dataclasses.field(default="scalar", metadata=_choices("none", "scalar", "channel"))
@@ -45,10 +47,17 @@ class MemoryConfig:
     semantics: str = dataclasses.field(default="anchored", metadata=_choices("exact", "anchored"))
     chunk_size: int = 16
     bilevel: str = dataclasses.field(default="full", metadata=_choices("full", "first_order"))
+    gradient_at: str = dataclasses.field(default="previous", metadata=_choices("previous", "retained"))
     num_heads: int = 0  # 0 = model.num_heads
     head_dim: int = 0  # 0 = model.d_model // memory heads
     conv_width: int = 4  # causal depthwise conv on q, k, v (Titans §4.4)
     lr_max: float = 0.1  # inner learning rate rho_t = lr_max * sigmoid(x w + b)
+    lr_init: float = 0.01  # rho_t at initialisation (sets the gate bias b)
+    momentum_init: float = 0.5  # momentum decay mu_t at initialisation (0.9 diverges on long documents)
+    retention_gate: str = dataclasses.field(default="sigmoid", metadata=_choices("sigmoid", "mamba2"))
+    forget_init: float = 0.01  # sigmoid gate: fraction forgotten alpha_t = 1 - retention at initialisation
+    qk_activation: str = dataclasses.field(default="silu", metadata=_choices("silu", "identity"))
+    output_gate_bias: float = 1.0  # output gate SiLU(x W_G + b): b at initialisation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,14 +426,21 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _validate_memory(cfg: Config) -> None:
-    """Checks of models with associative-memory mixers (see zoo.memory.MemorySpec)."""
+def memory_spec_of(mem: MemoryConfig):
+    """The zoo.memory.MemorySpec of a memory config (its spec fields; raises ValueError)."""
     from zoo.memory.spec import MemorySpec
 
-    mem = cfg.model.memory
     spec_fields = {f.name for f in dataclasses.fields(MemorySpec)}
+    return MemorySpec(**{k: v for k, v in to_dict(mem).items() if k in spec_fields})
+
+
+def _validate_memory(cfg: Config) -> None:
+    """Checks of models with associative-memory mixers (see zoo.memory.MemorySpec)."""
+    from zoo.memory.engine import dual_form
+
+    mem = cfg.model.memory
     try:
-        MemorySpec(**{k: v for k, v in to_dict(mem).items() if k in spec_fields})
+        spec = memory_spec_of(mem)
     except ValueError as e:
         raise ConfigError(f"model.memory: {e}") from None
     heads = mem.num_heads or cfg.model.num_heads
@@ -433,19 +449,47 @@ def _validate_memory(cfg: Config) -> None:
                           "set model.memory.num_heads or model.memory.head_dim")
     if mem.lr_max < 0:
         raise ConfigError(f"model.memory.lr_max must be >= 0, got {mem.lr_max}")
+    if mem.lr_max > 0 and not 0 < mem.lr_init < mem.lr_max:
+        raise ConfigError(f"model.memory.lr_init={mem.lr_init} must lie strictly between 0 and "
+                          f"model.memory.lr_max={mem.lr_max} (the gate is lr_max * sigmoid)")
+    for key in ("mlp_first_layer_std", "last_layer_std"):
+        if getattr(mem, key) < 0:
+            raise ConfigError(f"model.memory.{key} must be >= 0 (a standard deviation), got {getattr(mem, key)}")
+    for key in ("momentum_init", "forget_init"):
+        if not 0 < getattr(mem, key) < 1:
+            raise ConfigError(f"model.memory.{key} must lie strictly between 0 and 1 (a sigmoid gate's "
+                              f"initial value), got {getattr(mem, key)}")
     if mem.conv_width < 1:
         raise ConfigError(f"model.memory.conv_width must be >= 1, got {mem.conv_width}")
     c = mem.chunk_size
-    if cfg.data.source not in ("mqar", "niah") and c > 1 and (cfg.data.align_documents < c or cfg.data.align_documents % c):
+    grid = dual_form(spec)  # the chunk grid is part of the model; exact delta-rule memories have none
+    if grid and cfg.data.source not in ("mqar", "niah") and c > 1 and (
+            cfg.data.align_documents < c or cfg.data.align_documents % c):
         raise ConfigError(
             f"model.memory.chunk_size={c}: packed documents must start on the memory's chunk grid; set "
             f"data.align_documents={c} (a multiple of the chunk size; got {cfg.data.align_documents})")
 
 
+def _with_model_memory_defaults(values: dict) -> dict:
+    """Puts the named model's registered memory defaults (zoo.registry) under the file's own
+    model.memory values, so `model.name=gated_deltanet` alone gives the Gated DeltaNet memory."""
+    from zoo import registry  # late: the registry imports the models
+
+    model = values.get("model")
+    if model is not None and not isinstance(model, dict):
+        return values  # _build reports the type error
+    model = model or {}
+    info = registry.models().get(model.get("name", ModelConfig.name))
+    memory = model.get("memory")
+    if info is None or not info.memory_defaults or not (memory is None or isinstance(memory, dict)):
+        return values
+    return {**values, "model": {**model, "memory": {**info.memory_defaults, **(memory or {})}}}
+
+
 def from_dict(values: dict) -> Config:
     if not isinstance(values, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(values).__name__}")
-    return validate(_build(Config, values))
+    return validate(_build(Config, _with_model_memory_defaults(values)))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

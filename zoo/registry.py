@@ -18,20 +18,24 @@ class ModelInfo:
     status: str  # "ready" once the model's equivalence tests pass
     builder: Callable = dataclasses.field(repr=False, compare=False)
     uses_memory: bool = False  # has zoo.memory mixers (documents must start on their chunk grid)
+    # model.memory fields this model sets differently from MemoryConfig's defaults (the Titans
+    # memory); a config file's own model.memory values still win over them.
+    memory_defaults: dict = dataclasses.field(default_factory=dict, compare=False)
 
 
 _MODELS: dict[str, ModelInfo] = {}
 
 
 def register(name: str, *, family: str, paper: str, tiny_config: str, status: str = "ready",
-             uses_memory: bool = False):
+             uses_memory: bool = False, memory_defaults: dict | None = None):
     """Decorator: `@register("titans_mac", family=..., paper=..., tiny_config=...)` on a
     `builder(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module`."""
 
     def wrap(builder: Callable) -> Callable:
         if name in _MODELS:
             raise ValueError(f"model '{name}' is registered twice")
-        _MODELS[name] = ModelInfo(name, family, paper, tiny_config, status, builder, uses_memory)
+        _MODELS[name] = ModelInfo(name, family, paper, tiny_config, status, builder, uses_memory,
+                                  dict(memory_defaults or {}))
         return builder
 
     return wrap
@@ -44,11 +48,23 @@ def models() -> dict[str, ModelInfo]:
     return dict(_MODELS)
 
 
+def memory_config(name: str, **overrides):
+    """The `zoo.config.MemoryConfig` model `name` uses unless told otherwise, with `overrides`:
+    `ModelConfig(name="gated_deltanet", memory=memory_config("gated_deltanet", num_heads=4))`."""
+    from zoo.config import MemoryConfig
+
+    return MemoryConfig(**{**_info(name).memory_defaults, **overrides})
+
+
+def _info(name: str) -> ModelInfo:
+    table = models()
+    if name not in table:
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown model '{name}'; registered: {', '.join(table)}.{hint}")
+    return table[name]
+
+
 def build_model(cfg, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
     """Builds the model `cfg.name` names (cfg: `zoo.config.ModelConfig`)."""
-    table = models()
-    if cfg.name not in table:
-        close = difflib.get_close_matches(cfg.name, list(table), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(f"unknown model '{cfg.name}'; registered: {', '.join(table)}.{hint}")
-    return table[cfg.name].builder(cfg, rngs if rngs is not None else nnx.Rngs(0))
+    return _info(cfg.name).builder(cfg, rngs if rngs is not None else nnx.Rngs(0))

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+import zoo
 from zoo.config import Config, ConfigError, load_config, save_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,3 +91,44 @@ def test_error_names_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(f)
     assert "c.yaml" in str(err.value) and "train.steps" in str(err.value)
+
+
+def test_registered_memory_defaults_sit_under_the_files_own_values():
+    cfg = load_config(ROOT / "configs/synthetic/mqar_tiny.yaml", overrides=["model.name=gated_deltanet"])
+    mem = cfg.model.memory
+    assert (mem.structure, mem.semantics, mem.learner, mem.gradient_at, mem.retention_gate) == (
+        "matrix", "exact", "gd", "retained", "sigmoid")
+    cfg = load_config(ROOT / "configs/synthetic/mqar_tiny.yaml",
+                      overrides=["model.name=gated_deltanet", "model.memory.chunk_size=8"])
+    assert cfg.model.memory.chunk_size == 8 and cfg.model.memory.gradient_at == "retained"
+    mac = load_config(ROOT / "configs/synthetic/mqar_tiny.yaml", overrides=["model.name=titans_mac",
+                                                                             "model.attn_conv_width=0"])
+    assert mac.model.memory.last_layer_std == 0.02
+    titans = load_config(ROOT / "configs/synthetic/mqar_tiny.yaml", overrides=["model.name=titans_lmm"])
+    assert titans.model.memory == zoo.registry.memory_config("titans_lmm")
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.memory.lr_init=0.2", ["model.memory.lr_init=0.2", "lr_max=0.1"]),
+    ("model.memory.momentum_init=1.0", ["model.memory.momentum_init", "between 0 and 1"]),
+    ("model.memory.gradient_at=retained", ["gradient_at='retained'", "semantics='exact'"]),
+    ("model.memory.last_layer_std=-1", ["model.memory.last_layer_std", ">= 0"]),
+    ("model.memory.retention_gate=mamba", ["model.memory.retention_gate", "Did you mean 'mamba2'"]),
+])
+def test_bad_memory_values(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(ROOT / "configs/synthetic/mqar_tiny.yaml", overrides=["model.name=titans_lmm", override])
+    for text in expected:
+        assert text in str(err.value), (text, str(err.value))
+
+
+def test_gated_deltanet_built_from_python_needs_its_memory():
+    from flax import nnx
+
+    from zoo.config import ModelConfig
+
+    with pytest.raises(ValueError, match="memory_config\\('gated_deltanet'"):
+        zoo.build_model(ModelConfig(name="gated_deltanet"), rngs=nnx.Rngs(0))
+    model = zoo.build_model(ModelConfig(name="gated_deltanet", memory=zoo.registry.memory_config("gated_deltanet")),
+                            rngs=nnx.Rngs(0))
+    assert model.blocks[0].mixer.spec.gradient_at == "retained"

@@ -12,9 +12,10 @@ from zoo.layers.param import constant_param
 
 class GateHead(nnx.Module):
     """`x: [batch, seq, d_model] -> z: [batch, seq, *out_shape]` float32 pre-activations,
-    z = x W + b with b initialised to `bias_init` (sets the gate's starting value)."""
+    z = x W + b with b initialised to `bias_init` (a float, or an array broadcast to out_shape:
+    sets the gate's starting value)."""
 
-    def __init__(self, d_model: int, out_shape: tuple[int, ...], *, axes: tuple[str | None, ...], bias_init: float,
+    def __init__(self, d_model: int, out_shape: tuple[int, ...], *, axes: tuple[str | None, ...], bias_init,
                  std: float, rngs: nnx.Rngs):
         self.proj = Projection((d_model,), out_shape, axes=("embed",) + axes, std=std, dtype=jnp.float32, rngs=rngs)
         self.bias = constant_param(jnp.full(out_shape, bias_init), axes)

@@ -52,9 +52,12 @@ def token_gradient(spec: MemorySpec, weights: Weights, k: jax.Array, v: jax.Arra
     return jax.grad(lambda w: inner_loss(spec, forward(spec, w, k[None])[0], v[None]))(weights)
 
 
-def _apply_update(spec: MemorySpec, state: MemState, grads: Weights, g: Gates) -> tuple[Weights, Weights]:
-    update, momentum = learner_step(spec, state.momentum, grads, g.lr, g.log_momentum)
+def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates) -> tuple[Weights, Weights]:
+    """Retention, then the learner's update with the inner gradient taken at `at` (W_{t-1} or
+    the anchor), or at the retained weights l_t W_{t-1} when spec.gradient_at == "retained"."""
     kept = retain(spec, state.weights, g.log_retention)
+    grads = token_gradient(spec, kept if spec.gradient_at == "retained" else at, k, v)
+    update, momentum = learner_step(spec, state.momentum, grads, g.lr, g.log_momentum)
     return tuple(w + d for w, d in zip(kept, update, strict=True)), momentum
 
 
@@ -65,7 +68,7 @@ def read(spec: MemorySpec, weights: Weights, q: jax.Array) -> jax.Array:
 
 def step(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[MemState, jax.Array]:
     """The exact per-token rule: gradient at W_{t-1}, write, then read."""
-    weights, momentum = _apply_update(spec, state, token_gradient(spec, state.weights, k, v), g)
+    weights, momentum = _apply_update(spec, state, state.weights, k, v, g)
     pos = (state.pos + 1) % spec.chunk_size
     anchor = jax.tree.map(lambda a, w: jnp.where(pos == 0, w, a), state.anchor, weights)
     return MemState(weights, momentum, anchor, pos), read(spec, weights, q)
@@ -76,7 +79,7 @@ def decode_step(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[M
     anchor (refreshed every chunk_size tokens), exact ones at W_{t-1}. Equals `chunk`."""
     if spec.semantics == "exact":
         return step(spec, state, q, k, v, g)
-    weights, momentum = _apply_update(spec, state, token_gradient(spec, state.anchor, k, v), g)
+    weights, momentum = _apply_update(spec, state, state.anchor, k, v, g)
     pos = (state.pos + 1) % spec.chunk_size
     anchor = jax.tree.map(lambda a, w: jnp.where(pos == 0, w, a), state.anchor, weights)
     return MemState(weights, momentum, anchor, pos), read(spec, weights, q)
@@ -164,33 +167,50 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
     return (tuple(new_w), tuple(new_s)), z
 
 
-def uses_delta_kernel(spec: MemorySpec) -> bool:
-    """Exact l2 matrix memories are Titans' linear memory: `kernels.momentum_delta_rule`."""
-    return (spec.semantics == "exact" and spec.structure == "matrix" and spec.objective == "l2"
-            and spec.retention != "channel")
+def delta_kernel(spec: MemorySpec) -> str | None:
+    """The `kernels` op that runs an exact l2 matrix memory chunk-parallel, or None.
+
+    Titans' linear memory (gradient at W_{t-1}) is `momentum_delta_rule` (Titans App. C); the
+    Gated DeltaNet rule (gradient at the retained weights, no momentum) is `gated_delta_rule`."""
+    if not (spec.semantics == "exact" and spec.structure == "matrix" and spec.objective == "l2"
+            and spec.retention != "channel"):
+        return None
+    if spec.gradient_at == "previous":
+        return "momentum_delta_rule"
+    return None if spec.has_momentum else "gated_delta_rule"
+
+
+def dual_form(spec: MemorySpec) -> bool:
+    """Whether `chunk_step` (gradients at the chunk anchor) computes this spec's rule: anchored
+    memories, and exact ones whose inner gradient does not depend on W (dot objective)."""
+    return spec.semantics == "anchored" or spec.objective == "dot"
 
 
 def chunk_parallel(spec: MemorySpec) -> bool:
-    """Whether `chunk` has a parallel form for this spec: anchored memories always; exact ones
-    when the inner gradient does not depend on W (dot objective) or the delta kernel serves them."""
-    return spec.semantics == "anchored" or spec.objective == "dot" or uses_delta_kernel(spec)
+    """Whether `chunk` has a parallel form for this spec: the dual form or a delta-rule kernel."""
+    return dual_form(spec) or delta_kernel(spec) is not None
 
 
 def _delta_kernel_chunk(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[MemState, jax.Array]:
-    """Exact l2 matrix memory through the UT-form kernel (Titans App. C: with a linear memory the
-    LMM is the momentum delta rule). The kernel's gradient is k e^T, Eq. 12's is 2 k e^T, so
-    the kernel's learning rate is 2 rho."""
+    """Exact l2 matrix memory through a UT-form kernel. The kernels' inner gradient is k e^T,
+    Eq. 12's is 2 k e^T, so the kernel's learning rate (beta) is 2 rho."""
     expand = lambda x: x[None, :, None]  # noqa: E731  [T, ...] -> [1, T, 1, ...]
-    momentum = spec.has_momentum
-    o, (w, s) = kernels.momentum_delta_rule(
-        expand(q), expand(k), expand(v), expand(2.0 * g.lr),
-        expand(g.log_retention if spec.retention != "none" else jnp.zeros_like(g.lr)),
-        expand(g.log_momentum) if momentum else None, scale=1.0,
-        initial_state=state.weights[0][None, None], initial_momentum=state.momentum[0][None, None] if momentum else None,
-        output_final_state=True, chunk_size=spec.chunk_size)
+    log_ret = expand(g.log_retention if spec.retention != "none" else jnp.zeros_like(g.lr))
+    s0 = state.weights[0][None, None]
+    if delta_kernel(spec) == "gated_delta_rule":
+        o, w = kernels.gated_delta_rule(expand(q), expand(k), expand(v), expand(2.0 * g.lr), log_ret, scale=1.0,
+                                        initial_state=s0, output_final_state=True, chunk_size=spec.chunk_size)
+        momentum = state.momentum
+    else:
+        o, (w, s) = kernels.momentum_delta_rule(
+            expand(q), expand(k), expand(v), expand(2.0 * g.lr), log_ret,
+            expand(g.log_momentum) if spec.has_momentum else None, scale=1.0, initial_state=s0,
+            initial_momentum=state.momentum[0][None, None] if spec.has_momentum else None,
+            output_final_state=True, chunk_size=spec.chunk_size)
+        momentum = (s[0, 0],) if spec.has_momentum else state.momentum
     weights = (w[0, 0],)
     pos = (state.pos + q.shape[0]) % spec.chunk_size
-    return MemState(weights, (s[0, 0],) if momentum else state.momentum, weights, pos), o[0, :, 0]
+    return MemState(weights, momentum, weights, pos), o[0, :, 0]
 
 
 def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, init: Weights | None = None,
@@ -212,7 +232,7 @@ def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, in
         return step_loop(spec, state if state is not None else initial_state(init), q, k, v, gates,
                          init=init, segment_ids=segment_ids)
 
-    if uses_delta_kernel(spec):
+    if delta_kernel(spec) is not None:
         if segment_ids is not None:  # the kernel has no resets: the exact rule token by token
             return step_loop(spec, initial_state(init), q, k, v, gates, init=init, segment_ids=segment_ids)
         return _delta_kernel_chunk(spec, state if state is not None else initial_state(init), q, k, v, gates)

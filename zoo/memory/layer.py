@@ -1,11 +1,13 @@
 """The memory mixer: turns x into q, k, v and gates, runs the engine per head, gates the output.
 
 Input path (Titans §4.4, spec §1.1): q, k, v projections -> causal depthwise conv (width 4)
--> SiLU -> L2-normalised q and k per head. Gates per head and token from x (spec §1.4):
-    rho_t = lr_max * sigmoid(z_lr)          inner learning rate (Titans theta_t)
-    log l_t = -softplus(z_forget)           retention, l = 1 - alpha_t (Titans alpha_t forgotten)
-    log mu_t = -softplus(-z_momentum)       momentum decay (Titans eta_t)
-Output (spec §1.5): (RMSNorm_head(y) * SiLU(x W_G)) W_O.
+-> feature map (SiLU by default) -> L2-normalised q and k per head. Gates per head and token
+from x (spec §1.4), each bias set from the config's initial value (docs/fidelity.md):
+    rho_t = lr_max * sigmoid(z_lr)                  inner learning rate (Titans theta_t)
+    log l_t = -softplus(z_forget)                   retention l = 1 - alpha_t ("sigmoid" gate), or
+    log l_t = -exp(A) * softplus(z_forget)          the Mamba-2 / Gated DeltaNet form ("mamba2")
+    log mu_t = -softplus(-z_momentum)               momentum decay (Titans eta_t)
+Output (spec §1.5): (RMSNorm_head(y) * SiLU(x W_G + b_G)) W_O.
 The memory never sees x; every outer parameter (projections, conv, gates, W_0) learns through
 the inner updates (full second-order gradients unless spec.bilevel = "first_order").
 """
@@ -26,16 +28,22 @@ from zoo.memory.spec import MemorySpec
 from zoo.memory.state import MemState, initial_state
 from zoo.memory.structures import init_weights, layer_shapes
 
-# Gate bias inits (spec §1.4 suggestion): forget ~0.01, momentum ~0.9, learning rate ~0.1 lr_max.
-FORGET_BIAS = math.log(0.01 / 0.99)
-MOMENTUM_BIAS = math.log(0.9 / 0.1)
-LR_BIAS = math.log(0.1 / 0.9)
+# Gated DeltaNet's decay init (FLA's GDN layer, after Mamba-2): A ~ U(0, 16) and dt ~ log-uniform
+# [1e-3, 1e-1] (floored at 1e-4) per head, log l_t = -A * softplus(z_t + softplus^-1(dt)).
+MAMBA2_A_RANGE = (1e-4, 16.0)
+MAMBA2_DT_RANGE = (1e-3, 1e-1)
+MAMBA2_DT_FLOOR = 1e-4
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
 
 
 def memory_spec(cfg: MemoryConfig) -> MemorySpec:
     return MemorySpec(structure=cfg.structure, depth=cfg.depth, expansion=cfg.expansion, residual=cfg.residual,
                       activation=cfg.activation, objective=cfg.objective, retention=cfg.retention,
-                      learner=cfg.learner, semantics=cfg.semantics, chunk_size=cfg.chunk_size, bilevel=cfg.bilevel)
+                      learner=cfg.learner, semantics=cfg.semantics, chunk_size=cfg.chunk_size, bilevel=cfg.bilevel,
+                      gradient_at=cfg.gradient_at)
 
 
 @struct.dataclass
@@ -50,6 +58,13 @@ def _l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
+def _mamba2_dt_bias(rngs: nnx.Rngs, num_heads: int) -> jax.Array:
+    """softplus^-1(dt) with dt log-uniform in MAMBA2_DT_RANGE, one per head."""
+    lo, hi = math.log(MAMBA2_DT_RANGE[0]), math.log(MAMBA2_DT_RANGE[1])
+    dt = jnp.maximum(jnp.exp(jax.random.uniform(rngs.params(), (num_heads,), minval=lo, maxval=hi)), MAMBA2_DT_FLOOR)
+    return dt + jnp.log(-jnp.expm1(-dt))
+
+
 class MemoryMixer(nnx.Module):
     """`mixer(x: [batch, seq, d_model], *, state=None, segment_ids=None) -> (y, state)`.
 
@@ -59,29 +74,43 @@ class MemoryMixer(nnx.Module):
     size (pack with data.align_documents = chunk_size).
     """
 
-    def __init__(self, d_model: int, num_heads: int, head_dim: int, spec: MemorySpec, *, conv_width: int = 4,
-                 lr_max: float = 0.1, std: float = 0.02, out_std: float = 0.02, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
-        self.spec, self.num_heads, self.head_dim, self.lr_max, self.dtype = spec, num_heads, head_dim, lr_max, dtype
+    def __init__(self, d_model: int, num_heads: int, head_dim: int, cfg: MemoryConfig, *, std: float = 0.02,
+                 out_std: float = 0.02, dtype=jnp.float32, rngs: nnx.Rngs):
+        spec = memory_spec(cfg)
+        self.spec, self.num_heads, self.head_dim, self.dtype = spec, num_heads, head_dim, dtype
+        self.lr_max, self.qk_activation, self.retention_gate = cfg.lr_max, cfg.qk_activation, cfg.retention_gate
         hd = (num_heads, head_dim)
         proj = dict(axes=("embed", "heads", "kv"), std=std, dtype=dtype, rngs=rngs)
         self.q, self.k, self.v = Projection((d_model,), hd, **proj), Projection((d_model,), hd, **proj), \
             Projection((d_model,), hd, **proj)
-        self.conv = ShortConv(3 * num_heads * head_dim, conv_width, dtype=dtype, axis_name=None)
+        self.conv = ShortConv(3 * num_heads * head_dim, cfg.conv_width, dtype=dtype, axis_name=None)
         gate = dict(std=std, rngs=rngs)
-        self.lr_gate = GateHead(d_model, (num_heads,), axes=("heads",), bias_init=LR_BIAS, **gate)
-        self.forget_gate = None if spec.retention == "none" else GateHead(
-            d_model, hd if spec.retention == "channel" else (num_heads,),
-            axes=("heads", "kv") if spec.retention == "channel" else ("heads",), bias_init=FORGET_BIAS, **gate)
-        self.momentum_gate = GateHead(d_model, (num_heads,), axes=("heads",), bias_init=MOMENTUM_BIAS,
+        lr_bias = logit(cfg.lr_init / cfg.lr_max) if cfg.lr_max > 0 else 0.0
+        self.lr_gate = GateHead(d_model, (num_heads,), axes=("heads",), bias_init=lr_bias, **gate)
+        forget_gate, decay_rate = None, None
+        if spec.retention != "none":
+            channel = spec.retention == "channel"
+            shape, axes = (hd, ("heads", "kv")) if channel else ((num_heads,), ("heads",))
+            if cfg.retention_gate == "mamba2":
+                bias = _mamba2_dt_bias(rngs, num_heads)
+                bias = jnp.broadcast_to(bias[:, None], shape) if channel else bias
+                a = jax.random.uniform(rngs.params(), (num_heads,), minval=MAMBA2_A_RANGE[0], maxval=MAMBA2_A_RANGE[1])
+                decay_rate = constant_param(jnp.log(a), ("heads",))  # log A
+            else:
+                bias = logit(cfg.forget_init)
+            forget_gate = GateHead(d_model, shape, axes=axes, bias_init=bias, **gate)
+        self.forget_gate, self.decay_rate = forget_gate, decay_rate
+        self.momentum_gate = GateHead(d_model, (num_heads,), axes=("heads",), bias_init=logit(cfg.momentum_init),
                                       **gate) if spec.has_momentum else None
         keys = jax.random.split(rngs.params(), num_heads)
-        per_head = [init_weights(spec, key, head_dim, head_dim) for key in keys]
+        per_head = [init_weights(spec, key, head_dim, head_dim, first_layer_std=cfg.mlp_first_layer_std,
+                                 last_layer_std=cfg.last_layer_std)
+                    for key in keys]
         self.init_state = nnx.List([
             constant_param(jnp.stack([w[i] for w in per_head]), ("heads", None, None))
             for i in range(len(layer_shapes(spec, head_dim, head_dim)))])
         self.out_norm = constant_param(jnp.ones(hd), ("heads", "kv"))
-        self.out_gate = Projection((d_model,), hd, **proj)
+        self.out_gate = GateHead(d_model, hd, axes=("heads", "kv"), bias_init=cfg.output_gate_bias, **gate)
         self.o = Projection(hd, (d_model,), axes=("heads", "kv", "embed"), std=out_std, dtype=dtype, rngs=rngs)
 
     # -- pieces ----------------------------------------------------------------------------
@@ -94,8 +123,10 @@ class MemoryMixer(nnx.Module):
         b, t, _ = x.shape
         qkv = jnp.concatenate([self.q(x), self.k(x), self.v(x)], axis=-1).reshape(b, t, -1)
         qkv, tail = self.conv(qkv, segment_ids=segment_ids, tail=conv_tail)
-        qkv = jax.nn.silu(qkv.astype(jnp.float32)).reshape(b, t, self.num_heads, 3 * self.head_dim)
-        q, k, v = jnp.split(qkv, 3, axis=-1)
+        q, k, v = jnp.split(qkv.astype(jnp.float32).reshape(b, t, self.num_heads, 3 * self.head_dim), 3, axis=-1)
+        if self.qk_activation == "silu":
+            q, k = jax.nn.silu(q), jax.nn.silu(k)
+        v = jax.nn.silu(v)
         to_heads = lambda a: jnp.moveaxis(a, 2, 1)  # noqa: E731  [B, T, H, d] -> [B, H, T, d]
         return to_heads(_l2_normalize(q)), to_heads(_l2_normalize(k)), to_heads(v), tail
 
@@ -104,7 +135,14 @@ class MemoryMixer(nnx.Module):
         to_heads = lambda a: jnp.moveaxis(a, 2, 1)  # noqa: E731
         lr = self.lr_max * jax.nn.sigmoid(self.lr_gate(x))
         shape = lr.shape
-        log_ret = jnp.zeros(shape) if self.forget_gate is None else -jax.nn.softplus(self.forget_gate(x))
+        if self.forget_gate is None:
+            log_ret = jnp.zeros(shape)
+        elif self.decay_rate is not None:  # Mamba-2 / GDN: -A softplus(z + dt_bias), A per head
+            rate = jnp.exp(self.decay_rate.value)
+            z = self.forget_gate(x)
+            log_ret = -jax.nn.softplus(z) * (rate[:, None] if z.ndim == 4 else rate)
+        else:
+            log_ret = -jax.nn.softplus(self.forget_gate(x))
         log_mu = jnp.zeros(shape) if self.momentum_gate is None else -jax.nn.softplus(-self.momentum_gate(x))
         return Gates(lr=to_heads(lr), log_retention=to_heads(log_ret), log_momentum=to_heads(log_mu))
 
@@ -112,7 +150,7 @@ class MemoryMixer(nnx.Module):
         """`y: [B, H, T, dh]` -> `[B, T, d_model]`: per-head RMSNorm, SiLU output gate, W_O."""
         y = jnp.moveaxis(y, 1, 2)
         y = y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + 1e-6) * self.out_norm.value
-        return self.o((y * jax.nn.silu(self.out_gate(x).astype(jnp.float32))).astype(self.dtype))
+        return self.o((y * jax.nn.silu(self.out_gate(x))).astype(self.dtype))
 
     # -- the mixer ---------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ RETENTIONS = ("none", "scalar", "channel")
 LEARNERS = ("gd", "momentum")
 SEMANTICS = ("exact", "anchored")
 BILEVEL = ("full", "first_order")
+GRADIENT_POINTS = ("previous", "retained")
 ACTIVATIONS = ("gelu", "silu")
 
 
@@ -36,12 +37,15 @@ class MemorySpec:
         `chunk_size` is part of the model.
     bilevel: "full" (outer gradients flow through the inner gradients, second order) or
         "first_order" (stop_gradient on the anchor weights inside the inner gradient).
+    gradient_at: where the inner gradient is taken: "previous" (Titans Eq. 13-14: at W_{t-1},
+        or at the chunk anchor when anchored) or "retained" (Gated DeltaNet: at the forgotten
+        weights l_t W_{t-1}, so the delta step acts on the decayed state; exact semantics only).
     """
 
     structure: str = "mlp"
     depth: int = 2
     expansion: int = 4
-    residual: bool = True
+    residual: bool = False
     activation: str = "gelu"
     objective: str = "l2"
     retention: str = "scalar"
@@ -49,10 +53,12 @@ class MemorySpec:
     semantics: str = "anchored"
     chunk_size: int = 16
     bilevel: str = "full"
+    gradient_at: str = "previous"
 
     def __post_init__(self):
         for name, allowed in [("structure", STRUCTURES), ("objective", OBJECTIVES), ("retention", RETENTIONS),
                               ("learner", LEARNERS), ("semantics", SEMANTICS), ("bilevel", BILEVEL),
+                              ("gradient_at", GRADIENT_POINTS),
                               ("activation", ACTIVATIONS)]:
             value = getattr(self, name)
             if value not in allowed:
@@ -61,6 +67,9 @@ class MemorySpec:
             raise ValueError(f"MemorySpec.chunk_size must be >= 1, got {self.chunk_size}")
         if self.structure == "mlp" and (self.depth < 1 or self.expansion < 1):
             raise ValueError(f"an mlp memory needs depth >= 1 and expansion >= 1, got {self.depth}, {self.expansion}")
+        if self.gradient_at == "retained" and self.semantics != "exact":
+            raise ValueError("gradient_at='retained' (the gradient at the decayed weights, Gated DeltaNet) "
+                             "needs semantics='exact'")
         if self.retention == "channel" and self.structure != "matrix":
             raise ValueError("retention='channel' decays the key channels of a matrix memory; "
                              "use structure='matrix' or retention='scalar'")

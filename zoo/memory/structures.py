@@ -28,19 +28,27 @@ def layer_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
     return list(zip(dims[:-1], dims[1:], strict=True))
 
 
-def init_weights(spec: MemorySpec, key: jax.Array, dk: int, dv: int) -> Weights:
-    """The learned initial state W_0 (an outer parameter): zeros for a matrix (an empty
-    memory), N(0, 1/d_in) for MLP layers (the last one zero when residual, so M_0(z) = z)."""
+def init_weights(spec: MemorySpec, key: jax.Array, dk: int, dv: int, *, first_layer_std: float = 0.5,
+                 last_layer_std: float = 0.0) -> Weights:
+    """The learned initial state W_0 (an outer parameter). By default the memory starts empty: a
+    matrix is zero, and so is an MLP's last layer, so M_0(z) = 0 (or z with the residual branch).
+    `last_layer_std` > 0 draws that layer (the matrix itself) from N(0, last_layer_std^2) instead,
+    for models that read W_0 before any write (Titans MAC's first segment: a zero read has an
+    infinite-gain RMSNorm after it).
+
+    An MLP's first layer is N(0, first_layer_std^2): its inputs are L2-normalised keys, so this
+    is the std of its pre-activations (0.5 keeps GELU / SiLU non-linear; the usual fan-in
+    N(0, 1/d_in) assumes unit-variance entries and leaves them near-linear at 1/sqrt(d_in)).
+    Later hidden layers use fan-in N(0, 1/d_in)."""
     shapes = layer_shapes(spec, dk, dv)
-    if spec.structure == "matrix":
-        return (jnp.zeros(shapes[0], jnp.float32),)
     keys = jax.random.split(key, len(shapes))
     weights = []
     for i, (k, (d_in, d_out)) in enumerate(zip(keys, shapes, strict=True)):
-        if spec.residual and i == len(shapes) - 1:
-            weights.append(jnp.zeros((d_in, d_out), jnp.float32))
+        if i == len(shapes) - 1:
+            std = last_layer_std
         else:
-            weights.append(jax.random.normal(k, (d_in, d_out), jnp.float32) / math.sqrt(d_in))
+            std = first_layer_std if i == 0 else 1.0 / math.sqrt(d_in)
+        weights.append(std * jax.random.normal(k, (d_in, d_out), jnp.float32))
     return tuple(weights)
 
 

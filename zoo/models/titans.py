@@ -10,51 +10,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zoo.config import ModelConfig
-from zoo.layers import RMSNorm
-from zoo.memory.layer import MemoryMixer, memory_spec
-from zoo.models.lm import LanguageModel, compute_dtype
-from zoo.models.transformer import attention_from_config, mlp_from_config, residual_std
+from zoo.models.lm import LanguageModel
+from zoo.models.memory_block import Block, MemoryBlock, mixer_from_config
+from zoo.models.transformer import attention_from_config, mlp_from_config
 from zoo.registry import register
 
 PAPER = "Behrouz, Zhong, Mirrokni 2025, Titans: Learning to Memorize at Test Time (arXiv:2501.00663)"
-
-
-def mixer_from_config(cfg: ModelConfig, rngs: nnx.Rngs) -> MemoryMixer:
-    heads = cfg.memory.num_heads or cfg.num_heads
-    head_dim = cfg.memory.head_dim or cfg.d_model // heads
-    return MemoryMixer(cfg.d_model, heads, head_dim, memory_spec(cfg.memory), conv_width=cfg.memory.conv_width,
-                       lr_max=cfg.memory.lr_max, std=cfg.init_std, out_std=residual_std(cfg),
-                       dtype=compute_dtype(cfg), rngs=rngs)
-
-
-class Block(nnx.Module):
-    """Pre-norm residual sublayers ending in a SwiGLU MLP; subclasses define the token mixing."""
-
-    def norm(self, cfg: ModelConfig) -> RMSNorm:
-        return RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=compute_dtype(cfg))
-
-    def __call__(self, x, *, segment_ids=None):
-        x, _ = self.mix(x, None, segment_ids)
-        return x + self.mlp(self.mlp_norm(x))
-
-    def extend(self, x, cache):
-        x, cache = self.mix(x, cache, None)
-        return x + self.mlp(self.mlp_norm(x)), cache
-
-
-class LMMBlock(Block):
-    """Titans LMM: the memory is the only token mixer. x + Mem(Norm x), then the MLP."""
-
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.mem_norm, self.mixer = self.norm(cfg), mixer_from_config(cfg, rngs)
-        self.mlp_norm, self.mlp = self.norm(cfg), mlp_from_config(cfg, rngs)
-
-    def init_cache(self, batch_size, max_len):
-        return self.mixer.init_state_for(batch_size)
-
-    def mix(self, x, cache, segment_ids):
-        h, cache = self.mixer(self.mem_norm(x), state=cache, segment_ids=segment_ids)
-        return x + h, cache
 
 
 class MALBlock(Block):
@@ -114,8 +75,9 @@ def _builder(block_cls):
     return build
 
 
+# Titans LMM: the memory is the only token mixer (memory_block.MemoryBlock).
 register("titans_lmm", family="Titans", paper=PAPER, tiny_config="configs/titans/lmm_tiny.yaml",
-         uses_memory=True)(_builder(LMMBlock))
+         uses_memory=True)(_builder(MemoryBlock))
 register("titans_mag", family="Titans", paper=PAPER, tiny_config="configs/titans/mag_tiny.yaml",
          uses_memory=True)(_builder(MAGBlock))
 register("titans_mal", family="Titans", paper=PAPER, tiny_config="configs/titans/mal_tiny.yaml",

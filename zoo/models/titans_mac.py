@@ -29,6 +29,12 @@ Choices where the paper is silent (see `MACBlock`):
 * Rotary positions are in-segment positions 0..C-1, the retrieved token r_j at the same position
   as its token h_j (attention is segment-local and RoPE relative, so absolute positions would give
   the same scores).
+* `model.attn_conv_width = K > 0` puts the causal short conv of the Transformer++ baseline
+  (Zoology's "BASED recipe") on the segment tokens' attention input; its tail streams across
+  segments and resets at document starts. The retrieved tokens do not pass through it.
+* The initial memory W_0 is read before any write (the first segment's retrieval), so its last
+  layer starts at N(0, 0.02^2) (`memory.last_layer_std`, registered for this model), not at zero:
+  a zero read meets two RMSNorms at gain 1/sqrt(eps).
 * `model.sliding_window = W > 0` further limits a query to the last W positions of its segment
   (both the retrieved and the segment block); 0 = the whole causal segment (the paper).
 
@@ -51,7 +57,8 @@ from zoo.memory import engine
 from zoo.memory.engine import Gates
 from zoo.memory.state import MemState
 from zoo.models.lm import LanguageModel
-from zoo.models.titans import PAPER, Block, mixer_from_config
+from zoo.models.memory_block import Block, mixer_from_config
+from zoo.models.titans import PAPER
 from zoo.models.transformer import attention_from_config, mlp_from_config
 from zoo.registry import register
 
@@ -68,6 +75,8 @@ class MACCache:
     k_mem, v_mem / k_seg, v_seg: [batch, C, kv_heads, head_dim] attention keys/values of the
         segment's retrieved tokens / segment tokens so far (slot = in-segment position).
     pos: [] int32, tokens of the current segment already seen (0 .. C-1).
+    attn_tail: [batch, K-1, d_model] conv tail of the attention input (None without
+        model.attn_conv_width).
     """
 
     memory: MemState
@@ -79,6 +88,7 @@ class MACCache:
     k_seg: jax.Array
     v_seg: jax.Array
     pos: jax.Array
+    attn_tail: jax.Array | None = None
 
 
 def _read(spec, weights, q):
@@ -98,15 +108,12 @@ class MACBlock(Block):
     a memory written with the attention output, the MAG-style output gate, then the MLP."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        if cfg.attn_conv_width:
-            raise ValueError("titans_mac: model.attn_conv_width must be 0 (MAC attention has no input conv; "
-                             "the memory's conv is model.memory.conv_width)")
         self.segment = cfg.memory.chunk_size
         self.window = cfg.sliding_window
         self.d_model = cfg.d_model
         self.in_norm = self.norm(cfg)
         self.mixer = mixer_from_config(cfg, rngs)
-        if not engine.chunk_parallel(self.mixer.spec):
+        if not engine.dual_form(self.mixer.spec):
             raise ValueError("titans_mac needs a chunk-parallel memory (semantics=anchored, or exact with "
                              "objective=dot): each segment is one memory chunk")
         self.retrieved_norm = self.norm(cfg)
@@ -123,12 +130,21 @@ class MACBlock(Block):
         kv = jnp.zeros((batch_size, c, a.num_kv_heads, a.head_dim), a.dtype)
         return MACCache(memory=state.memory, retrieve_tail=state.conv_tail, write_tail=state.conv_tail,
                         written=jnp.zeros((batch_size, c, self.d_model), self.in_norm.dtype),
-                        k_mem=kv, v_mem=kv, k_seg=kv, v_seg=kv, pos=jnp.zeros((), jnp.int32))
+                        k_mem=kv, v_mem=kv, k_seg=kv, v_seg=kv, pos=jnp.zeros((), jnp.int32),
+                        attn_tail=None if a.conv is None else a.conv.init_tail(batch_size))
 
     # -- pieces ----------------------------------------------------------------------------------
 
     def _rotary(self, x, positions):
         return apply_rotary(x, positions, self.attn.rope_theta)
+
+    def _attention_input(self, h, segment_ids, tail):
+        """The segment tokens' attention input: h, or its causal short conv (model.attn_conv_width,
+        the Zoology / BASED short conv; it streams across segment boundaries and resets at document
+        starts). Returns (input [B, L, d], the new tail or None)."""
+        if self.attn.conv is None:
+            return h, None
+        return self.attn.conv(h, segment_ids=segment_ids, tail=tail)
 
     def _retrieve(self, h, q_ret, anchor, positions):
         """Eq. 21: retrieved tokens at the anchor, as attention keys/values. h: [B, L, d],
@@ -189,8 +205,9 @@ class MACBlock(Block):
         q_ret, _, _, retrieve_tail = m.queries_keys_values(
             h, segment_ids=segment_ids, conv_tail=None if forward else cache.retrieve_tail)
         pos = (offset + jnp.arange(t)) % c
-        q = self._rotary(attn.q(h), pos)
-        k_seg, v_seg = self._rotary(attn.k(h), pos), attn.v(h)
+        h_attn, attn_tail = self._attention_input(h, segment_ids, None if forward else cache.attn_tail)
+        q = self._rotary(attn.q(h_attn), pos)
+        k_seg, v_seg = self._rotary(attn.k(h_attn), pos), attn.v(h_attn)
 
         def place(x, axis=1):  # [.., T, ..] -> [.., n * C, ..] at grid offset, then segments first
             shape = x.shape[:axis] + (size,) + x.shape[axis + 1:]
@@ -243,7 +260,7 @@ class MACBlock(Block):
             anchor = jax.tree.map(lambda new, old: jnp.where(done, new, old), w, memory.anchor)
             new = MACCache(memory=MemState(w, s, anchor, memory.pos), retrieve_tail=st.retrieve_tail,
                            write_tail=jnp.where(done, tail.astype(write_tail.dtype), write_tail), written=y_n,
-                           k_mem=k_mem, v_mem=v_mem, k_seg=k_s, v_seg=v_s, pos=st.pos)
+                           k_mem=k_mem, v_mem=v_mem, k_seg=k_s, v_seg=v_s, pos=st.pos, attn_tail=st.attn_tail)
             return new, o
 
         st, out = jax.lax.scan(body, cache, xs)
@@ -252,7 +269,7 @@ class MACBlock(Block):
         new_pos = jnp.asarray((offset + t) % c, jnp.int32)
         memory = st.memory.replace(pos=jnp.full(st.memory.pos.shape, new_pos, jnp.int32))
         return out, st.replace(memory=memory, retrieve_tail=retrieve_tail.astype(st.retrieve_tail.dtype),
-                               pos=new_pos)
+                               pos=new_pos, attn_tail=attn_tail)
 
     # -- one-token path (decoding) ------------------------------------------------------------
 
@@ -269,9 +286,10 @@ class MACBlock(Block):
             return jax.lax.dynamic_update_slice_in_dim(buf, x.astype(buf.dtype), r, axis=1)
 
         k_mem, v_mem = put(cache.k_mem, k_mem), put(cache.v_mem, v_mem)
-        k_seg, v_seg = put(cache.k_seg, self._rotary(attn.k(h), pos)), put(cache.v_seg, attn.v(h))
+        h_attn, attn_tail = self._attention_input(h, None, cache.attn_tail)
+        k_seg, v_seg = put(cache.k_seg, self._rotary(attn.k(h_attn), pos)), put(cache.v_seg, attn.v(h_attn))
         block_mask = self._visible(pos, jnp.arange(c))[None, None]
-        y = self._attend(self._rotary(attn.q(h), pos), k_mem, v_mem, k_seg, v_seg, block_mask)
+        y = self._attend(self._rotary(attn.q(h_attn), pos), k_mem, v_mem, k_seg, v_seg, block_mask)
         y_n = self.attn_out_norm(y)
         written = put(cache.written, y_n)
         window = self._write_window(cache.write_tail, written, r)
@@ -287,7 +305,7 @@ class MACBlock(Block):
         return o, MACCache(memory=memory, retrieve_tail=retrieve_tail.astype(cache.retrieve_tail.dtype),
                            write_tail=jnp.where(done, tail.astype(cache.write_tail.dtype), cache.write_tail),
                            written=written, k_mem=k_mem, v_mem=v_mem, k_seg=k_seg, v_seg=v_seg,
-                           pos=(r + 1) % c)
+                           pos=(r + 1) % c, attn_tail=attn_tail)
 
     # -- the block ------------------------------------------------------------------------------
 
@@ -302,7 +320,12 @@ class MACBlock(Block):
         return x + o.astype(x.dtype), cache
 
 
+# MAC's first segment reads W_0 before any write; an all-zero read would meet the RMSNorms of the
+# retrieval path at infinite gain (grad norm 8560 at init on mqar_tiny vs 6.8; docs/fidelity.md).
+MAC_MEMORY = dict(last_layer_std=0.02)
+
+
 @register("titans_mac", family="Titans", paper=PAPER, tiny_config="configs/titans/mac_tiny.yaml",
-          uses_memory=True)
+          uses_memory=True, memory_defaults=MAC_MEMORY)
 def build_titans_mac(cfg: ModelConfig, rngs: nnx.Rngs) -> LanguageModel:
     return LanguageModel(cfg, lambda i, r: MACBlock(cfg, r), rngs=rngs)

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import zoo
-from zoo.config import MemoryConfig, ModelConfig
+from zoo.config import ModelConfig
 
 NAMES = sorted(n for n, info in zoo.registry.models().items() if info.uses_memory)
 C = 4
@@ -16,7 +16,7 @@ C = 4
 
 def build(name, **kw):
     cfg = ModelConfig(name=name, vocab_size=53, d_model=16, num_layers=2, num_heads=2, sliding_window=6,
-                      persistent_tokens=2, memory=MemoryConfig(chunk_size=C, expansion=2, **kw))
+                      persistent_tokens=2, memory=zoo.registry.memory_config(name, chunk_size=C, expansion=2, **kw))
     return zoo.build_model(cfg, rngs=nnx.Rngs(0))
 
 
@@ -39,7 +39,7 @@ def stream(model, toks, cuts):
 
 
 def test_memory_models_are_registered():
-    assert {"titans_lmm", "titans_mag", "titans_mal"} <= set(NAMES)
+    assert {"gated_deltanet", "titans_lmm", "titans_mag", "titans_mal"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -94,6 +94,21 @@ def test_gradients_flow_through_the_inner_loop(name):
 def test_exact_matrix_memory_model_decodes_exactly():
     model, toks = build("titans_lmm", structure="matrix", semantics="exact"), tokens(11)
     np.testing.assert_allclose(stream(model, toks, list(range(5, 11))), forward(model, toks), atol=1e-5, rtol=1e-5)
+
+
+def test_mamba2_decay_gate_decodes_exactly_and_starts_in_its_init_range():
+    """Gated DeltaNet's own decay (retention_gate=mamba2): log a = -A softplus(z + dt_bias)."""
+    from zoo.memory import layer
+
+    model, toks = build("gated_deltanet", retention_gate="mamba2"), tokens(11)
+    np.testing.assert_allclose(stream(model, toks, list(range(5, 11))), forward(model, toks), atol=1e-5, rtol=1e-5)
+    mixer = model.blocks[0].mixer
+    a = np.exp(np.asarray(mixer.decay_rate.value))
+    assert ((a >= layer.MAMBA2_A_RANGE[0]) & (a <= layer.MAMBA2_A_RANGE[1])).all()
+    dt = np.asarray(jax.nn.softplus(mixer.forget_gate.bias.value))  # z = 0: the decay at the bias
+    assert ((dt >= layer.MAMBA2_DT_FLOOR) & (dt <= layer.MAMBA2_DT_RANGE[1] * 1.001)).all()
+    log_ret = mixer.gates(jnp.zeros((1, 1, 16))).log_retention[0, :, 0]
+    np.testing.assert_allclose(log_ret, -a * dt, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", NAMES)

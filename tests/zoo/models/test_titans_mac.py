@@ -8,15 +8,16 @@ import pytest
 from flax import nnx
 
 import zoo
-from zoo.config import MemoryConfig, ModelConfig, load_config
+from zoo.config import ModelConfig, load_config
 
 C = 8  # segment = memory chunk
 VOCAB = 61
 
 
-def build(num_layers=1, **memory):
+def build(num_layers=1, attn_conv_width=0, **memory):
     cfg = ModelConfig(name="titans_mac", vocab_size=VOCAB, d_model=32, num_layers=num_layers, num_heads=2,
-                      persistent_tokens=2, memory=MemoryConfig(chunk_size=C, expansion=2, **memory))
+                      persistent_tokens=2, attn_conv_width=attn_conv_width,
+                      memory=zoo.registry.memory_config("titans_mac", chunk_size=C, expansion=2, **memory))
     return zoo.build_model(cfg, rngs=nnx.Rngs(0))
 
 
@@ -197,7 +198,17 @@ def test_tiny_config_builds():
     assert len(model.blocks) == 2
 
 
-def test_rejects_attention_conv():
-    with pytest.raises(ValueError, match="attn_conv_width"):
-        zoo.build_model(ModelConfig(name="titans_mac", d_model=32, num_heads=2, attn_conv_width=4),
-                        rngs=nnx.Rngs(0))
+def test_attention_input_conv_streams_decodes_and_resets_exactly():
+    model, toks = build(num_layers=2, attn_conv_width=4), tokens(21)
+    for i, block in enumerate(model.blocks):  # a random conv, so the carried tails matter
+        conv = block.attn.conv.kernel
+        conv.value = 0.5 * jax.random.normal(jax.random.key(i), conv.value.shape)
+    ref = forward(model, toks)
+    np.testing.assert_allclose(stream(model, toks, [5, 11, 12]), ref, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(stream(model, toks, list(range(10, 21))), ref, atol=1e-5, rtol=1e-5)
+    without = build(num_layers=2)
+    assert float(jnp.abs(forward(without, toks) - ref).max()) > 1e-3  # the conv is in the path
+    seg = jnp.array([[1] * 8 + [2] * 13, [1] * 16 + [2] * 5])
+    packed = forward_seg(model, toks, seg)
+    np.testing.assert_allclose(packed[0, 8:], forward(model, toks[:1, 8:])[0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(packed[1, 16:], forward(model, toks[1:, 16:])[0], atol=1e-5, rtol=1e-5)
