@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import zoo
-from zoo.config import MemoryConfig, ModelConfig
+from zoo.config import ModelConfig
 from zoo.streaming import stream_logits, stream_nll
 
 NAMES = sorted(zoo.registry.models())
@@ -18,7 +18,7 @@ V = 53
 def build(name):
     cfg = ModelConfig(name=name, vocab_size=V, d_model=16, num_layers=1, num_heads=2, sliding_window=6,
                       persistent_tokens=2 if name != "transformer" else 0,
-                      memory=MemoryConfig(chunk_size=4, expansion=2))
+                      memory=zoo.registry.memory_config(name, chunk_size=4, expansion=2))
     return zoo.build_model(cfg, rngs=nnx.Rngs(0))
 
 
