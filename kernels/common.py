@@ -71,6 +71,21 @@ def state_or_zeros(name: str, x: jax.Array | None, shape: tuple[int, ...]) -> ja
     return check_shape(name, x, shape, STATE_LAYOUT)
 
 
+def document_starts(segment_ids: Any, batch: int, seq: int, heads: int) -> jax.Array | None:
+    """`segment_ids: [batch, seq]` integer document ids (or None) -> `[batch, seq, heads]` bool,
+    True where a token's id differs from the previous token's: there the recurrence restarts from
+    the initial states (packed documents never see each other)."""
+    if segment_ids is None:
+        return None
+    segment_ids = jnp.asarray(segment_ids)
+    if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+        raise ValueError(f"segment_ids must be an integer array [batch, seq]; got dtype {segment_ids.dtype}")
+    if segment_ids.shape != (batch, seq):
+        raise ValueError(f"segment_ids must have shape [batch, seq] = {(batch, seq)}; got {segment_ids.shape}")
+    starts = jnp.concatenate([jnp.zeros((batch, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    return jnp.broadcast_to(starts[:, :, None], (batch, seq, heads))
+
+
 def check_chunk_size(chunk_size: Any) -> int:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1; got {chunk_size!r}")
@@ -135,6 +150,33 @@ def decay_ratios(log_cum: jax.Array, strict: bool = False) -> jax.Array:
     mask = jnp.tril(jnp.ones((c, c), bool), -1 if strict else 0)
     diff = jnp.where(mask, log_cum[..., :, None] - log_cum[..., None, :], 0.0)
     return jnp.where(mask, jnp.exp(diff), 0.0)
+
+
+def in_chunk_documents(starts: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`starts: [..., C]` document-start flags of one chunk -> (`last: [..., C]` the in-chunk index of
+    the latest start at or before r, -1 if none: r continues the chunk's start state), and
+    `same: [..., C, C]`, for i <= r True when no document starts in (i, r] (tokens i and r are in
+    one document); it masks the in-chunk decay matrices."""
+    c = starts.shape[-1]
+    last = lax.cummax(jnp.where(starts, jnp.arange(c), -1), axis=starts.ndim - 1)
+    return last, last[..., :, None] == last[..., None, :]
+
+
+def log_since_start(log_cum: jax.Array, log_step: jax.Array, last: jax.Array) -> jax.Array:
+    """Cumulative log decays restarted at each token's document start: `[..., C]` with entry r =
+    sum of `log_step` over the tokens from the latest start at or before r (or the chunk start) to r."""
+    exclusive = log_cum - log_step  # sum over the tokens before j
+    at_start = jnp.take_along_axis(exclusive, jnp.maximum(last, 0), axis=-1)
+    return log_cum - jnp.where(last >= 0, at_start, 0.0)
+
+
+def start_state_reads(x: jax.Array, state: jax.Array, initial: jax.Array, last: jax.Array | None) -> jax.Array:
+    """Row r of `x: [b, h, C, dk]` times the state its document starts from in this chunk: the
+    chunk's start `state` or, after an in-chunk start, `initial` (both `[b, h, dk, dv]`)."""
+    reads = jnp.einsum("bhrk,bhkv->bhrv", x, state)
+    if last is None:
+        return reads
+    return jnp.where((last >= 0)[..., None], jnp.einsum("bhrk,bhkv->bhrv", x, initial), reads)
 
 
 def solve_unit_lower(a: jax.Array, rhs: jax.Array) -> jax.Array:

@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from zoo.config import load_config  # noqa: E402
 from zoo.data import make_data  # noqa: E402

@@ -48,6 +48,7 @@ class MemoryConfig:
     chunk_size: int = 16
     bilevel: str = dataclasses.field(default="full", metadata=_choices("full", "first_order"))
     gradient_at: str = dataclasses.field(default="previous", metadata=_choices("previous", "retained"))
+    max_grad_norm: float = 4.0  # clip each token's inner gradient to this norm (0 = off; docs/fidelity.md)
     num_heads: int = 0  # 0 = model.num_heads
     head_dim: int = 0  # 0 = model.d_model // memory heads
     conv_width: int = 4  # causal depthwise conv on q, k, v (Titans §4.4)
@@ -461,6 +462,10 @@ def _validate_memory(cfg: Config) -> None:
                               f"initial value), got {getattr(mem, key)}")
     if mem.conv_width < 1:
         raise ConfigError(f"model.memory.conv_width must be >= 1, got {mem.conv_width}")
+    if mem.max_grad_norm > 0 and not dual_form(spec) and mem.structure == "matrix":
+        raise ConfigError(f"model.memory.max_grad_norm={mem.max_grad_norm}: the exact delta rule's kernels do not "
+                          "clip the inner step, so this memory would run token by token; set "
+                          "model.memory.max_grad_norm=0 (unit keys bound the delta rule's step) or semantics=anchored")
     c = mem.chunk_size
     grid = dual_form(spec)  # the chunk grid is part of the model; exact delta-rule memories have none
     if grid and cfg.data.source not in ("mqar", "niah") and c > 1 and (

@@ -10,6 +10,7 @@ from kernels.common import (
     check_chunk_size,
     check_shape,
     default_scale,
+    document_starts,
     select_backend,
     state_or_zeros,
     validate_qkv,
@@ -23,7 +24,8 @@ __all__ = ["chunk_gated_delta_rule", "gated_delta_rule", "recurrent_gated_delta_
 def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, g: jax.Array,
                      scale: float | None = None, initial_state: jax.Array | None = None,
                      output_final_state: bool = False, chunk_size: int = 64,
-                     backend: str = "auto") -> tuple[jax.Array, jax.Array | None]:
+                     backend: str = "auto", segment_ids: jax.Array | None = None,
+                     ) -> tuple[jax.Array, jax.Array | None]:
     """Gated delta rule (Gated DeltaNet, Yang et al. 2024; S here is dk x dv, the transpose of the
     paper's), read after write:
 
@@ -44,6 +46,9 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, 
         size; a ragged tail is handled without padding). Validated for every backend.
       backend: "auto" (currently "xla" on every platform), "reference" (token-by-token `lax.scan`,
         the oracle) or "xla" (exact chunk-parallel UT form).
+      segment_ids: `[batch, seq]` integer ids of packed documents, or None. Where a token's id
+        differs from the previous token's, S_{t-1} is replaced by `initial_state` (documents start
+        anywhere, also inside a chunk); the final state is the last document's.
 
     bf16 inputs are accepted; states, gates and accumulations are fp32.
     Returns `(o, final_state)`: `o: [batch, seq, heads, dv]` in v's dtype, `final_state:
@@ -55,10 +60,11 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, 
     g = check_shape("g", g, (b, t, h), GATE_LAYOUT)
     chunk_size = check_chunk_size(chunk_size)
     s0 = state_or_zeros("initial_state", initial_state, (b, h, dk, dv))
+    starts = document_starts(segment_ids, b, t, h)
     scale = default_scale(scale, dk)
     q32, k32, v32 = (jnp.asarray(x).astype(jnp.float32) for x in (q, k, v))
     if impl == "reference":
-        o, s = recurrent_gated_delta_rule(q32, k32, v32, beta, g, s0, scale)
+        o, s = recurrent_gated_delta_rule(q32, k32, v32, beta, g, s0, scale, starts)
     else:
-        o, s = chunk_gated_delta_rule(q32, k32, v32, beta, g, s0, scale, chunk_size)
+        o, s = chunk_gated_delta_rule(q32, k32, v32, beta, g, s0, scale, chunk_size, starts)
     return o.astype(jnp.asarray(v).dtype), (s if output_final_state else None)

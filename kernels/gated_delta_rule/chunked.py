@@ -15,6 +15,10 @@ and then, exactly (no approximation, any chunk size):
 
     o_r = scale * (exp(gamma_r) q_r^T S_a + sum_{i<=r} exp(gamma_r - gamma_i) (q_r^T k_i) e_i)
     S_C = exp(gamma_C) S_a + K^T diag(exp(gamma_C - gamma)) E.
+
+Document starts inside a chunk (segment_ids): a token after an in-chunk start reads S_0 (the
+initial state) instead of S_a, gamma restarts at its document's start, and every in-chunk decay
+exp(gamma_r - gamma_i) between two documents is masked to 0, so the same solve stays exact.
 """
 
 from __future__ import annotations
@@ -22,34 +26,49 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from kernels.common import chunk_scan, decay_ratios, solve_unit_lower
+from kernels.common import (
+    chunk_scan,
+    decay_ratios,
+    in_chunk_documents,
+    log_since_start,
+    solve_unit_lower,
+    start_state_reads,
+)
 
 
 def chunk_gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, g: jax.Array,
-                           initial_state: jax.Array, scale: float, chunk_size: int) -> tuple[jax.Array, jax.Array]:
+                           initial_state: jax.Array, scale: float, chunk_size: int,
+                           starts: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Gated delta rule S_t = exp(g_t)(I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,
     o_t = scale q_t^T S_t, computed chunk by chunk with the exact UT form above.
 
     Args (fp32, validated): `q, k: [batch, seq, heads, dk]`, `v: [batch, seq, heads, dv]`,
     `beta, g: [batch, seq, heads]`, `initial_state: [batch, heads, dk, dv]`, `chunk_size` >= 1
-    (a tiling choice only: every chunk size gives the same function).
+    (a tiling choice only: every chunk size gives the same function), `starts: [batch, seq, heads]`
+    bool document starts (the state restarts from `initial_state` there) or None.
     Returns `o: [batch, seq, heads, dv]` and the final state `[batch, heads, dk, dv]`, fp32.
     """
+    s0 = initial_state
 
     def body(s, chunk):
-        # s: [b, h, dk, dv]; q_c, k_c: [b, h, C, dk]; v_c: [b, h, C, dv]; beta_c, g_c: [b, h, C].
-        q_c, k_c, v_c, beta_c, g_c = chunk
+        # s: [b, h, dk, dv]; q_c, k_c: [b, h, C, dk]; v_c: [b, h, C, dv]; beta_c, g_c, start_c: [b, h, C].
+        q_c, k_c, v_c, beta_c, g_c, start_c = chunk
         gamma = jnp.cumsum(g_c, axis=-1)
         decay = decay_ratios(gamma)                                   # [b, h, C, C]
+        last = None
+        if start_c is not None:
+            last, same = in_chunk_documents(start_c)
+            decay = jnp.where(same, decay, 0.0)
+            gamma = log_since_start(gamma, g_c, last)                 # decay from each row's start state
         a = beta_c[..., :, None] * decay * jnp.einsum("bhrk,bhik->bhri", k_c, k_c)
-        k_s = jnp.einsum("bhrk,bhkv->bhrv", k_c, s)
+        k_s = start_state_reads(k_c, s, s0, last)
         e = solve_unit_lower(a, beta_c[..., None] * (v_c - jnp.exp(gamma)[..., None] * k_s))
         qk = decay * jnp.einsum("bhrk,bhik->bhri", q_c, k_c)
-        o = jnp.exp(gamma)[..., None] * jnp.einsum("bhrk,bhkv->bhrv", q_c, s) + qk @ e
-        to_end = jnp.exp(gamma[..., -1:] - gamma)                      # [b, h, C]
-        s = jnp.exp(gamma[..., -1])[..., None, None] * s + jnp.einsum("bhrk,bhrv->bhkv", k_c,
-                                                                        to_end[..., None] * e)
+        o = jnp.exp(gamma)[..., None] * start_state_reads(q_c, s, s0, last) + qk @ e
+        s_start = s if last is None else jnp.where((last[..., -1] >= 0)[..., None, None], s0, s)
+        s = jnp.exp(gamma[..., -1])[..., None, None] * s_start + jnp.einsum("bhrk,bhrv->bhkv", k_c,
+                                                                              decay[..., -1, :, None] * e)
         return s, scale * o
 
-    final_state, o = chunk_scan(body, initial_state, (q, k, v, beta, g), chunk_size)
+    final_state, o = chunk_scan(body, initial_state, (q, k, v, beta, g, starts), chunk_size)
     return o, final_state

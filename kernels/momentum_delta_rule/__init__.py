@@ -11,6 +11,7 @@ from kernels.common import (
     check_chunk_size,
     check_shape,
     default_scale,
+    document_starts,
     select_backend,
     state_or_zeros,
     validate_qkv,
@@ -25,6 +26,7 @@ def momentum_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array,
                         log_momentum: jax.Array | None = None, scale: float | None = None,
                         initial_state: jax.Array | None = None, initial_momentum: jax.Array | None = None,
                         output_final_state: bool = False, chunk_size: int = 64, backend: str = "auto",
+                        segment_ids: jax.Array | None = None,
                         ) -> tuple[jax.Array, tuple[jax.Array, jax.Array | None] | None]:
     """Titans' neural memory (Titans Eq. 10-15) with M(z) = z W, W in R^{dk x dv}, read after write:
 
@@ -54,6 +56,9 @@ def momentum_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array,
         size; a ragged tail is handled without padding). Validated for every backend.
       backend: "auto" (currently "xla" on every platform), "reference" (token-by-token `lax.scan`,
         the oracle) or "xla" (exact chunk-parallel UT form).
+      segment_ids: `[batch, seq]` integer ids of packed documents, or None. Where a token's id
+        differs from the previous token's, (W_{t-1}, S_{t-1}) are replaced by the initial states
+        (documents start anywhere, also inside a chunk); the final states are the last document's.
 
     bf16 inputs are accepted; states, gates and accumulations are fp32.
     Returns `(o, (final_state, final_momentum))`: `o: [batch, seq, heads, dv]` in v's dtype,
@@ -74,11 +79,12 @@ def momentum_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array,
     else:
         log_momentum = check_shape("log_momentum", log_momentum, (b, t, h), GATE_LAYOUT)
         s0 = state_or_zeros("initial_momentum", initial_momentum, (b, h, dk, dv))
+    starts = document_starts(segment_ids, b, t, h)
     scale = default_scale(scale, dk)
     q32, k32, v32 = (jnp.asarray(x).astype(jnp.float32) for x in (q, k, v))
     args = (q32, k32, v32, lr, log_retention, log_momentum, w0, s0, scale)
     if impl == "reference":
-        o, w, s = recurrent_momentum_delta_rule(*args)
+        o, w, s = recurrent_momentum_delta_rule(*args, starts)
     else:
-        o, w, s = chunk_momentum_delta_rule(*args, chunk_size)
+        o, w, s = chunk_momentum_delta_rule(*args, chunk_size, starts)
     return o.astype(jnp.asarray(v).dtype), ((w, s) if output_final_state else None)

@@ -20,6 +20,11 @@ a unit-lower-triangular system. Then o = scale (diag(b) Q W_a + diag(f) Q S_a - 
 W_C = b_C W_a + f_C S_a - K^T diag(G_{C,.}) E and S_C = m_C S_a - K^T diag(n_{.,C}) E.
 Every ratio of products is exp of a difference of cumulative log sums, masked before the exp.
 Without momentum (a flag, not mu = 0 clamped): m = f = 0, n_{i,r} = rho_i [i = r], G = D diag(rho).
+
+Document starts inside a chunk (segment_ids): a row after an in-chunk start reads (W_0, S_0)
+instead of (W_a, S_a); b, m and f restart at its document's start; D, N and G are masked to 0
+between documents (G = D N stays exact: D and N are masked by the same contiguous documents); and
+the coefficients of W_{r-1} at a start token are b = 1, f = 0 (the reset state itself).
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from kernels.common import chunk_scan, decay_ratios, solve_unit_lower
+from kernels.common import (
+    chunk_scan,
+    decay_ratios,
+    in_chunk_documents,
+    log_since_start,
+    solve_unit_lower,
+    start_state_reads,
+)
 
 
 def _shift_down(x: jax.Array, axis: int, fill: float) -> jax.Array:
@@ -41,7 +53,8 @@ def _shift_down(x: jax.Array, axis: int, fill: float) -> jax.Array:
 def chunk_momentum_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array,
                               log_retention: jax.Array, log_momentum: jax.Array | None,
                               initial_state: jax.Array, initial_momentum: jax.Array | None,
-                              scale: float, chunk_size: int) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+                              scale: float, chunk_size: int,
+                              starts: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """Titans' linear memory S_t = mu_t S_{t-1} - lr_t k_t (k_t^T W_{t-1} - v_t)^T,
     W_t = lambda_t W_{t-1} + S_t, o_t = scale q_t^T W_t (no momentum: W_t = lambda_t W_{t-1} -
     lr_t k_t e_t^T), computed chunk by chunk with the exact UT form above.
@@ -49,41 +62,55 @@ def chunk_momentum_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.
     Args (fp32, validated): `q, k: [batch, seq, heads, dk]`, `v: [batch, seq, heads, dv]`,
     `lr, log_retention, log_momentum: [batch, seq, heads]`, `initial_state, initial_momentum:
     [batch, heads, dk, dv]` (`initial_momentum` is None iff `log_momentum` is None), `chunk_size`
-    >= 1 (a tiling choice only: every chunk size gives the same function).
+    >= 1 (a tiling choice only: every chunk size gives the same function), `starts: [batch, seq,
+    heads]` bool document starts (W, S restart from the initial states there) or None.
     Returns `o: [batch, seq, heads, dv]`, W_T and S_T (None without momentum), all fp32.
     """
     momentum = log_momentum is not None
+    w0, s0 = initial_state, initial_momentum
 
     def body(carry, chunk):
-        # w, s: [b, h, dk, dv]; q_c, k_c: [b, h, C, dk]; v_c: [b, h, C, dv]; gates: [b, h, C].
+        # w, s: [b, h, dk, dv]; q_c, k_c: [b, h, C, dk]; v_c: [b, h, C, dv]; gates, start_c: [b, h, C].
         w, s = carry
-        q_c, k_c, v_c, lr_c, log_ret_c, log_mom_c = chunk
-        cum_ret = jnp.cumsum(log_ret_c, axis=-1)                       # log b_r
-        d = decay_ratios(cum_ret)                                     # D_{r,j} = b_r / b_j
+        q_c, k_c, v_c, lr_c, log_ret_c, log_mom_c, start_c = chunk
+        last, same = (None, None) if start_c is None else in_chunk_documents(start_c)
+        mask = (lambda x: x) if same is None else (lambda x: jnp.where(same, x, 0.0))  # noqa: E731
+        restart = (lambda c, step: c) if last is None else (lambda c, step: log_since_start(c, step, last))  # noqa: E731
+        cum_ret = jnp.cumsum(log_ret_c, axis=-1)
+        d = mask(decay_ratios(cum_ret))                               # D_{r,j} = b_r / b_j
+        log_b = restart(cum_ret, log_ret_c)                           # log b_r from the row's start state
         if momentum:
-            cum_mom = jnp.cumsum(log_mom_c, axis=-1)                   # log m_r
-            n = decay_ratios(cum_mom) * lr_c[..., None, :]            # N_{j,i} = n_{i,j}
-            f = jnp.einsum("bhrj,bhj->bhr", d, jnp.exp(cum_mom))
+            cum_mom = jnp.cumsum(log_mom_c, axis=-1)
+            n = mask(decay_ratios(cum_mom)) * lr_c[..., None, :]      # N_{j,i} = n_{i,j}
+            log_m = restart(cum_mom, log_mom_c)                       # log m_r
+            f = jnp.einsum("bhrj,bhj->bhr", d, jnp.exp(log_m))
             gm = d @ n                                                # G_{r,i}
         else:
             gm = d * lr_c[..., None, :]
-        rhs = jnp.exp(_shift_down(cum_ret, -1, 0.0))[..., None] * jnp.einsum("bhrk,bhkv->bhrv", k_c, w) - v_c
+        # coefficients of W_{r-1}: b_{r-1} (1 at a start: exp of the row's own log_b minus its step)
+        rhs = jnp.exp(log_b - log_ret_c)[..., None] * start_state_reads(k_c, w, w0, last) - v_c
+        f_prev = _shift_down(f, -1, 0.0) if momentum else None
         if momentum:
-            rhs = rhs + _shift_down(f, -1, 0.0)[..., None] * jnp.einsum("bhrk,bhkv->bhrv", k_c, s)
+            if start_c is not None:
+                f_prev = jnp.where(start_c, 0.0, f_prev)
+            rhs = rhs + f_prev[..., None] * start_state_reads(k_c, s, s0, last)
         kk = jnp.einsum("bhrk,bhik->bhri", k_c, k_c)
-        e = solve_unit_lower(_shift_down(gm, -2, 0.0) * kk, rhs)      # [b, h, C, dv]
+        e = solve_unit_lower(mask(_shift_down(gm, -2, 0.0)) * kk, rhs)  # [b, h, C, dv]
 
         qk = jnp.einsum("bhrk,bhik->bhri", q_c, k_c)
-        o = jnp.exp(cum_ret)[..., None] * jnp.einsum("bhrk,bhkv->bhrv", q_c, w) - (gm * qk) @ e
-        w_next = (jnp.exp(cum_ret[..., -1])[..., None, None] * w
+        o = jnp.exp(log_b)[..., None] * start_state_reads(q_c, w, w0, last) - (gm * qk) @ e
+        ends_fresh = None if last is None else (last[..., -1] >= 0)[..., None, None]
+        w_start = w if last is None else jnp.where(ends_fresh, w0, w)
+        w_next = (jnp.exp(log_b[..., -1])[..., None, None] * w_start
                   - jnp.einsum("bhrk,bhrv->bhkv", k_c, gm[..., -1, :, None] * e))
         if momentum:
-            o = o + f[..., None] * jnp.einsum("bhrk,bhkv->bhrv", q_c, s)
-            w_next = w_next + f[..., -1, None, None] * s
-            s = (jnp.exp(cum_mom[..., -1])[..., None, None] * s
+            s_start = s if last is None else jnp.where(ends_fresh, s0, s)
+            o = o + f[..., None] * start_state_reads(q_c, s, s0, last)
+            w_next = w_next + f[..., -1, None, None] * s_start
+            s = (jnp.exp(log_m[..., -1])[..., None, None] * s_start
                  - jnp.einsum("bhrk,bhrv->bhkv", k_c, n[..., -1, :, None] * e))
         return (w_next, s), scale * o
 
     (w, s), o = chunk_scan(body, (initial_state, initial_momentum),
-                           (q, k, v, lr, log_retention, log_momentum), chunk_size)
+                           (q, k, v, lr, log_retention, log_momentum, starts), chunk_size)
     return o, w, s

@@ -21,8 +21,9 @@ BATCH, HEADS, DK, DV = 2, 2, 8, 6
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
-def gated_delta_rule_numpy(q, k, v, beta, g, initial_state, scale):
-    """S <- exp(g_t) S;  S <- S + beta_t k_t (v_t - S^T k_t)^T;  o_t = scale q_t^T S (float64)."""
+def gated_delta_rule_numpy(q, k, v, beta, g, initial_state, scale, starts=None):
+    """S <- exp(g_t) S;  S <- S + beta_t k_t (v_t - S^T k_t)^T;  o_t = scale q_t^T S (float64);
+    S <- S_0 first where `starts[b, t]` (a packed document begins)."""
     q, k, v, beta, g, initial_state = (np.asarray(x, np.float64) for x in (q, k, v, beta, g, initial_state))
     batch, seq, heads, _ = q.shape
     o = np.zeros(v.shape)
@@ -31,6 +32,8 @@ def gated_delta_rule_numpy(q, k, v, beta, g, initial_state, scale):
         for h in range(heads):
             s = initial_state[b, h].copy()
             for t in range(seq):
+                if starts is not None and starts[b, t]:
+                    s = initial_state[b, h].copy()
                 s = np.exp(g[b, t, h]) * s
                 s = s + beta[b, t, h] * np.outer(k[b, t, h], v[b, t, h] - s.T @ k[b, t, h])
                 o[b, t, h] = scale * q[b, t, h] @ s
@@ -38,10 +41,12 @@ def gated_delta_rule_numpy(q, k, v, beta, g, initial_state, scale):
     return o, final
 
 
-def momentum_delta_rule_numpy(q, k, v, lr, log_retention, log_momentum, initial_state, initial_momentum, scale):
+def momentum_delta_rule_numpy(q, k, v, lr, log_retention, log_momentum, initial_state, initial_momentum, scale,
+                              starts=None):
     """e_t = k_t^T W_{t-1} - v_t, u_t = k_t e_t^T, S_t = mu_t S_{t-1} - lr_t u_t,
     W_t = lambda_t W_{t-1} + S_t, o_t = scale q_t^T W_t; without momentum (log_momentum None)
-    W_t = lambda_t W_{t-1} - lr_t u_t (float64). Returns (o, W_T) or (o, W_T, S_T)."""
+    W_t = lambda_t W_{t-1} - lr_t u_t (float64); (W, S) <- (W_0, S_0) first where `starts[b, t]`.
+    Returns (o, W_T) or (o, W_T, S_T)."""
     q, k, v, lr, log_retention, initial_state = (
         np.asarray(x, np.float64) for x in (q, k, v, lr, log_retention, initial_state))
     momentum = log_momentum is not None
@@ -56,6 +61,9 @@ def momentum_delta_rule_numpy(q, k, v, lr, log_retention, log_momentum, initial_
             w = initial_state[b, h].copy()
             s = initial_momentum[b, h].copy() if momentum else None
             for t in range(seq):
+                if starts is not None and starts[b, t]:
+                    w = initial_state[b, h].copy()
+                    s = initial_momentum[b, h].copy() if momentum else None
                 u = np.outer(k[b, t, h], k[b, t, h] @ w - v[b, t, h])
                 if momentum:
                     s = np.exp(log_momentum[b, t, h]) * s - lr[b, t, h] * u
@@ -116,18 +124,47 @@ class OpCase:
         return ((BATCH, seq, HEADS, DV),) + ((BATCH, HEADS, DK, DV),) * len(self.state_keys)
 
 
+# Packed documents for the "/resets" cases: row 0 starts documents at 3, single-token ones at 9 and
+# 10, and 16 (on the grid of chunk 4 and 16); row 1 at 5, 17, 22 and 36 (the last token alone).
+STARTS = ((3, 9, 10, 16), (5, 17, 22, 36))
+
+
+def segment_ids(seq):
+    """`[BATCH, seq]` int32 document ids with the STARTS above (those below seq)."""
+    ids = np.zeros((BATCH, seq), np.int32)
+    for b, starts in enumerate(STARTS):
+        for t in starts:
+            ids[b, t:] += 1
+    return ids
+
+
+def _starts(seq):
+    ids = segment_ids(seq)
+    return np.concatenate([np.zeros((BATCH, 1), bool), ids[:, 1:] != ids[:, :-1]], axis=1)
+
+
 def _gdn_inputs(rng, seq):
     return dict(**_qkv(rng, seq), beta=1 / (1 + np.exp(-_gate(rng, seq))), g=_log_sigmoid(_gate(rng, seq) + 2.5),
                 initial_state=_state(rng, 0.5))
 
 
-def _gdn_run(x, backend, chunk_size):
-    return kernels.gated_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"], initial_state=x["initial_state"],
-                                    output_final_state=True, chunk_size=chunk_size, backend=backend)
+def _gdn_run(resets):
+    def run(x, backend, chunk_size):
+        seg = segment_ids(x["q"].shape[1]) if resets else None
+        return kernels.gated_delta_rule(x["q"], x["k"], x["v"], x["beta"], x["g"], initial_state=x["initial_state"],
+                                        output_final_state=True, chunk_size=chunk_size, backend=backend,
+                                        segment_ids=seg)
+
+    return run
 
 
-def _gdn_numpy(x):
-    return gated_delta_rule_numpy(x["q"], x["k"], x["v"], x["beta"], x["g"], x["initial_state"], DK**-0.5)
+def _gdn_numpy(resets):
+    def numpy(x):
+        starts = _starts(x["q"].shape[1]) if resets else None
+        return gated_delta_rule_numpy(x["q"], x["k"], x["v"], x["beta"], x["g"], x["initial_state"], DK**-0.5,
+                                      starts)
+
+    return numpy
 
 
 def _mdr_inputs(momentum):
@@ -141,26 +178,41 @@ def _mdr_inputs(momentum):
     return make
 
 
-def _mdr_run(x, backend, chunk_size):
-    o, (w, s) = kernels.momentum_delta_rule(
-        x["q"], x["k"], x["v"], x["lr"], x["log_retention"], x.get("log_momentum"),
-        initial_state=x["initial_state"], initial_momentum=x.get("initial_momentum"), output_final_state=True,
-        chunk_size=chunk_size, backend=backend)
-    return (o, w) if s is None else (o, w, s)
+def _mdr_run(resets):
+    def run(x, backend, chunk_size):
+        o, (w, s) = kernels.momentum_delta_rule(
+            x["q"], x["k"], x["v"], x["lr"], x["log_retention"], x.get("log_momentum"),
+            initial_state=x["initial_state"], initial_momentum=x.get("initial_momentum"), output_final_state=True,
+            chunk_size=chunk_size, backend=backend, segment_ids=segment_ids(x["q"].shape[1]) if resets else None)
+        return (o, w) if s is None else (o, w, s)
+
+    return run
 
 
-def _mdr_numpy(x):
-    return momentum_delta_rule_numpy(x["q"], x["k"], x["v"], x["lr"], x["log_retention"], x.get("log_momentum"),
-                                     x["initial_state"], x.get("initial_momentum"), DK**-0.5)
+def _mdr_numpy(resets):
+    def numpy(x):
+        starts = _starts(x["q"].shape[1]) if resets else None
+        return momentum_delta_rule_numpy(x["q"], x["k"], x["v"], x["lr"], x["log_retention"],
+                                         x.get("log_momentum"), x["initial_state"], x.get("initial_momentum"),
+                                         DK**-0.5, starts)
+
+    return numpy
 
 
-CASES = {
-    "gated_delta_rule": OpCase("gated_delta_rule", _gdn_inputs, _gdn_run, _gdn_numpy, ("initial_state",)),
-    "momentum_delta_rule": OpCase("momentum_delta_rule", _mdr_inputs(True), _mdr_run, _mdr_numpy,
-                                  ("initial_state", "initial_momentum")),
-    "momentum_delta_rule/no_momentum": OpCase("momentum_delta_rule/no_momentum", _mdr_inputs(False), _mdr_run,
-                                              _mdr_numpy, ("initial_state",)),
-}
+def _cases(resets):
+    tag = "/resets" if resets else ""
+    cases = [
+        OpCase("gated_delta_rule" + tag, _gdn_inputs, _gdn_run(resets), _gdn_numpy(resets), ("initial_state",)),
+        OpCase("momentum_delta_rule" + tag, _mdr_inputs(True), _mdr_run(resets), _mdr_numpy(resets),
+               ("initial_state", "initial_momentum")),
+        OpCase("momentum_delta_rule/no_momentum" + tag, _mdr_inputs(False), _mdr_run(resets), _mdr_numpy(resets),
+               ("initial_state",)),
+    ]
+    return {case.name: case for case in cases}
+
+
+# "/resets": the same ops on packed documents (segment_ids), restarting from the initial states.
+CASES = {**_cases(False), **_cases(True)}
 
 
 def assert_close(actual, expected, *, rtol=1e-5, atol=1e-5, what=""):

@@ -117,3 +117,13 @@ def test_initial_momentum_without_momentum_is_rejected():
     del args["initial_momentum"]
     _, (w, s) = jit(lambda a: kernels.momentum_delta_rule(**a, output_final_state=True))(args)
     assert s is None and w.shape == (B, H, DK, DV) and w.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("ids, message", [
+    (np.zeros((B, T + 1), np.int32), r"^segment_ids must have shape \[batch, seq\] = \(1, 3\); got \(1, 4\)"),
+    (np.zeros((B, T), np.float32), r"^segment_ids must be an integer array \[batch, seq\]; got dtype float32"),
+])
+def test_bad_segment_ids(op, ids, message):
+    with pytest.raises(ValueError, match=message):
+        op(**_args(op), segment_ids=ids)

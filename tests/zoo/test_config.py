@@ -114,12 +114,19 @@ def test_registered_memory_defaults_sit_under_the_files_own_values():
     ("model.memory.gradient_at=retained", ["gradient_at='retained'", "semantics='exact'"]),
     ("model.memory.last_layer_std=-1", ["model.memory.last_layer_std", ">= 0"]),
     ("model.memory.retention_gate=mamba", ["model.memory.retention_gate", "Did you mean 'mamba2'"]),
+    ("model.memory.max_grad_norm=-1", ["model.memory", "max_grad_norm must be >= 0"]),
 ])
 def test_bad_memory_values(override, expected):
     with pytest.raises(ConfigError) as err:
         load_config(ROOT / "configs/synthetic/mqar_tiny.yaml", overrides=["model.name=titans_lmm", override])
     for text in expected:
         assert text in str(err.value), (text, str(err.value))
+
+
+def test_clipping_the_exact_delta_rule_is_refused():
+    with pytest.raises(ConfigError, match="max_grad_norm=1.0: the exact delta rule's kernels do not clip"):
+        load_config(ROOT / "configs/synthetic/mqar_tiny.yaml",
+                    overrides=["model.name=gated_deltanet", "model.memory.max_grad_norm=1.0"])
 
 
 def test_gated_deltanet_built_from_python_needs_its_memory():

@@ -6,6 +6,7 @@ All functions here work on ONE sequence of one head: `q, k: [T, dk]`, `v: [T, dv
 
 Online rule (neutral names: l retention, mu momentum decay, rho inner learning rate):
     u_t = grad_W l(W*; k_t, v_t)        W* = W_{t-1} (exact) or the chunk anchor W_a (anchored)
+    rho_t <- rho_t min(1, tau / ||u_t||)                              (spec.max_grad_norm = tau > 0)
     S_t = mu_t S_{t-1} - rho_t u_t,     W_t = l_t W_{t-1} + S_t      (momentum; Titans Eq. 13-14)
     W_t = l_t W_{t-1} - rho_t u_t                                     (gd)
     y_t = M(q_t; W_t)                                                 (read after write, Eq. 15)
@@ -52,12 +53,22 @@ def token_gradient(spec: MemorySpec, weights: Weights, k: jax.Array, v: jax.Arra
     return jax.grad(lambda w: inner_loss(spec, forward(spec, w, k[None])[0], v[None]))(weights)
 
 
+def clip_factor(spec: MemorySpec, squared_norm: jax.Array) -> jax.Array:
+    """min(1, tau / ||u||) for inner gradients of squared Frobenius norm `squared_norm` (any shape);
+    1 when spec.max_grad_norm is 0. The epsilon keeps the factor differentiable at u = 0."""
+    if spec.max_grad_norm <= 0:
+        return jnp.ones_like(squared_norm)
+    return jnp.minimum(1.0, spec.max_grad_norm * jax.lax.rsqrt(squared_norm + 1e-12))
+
+
 def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates) -> tuple[Weights, Weights]:
     """Retention, then the learner's update with the inner gradient taken at `at` (W_{t-1} or
-    the anchor), or at the retained weights l_t W_{t-1} when spec.gradient_at == "retained"."""
+    the anchor), or at the retained weights l_t W_{t-1} when spec.gradient_at == "retained";
+    the step is clipped to norm spec.max_grad_norm (by scaling rho_t)."""
     kept = retain(spec, state.weights, g.log_retention)
     grads = token_gradient(spec, kept if spec.gradient_at == "retained" else at, k, v)
-    update, momentum = learner_step(spec, state.momentum, grads, g.lr, g.log_momentum)
+    lr = g.lr * clip_factor(spec, sum(jnp.sum(u * u) for u in grads))
+    update, momentum = learner_step(spec, state.momentum, grads, lr, g.log_momentum)
     return tuple(w + d for w, d in zip(kept, update, strict=True)), momentum
 
 
@@ -86,11 +97,12 @@ def decode_step(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[M
 
 
 def _token_loop(spec, state, init, q, k, v, gates, segment_ids, one_token):
-    """lax.scan of `one_token` with document resets (to W_0) and no-op padding (segment 0)."""
+    """lax.scan of `one_token` with document resets (to W_0) and padding (segment 0) that holds
+    the fresh state without writing."""
     t = q.shape[0]
     seg = jnp.ones((t,), jnp.int32) if segment_ids is None else segment_ids
     prev = jnp.concatenate([seg[:1], seg[:-1]])
-    starts = (jnp.arange(t) > 0) & (seg != prev) & (seg > 0)
+    starts = (jnp.arange(t) > 0) & (seg != prev)
     fresh = initial_state(init)
 
     def body(st, xs):
@@ -124,11 +136,23 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
 
     Starts from (W, S) = (w_start, s_start) with inner gradients at `anchor`:
         W_r = beta_r W_s + f_r S_s - sum_i G[r, i] u_i,   S_r = m_r S_s - sum_i n[r, i] u_i,
-    with u_i = A_i^T delta_i per layer, read through the dual form (no per-token weights).
+    with u_i = A_i^T delta_i per layer, read through the dual form (no per-token weights). A
+    clipped step (spec.max_grad_norm) scales rho_i by min(1, tau / ||u_i||), known from A_i, delta_i.
     Returns ((W_C, S_C), Y [C, dv]).
     """
     vf = valid.astype(jnp.float32)
-    lr = g.lr * vf
+    w_a = jax.lax.stop_gradient(anchor) if spec.bilevel == "first_order" else anchor
+
+    def key_loss(probes):
+        out, inputs = forward(spec, w_a, k, probes)
+        return inner_loss(spec, out, v), inputs
+
+    probes = tuple(jnp.zeros((k.shape[0], w.shape[1]), jnp.float32) for w in w_a)
+    _, vjp, inputs = jax.vjp(key_loss, probes, has_aux=True)
+    (deltas,) = vjp(jnp.ones((), jnp.float32))
+    # ||u_i||^2 = sum over layers of ||a_i||^2 ||delta_i||^2 (u_i = a_i^T delta_i per layer)
+    squared_norm = sum(jnp.sum(a * a, -1) * jnp.sum(d * d, -1) for a, d in zip(inputs, deltas, strict=True))
+    lr = g.lr * vf * clip_factor(spec, squared_norm)
     log_ret = jnp.where(valid.reshape(valid.shape + (1,) * (g.log_retention.ndim - 1)), g.log_retention, 0.0)
     log_mu = jnp.where(valid, g.log_momentum, 0.0)
     beta, decay = decay_terms(log_ret)  # [C] | [C, dk];  [C, C] | [C, C, dk]
@@ -140,16 +164,6 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
     else:
         f = decay @ (vf * m)
         big_g = decay @ (vf[:, None] * n)
-
-    w_a = jax.lax.stop_gradient(anchor) if spec.bilevel == "first_order" else anchor
-
-    def key_loss(probes):
-        out, inputs = forward(spec, w_a, k, probes)
-        return inner_loss(spec, out, v), inputs
-
-    probes = tuple(jnp.zeros((k.shape[0], w.shape[1]), jnp.float32) for w in w_a)
-    _, vjp, inputs = jax.vjp(key_loss, probes, has_aux=True)
-    (deltas,) = vjp(jnp.ones((), jnp.float32))
 
     z = q
     new_w, new_s = [], []
@@ -171,9 +185,10 @@ def delta_kernel(spec: MemorySpec) -> str | None:
     """The `kernels` op that runs an exact l2 matrix memory chunk-parallel, or None.
 
     Titans' linear memory (gradient at W_{t-1}) is `momentum_delta_rule` (Titans App. C); the
-    Gated DeltaNet rule (gradient at the retained weights, no momentum) is `gated_delta_rule`."""
+    Gated DeltaNet rule (gradient at the retained weights, no momentum) is `gated_delta_rule`.
+    A clipped step depends on ||u_t|| at W_{t-1}, which the kernels do not compute: token loop."""
     if not (spec.semantics == "exact" and spec.structure == "matrix" and spec.objective == "l2"
-            and spec.retention != "channel"):
+            and spec.retention != "channel" and spec.max_grad_norm == 0):
         return None
     if spec.gradient_at == "previous":
         return "momentum_delta_rule"
@@ -182,8 +197,9 @@ def delta_kernel(spec: MemorySpec) -> str | None:
 
 def dual_form(spec: MemorySpec) -> bool:
     """Whether `chunk_step` (gradients at the chunk anchor) computes this spec's rule: anchored
-    memories, and exact ones whose inner gradient does not depend on W (dot objective)."""
-    return spec.semantics == "anchored" or spec.objective == "dot"
+    memories, and exact ones whose inner gradient does not depend on W: the dot objective on a
+    single linear layer (a deeper MLP's first-layer delta depends on the later layers)."""
+    return spec.semantics == "anchored" or (spec.objective == "dot" and spec.num_layers == 1)
 
 
 def chunk_parallel(spec: MemorySpec) -> bool:
@@ -191,22 +207,30 @@ def chunk_parallel(spec: MemorySpec) -> bool:
     return dual_form(spec) or delta_kernel(spec) is not None
 
 
-def _delta_kernel_chunk(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[MemState, jax.Array]:
+def _delta_kernel_chunk(spec: MemorySpec, state: MemState, q, k, v, g: Gates,
+                       segment_ids=None) -> tuple[MemState, jax.Array]:
     """Exact l2 matrix memory through a UT-form kernel. The kernels' inner gradient is k e^T,
-    Eq. 12's is 2 k e^T, so the kernel's learning rate (beta) is 2 rho."""
+    Eq. 12's is 2 k e^T, so the kernel's learning rate (beta) is 2 rho. With segment_ids (from a
+    fresh state) the kernel restarts every document from W_0; padding (segment 0) is a document of
+    its own that never writes (rho = 0, no decay), so it holds the fresh state like the token loop."""
     expand = lambda x: x[None, :, None]  # noqa: E731  [T, ...] -> [1, T, 1, ...]
-    log_ret = expand(g.log_retention if spec.retention != "none" else jnp.zeros_like(g.lr))
+    lr, log_ret = g.lr, g.log_retention if spec.retention != "none" else jnp.zeros_like(g.lr)
+    seg = None
+    if segment_ids is not None:
+        valid = segment_ids > 0
+        lr, log_ret, seg = jnp.where(valid, lr, 0.0), jnp.where(valid, log_ret, 0.0), segment_ids[None]
     s0 = state.weights[0][None, None]
     if delta_kernel(spec) == "gated_delta_rule":
-        o, w = kernels.gated_delta_rule(expand(q), expand(k), expand(v), expand(2.0 * g.lr), log_ret, scale=1.0,
-                                        initial_state=s0, output_final_state=True, chunk_size=spec.chunk_size)
+        o, w = kernels.gated_delta_rule(expand(q), expand(k), expand(v), expand(2.0 * lr), expand(log_ret), scale=1.0,
+                                        initial_state=s0, output_final_state=True, chunk_size=spec.chunk_size,
+                                        segment_ids=seg)
         momentum = state.momentum
     else:
         o, (w, s) = kernels.momentum_delta_rule(
-            expand(q), expand(k), expand(v), expand(2.0 * g.lr), log_ret,
+            expand(q), expand(k), expand(v), expand(2.0 * lr), expand(log_ret),
             expand(g.log_momentum) if spec.has_momentum else None, scale=1.0, initial_state=s0,
             initial_momentum=state.momentum[0][None, None] if spec.has_momentum else None,
-            output_final_state=True, chunk_size=spec.chunk_size)
+            output_final_state=True, chunk_size=spec.chunk_size, segment_ids=seg)
         momentum = (s[0, 0],) if spec.has_momentum else state.momentum
     weights = (w[0, 0],)
     pos = (state.pos + q.shape[0]) % spec.chunk_size
@@ -220,8 +244,10 @@ def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, in
 
     state=None starts from `init` (W_0) at position 0; a given state continues its chunk grid
     from `state.pos`, so calls may split a sequence anywhere. segment_ids ([T], only with
-    state=None): a document start resets the memory to W_0; in the parallel form documents
-    must start on the chunk grid (multiples of chunk_size); segment 0 marks padding (no-op).
+    state=None): a document start resets the memory to W_0; in the dual (anchored) form documents
+    must start on the chunk grid (multiples of chunk_size), the delta-rule kernels take them
+    anywhere; segment 0 marks padding, which never writes and holds W_0 (so a call that ends in
+    padding returns the fresh state); outputs at padding positions are unspecified.
     """
     if init is None and state is None:
         raise ValueError("chunk needs the initial weights (init=) or a state to continue")
@@ -233,9 +259,8 @@ def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, in
                          init=init, segment_ids=segment_ids)
 
     if delta_kernel(spec) is not None:
-        if segment_ids is not None:  # the kernel has no resets: the exact rule token by token
-            return step_loop(spec, initial_state(init), q, k, v, gates, init=init, segment_ids=segment_ids)
-        return _delta_kernel_chunk(spec, state if state is not None else initial_state(init), q, k, v, gates)
+        return _delta_kernel_chunk(spec, state if state is not None else initial_state(init), q, k, v, gates,
+                                   segment_ids)
     c = spec.chunk_size
     t = q.shape[0]
     fresh = state is None
@@ -272,4 +297,7 @@ def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, in
     result_anchor = jax.tree.map(lambda a, b: jnp.where(final_chunk == n, a, b), w, result_anchor)
     y = jax.lax.dynamic_slice_in_dim(ys.reshape((size,) + ys.shape[2:]), offset, t)
     pos = jnp.asarray((offset + t) % c, jnp.int32)
-    return MemState(weights=w, momentum=s, anchor=result_anchor, pos=pos), y
+    final = MemState(weights=w, momentum=s, anchor=result_anchor, pos=pos)
+    if segment_ids is not None:  # trailing padding holds the fresh state (as in the token loop)
+        final = jax.tree.map(lambda a, b: jnp.where(seg[-1] > 0, a, b), final, MemState(init, zeros, init, pos))
+    return final, y

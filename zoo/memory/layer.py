@@ -43,7 +43,7 @@ def memory_spec(cfg: MemoryConfig) -> MemorySpec:
     return MemorySpec(structure=cfg.structure, depth=cfg.depth, expansion=cfg.expansion, residual=cfg.residual,
                       activation=cfg.activation, objective=cfg.objective, retention=cfg.retention,
                       learner=cfg.learner, semantics=cfg.semantics, chunk_size=cfg.chunk_size, bilevel=cfg.bilevel,
-                      gradient_at=cfg.gradient_at)
+                      gradient_at=cfg.gradient_at, max_grad_norm=cfg.max_grad_norm)
 
 
 @struct.dataclass

@@ -40,6 +40,9 @@ class MemorySpec:
     gradient_at: where the inner gradient is taken: "previous" (Titans Eq. 13-14: at W_{t-1},
         or at the chunk anchor when anchored) or "retained" (Gated DeltaNet: at the forgotten
         weights l_t W_{t-1}, so the delta step acts on the decayed state; exact semantics only).
+    max_grad_norm: tau > 0 clips each token's inner gradient to Frobenius norm tau (rho_t is
+        scaled by min(1, tau / ||u_t||)); 0 = off. A deep memory's inner gradient grows with
+        ||W||^2, so unclipped writes can blow up within one long document (docs/fidelity.md).
     """
 
     structure: str = "mlp"
@@ -54,6 +57,7 @@ class MemorySpec:
     chunk_size: int = 16
     bilevel: str = "full"
     gradient_at: str = "previous"
+    max_grad_norm: float = 0.0
 
     def __post_init__(self):
         for name, allowed in [("structure", STRUCTURES), ("objective", OBJECTIVES), ("retention", RETENTIONS),
@@ -63,6 +67,8 @@ class MemorySpec:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"MemorySpec.{name}={value!r}; allowed: {', '.join(allowed)}")
+        if self.max_grad_norm < 0:
+            raise ValueError(f"MemorySpec.max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
         if self.chunk_size < 1:
             raise ValueError(f"MemorySpec.chunk_size must be >= 1, got {self.chunk_size}")
         if self.structure == "mlp" and (self.depth < 1 or self.expansion < 1):

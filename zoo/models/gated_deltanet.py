@@ -30,7 +30,8 @@ PAPER = "Yang, Kautz, Hatamizadeh 2024, Gated Delta Networks: Improving Mamba2 w
 # Mamba-2 decay at init: measured on MQAR (docs/fidelity.md "Gated DeltaNet"); FLA's init is
 # retention_gate="mamba2", lr_init=0.25.
 GDN_MEMORY = dict(structure="matrix", objective="l2", learner="gd", semantics="exact", gradient_at="retained",
-                  retention="scalar", retention_gate="sigmoid", lr_max=0.5, lr_init=0.05, chunk_size=64)
+                  retention="scalar", retention_gate="sigmoid", lr_max=0.5, lr_init=0.05, chunk_size=64,
+                  max_grad_norm=0.0)  # unit keys and beta < 1 bound the delta rule's step
 
 
 @register("gated_deltanet", family="Gated DeltaNet", paper=PAPER, tiny_config="configs/gated_deltanet/tiny.yaml",

@@ -26,8 +26,12 @@ SPECS = {
     "mlp1_gd_no_retention": MemorySpec(structure="mlp", depth=1, residual=False, learner="gd", retention="none"),
     "mlp2_dot_gd": MemorySpec(structure="mlp", depth=2, expansion=2, objective="dot", learner="gd"),
     "mlp2_exact_token_loop": MemorySpec(structure="mlp", depth=2, expansion=2, semantics="exact"),
+    "mlp2_dot_exact_token_loop": MemorySpec(structure="mlp", depth=2, expansion=2, objective="dot",
+                                            semantics="exact"),  # its gradient depends on W: no dual form
     "mlp2_first_order_silu": MemorySpec(structure="mlp", depth=2, expansion=2, bilevel="first_order",
                                         activation="silu"),
+    "mlp2_clipped_momentum": MemorySpec(structure="mlp", depth=2, expansion=2, max_grad_norm=1.0),
+    "matrix_l2_exact_clipped_loop": MemorySpec(structure="matrix", semantics="exact", max_grad_norm=1.0),
 }
 
 
@@ -135,7 +139,8 @@ def test_documents_reset_to_initial_state(name):
     spec = with_chunk(SPECS[name], 4)
     init, q, k, v, g = inputs(spec, 14)
     seg = jnp.array([1] * 8 + [2] * 5 + [0])  # doc 2 starts on the grid; a padding token at the end
-    _, y = engine.chunk(spec, None, q, k, v, g, init=init, segment_ids=seg)
+    st, y = engine.chunk(spec, None, q, k, v, g, init=init, segment_ids=seg)
+    close(st.weights, init)  # a call that ends in padding returns the fresh state
     sl = lambda lo, hi: (lambda x: x[lo:hi])  # noqa: E731
     _, y1 = engine.chunk(spec, None, q[:8], k[:8], v[:8], jax.tree.map(sl(0, 8), g), init=init)
     st2, y2 = engine.chunk(spec, None, q[8:13], k[8:13], v[8:13], jax.tree.map(sl(8, 13), g), init=init)
@@ -144,6 +149,26 @@ def test_documents_reset_to_initial_state(name):
     # perturbing document 1 leaves document 2 unchanged
     _, y_pert = engine.chunk(spec, None, q, k.at[3].set(-k[3]), v.at[5].add(1.0), g, init=init, segment_ids=seg)
     close(y_pert[8:13], y[8:13])
+
+
+@pytest.mark.parametrize("name", ["matrix_l2_exact_kernel", "matrix_l2_exact_gd_kernel", "matrix_gdn_kernel"])
+def test_exact_kernel_runs_with_document_resets_anywhere(name):
+    """Training passes segment ids: the exact delta rule must still run its kernel (its UT solve in
+    the jaxpr), with documents starting mid-chunk, and equal the token loop (open-engine issue,
+    item 3: it used to fall back to the loop)."""
+    spec = with_chunk(SPECS[name], 4)
+    init, q, k, v, g = inputs(spec, 15)
+    seg = jnp.array([0] + [1] * 5 + [2] + [3] * 6 + [0] * 2)  # starts at 1, 6, 7 (mid-chunk); padding at both ends
+    run = lambda q, k, v, g: engine.chunk(spec, None, q, k, v, g, init=init, segment_ids=seg)  # noqa: E731
+    assert "triangular_solve" in str(jax.make_jaxpr(run)(q, k, v, g))
+    st, y = run(q, k, v, g)
+    st_r, y_r = engine.step_loop(spec, initial_state(init), q, k, v, g, segment_ids=seg)
+    real = np.asarray(seg > 0)
+    close(np.asarray(y)[real], np.asarray(y_r)[real])
+    close((st.weights, st.momentum), (st_r.weights, st_r.momentum))  # trailing padding: the fresh state
+    close(st.weights, init)
+    _, y3 = engine.chunk(spec, None, q[7:13], k[7:13], v[7:13], jax.tree.map(lambda x: x[7:13], g), init=init)
+    close(y[7:13], y3)  # a document packed mid-chunk == the document alone
 
 
 @pytest.mark.parametrize("name", ["matrix_l2_momentum", "mlp2_residual_momentum"])
@@ -163,7 +188,8 @@ def test_token_gradient_matches_closed_form():
     np.testing.assert_allclose(u, 2 * jnp.outer(k[0], k[0] @ init[0] - v[0]), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["matrix_l2_momentum", "mlp2_residual_momentum", "mlp2_first_order_silu"])
+@pytest.mark.parametrize("name", ["matrix_l2_momentum", "mlp2_residual_momentum", "mlp2_first_order_silu",
+                                  "mlp2_clipped_momentum"])
 def test_outer_gradients_equal_the_reference_loop(name):
     spec = with_chunk(SPECS[name], 4)
     init, q, k, v, g = inputs(spec, 10)
@@ -198,6 +224,26 @@ def test_second_order_gradient_matches_finite_differences():
     assert abs(float(jax.grad(f1)(1.0)) - grad) > 1e-6  # first order drops a real term
 
 
+def test_clipped_step_bounds_every_write():
+    """With max_grad_norm = tau, each gd write moves W by at most rho_t * tau (the test inputs'
+    gradients are larger than tau, so the clip is active), and tau = inf equals no clipping."""
+    spec = MemorySpec(structure="mlp", depth=2, expansion=2, learner="gd", retention="none", chunk_size=1)
+    init, q, k, v, g = inputs(spec, 6)
+    first = engine.token_gradient(spec, init, k[0], v[0])
+    assert float(jnp.sqrt(sum(jnp.sum(u * u) for u in first))) > 1.0
+    clipped = dataclasses.replace(spec, max_grad_norm=0.5)
+    state = initial_state(init)
+    for t in range(6):
+        new, _ = engine.step(clipped, state, q[t], k[t], v[t], g.at(t))
+        moved = jnp.sqrt(sum(jnp.sum((a - b) ** 2) for a, b in zip(new.weights, state.weights, strict=True)))
+        assert float(moved) <= float(g.lr[t]) * 0.5 + 1e-6
+        state = new
+    loose = dataclasses.replace(spec, max_grad_norm=1e9)
+    close(engine.chunk(loose, None, q, k, v, g, init=init)[1], engine.chunk(spec, None, q, k, v, g, init=init)[1])
+    assert float(jnp.abs(engine.chunk(clipped, None, q, k, v, g, init=init)[1]
+                         - engine.chunk(spec, None, q, k, v, g, init=init)[1]).max()) > 1e-3
+
+
 def test_spec_validation():
     with pytest.raises(ValueError, match="structure"):
         MemorySpec(structure="tree")
@@ -205,3 +251,5 @@ def test_spec_validation():
         MemorySpec(structure="mlp", retention="channel")
     with pytest.raises(ValueError, match="chunk_size"):
         MemorySpec(chunk_size=0)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        MemorySpec(max_grad_norm=-1.0)

@@ -1,16 +1,14 @@
-"""Every registered memory model at model level: decode == forward after a mid-chunk prefill,
-pieces with carried caches == one call, causality, document resets, gradients."""
+"""Memory-model variants beyond the registered defaults (exact matrix memory, the Mamba-2 decay
+gate); every registered model's contract is in test_model_contract.py."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 import zoo
 from zoo.config import ModelConfig
 
-NAMES = sorted(n for n, info in zoo.registry.models().items() if info.uses_memory)
 C = 4
 
 
@@ -25,7 +23,6 @@ def tokens(seq, batch=2, seed=1):
 
 
 forward = nnx.jit(lambda m, t: m(t))
-forward_seg = nnx.jit(lambda m, t, s: m(t, segment_ids=s))
 extend = nnx.jit(lambda m, t, c: m.extend(t, c))
 
 
@@ -38,61 +35,8 @@ def stream(model, toks, cuts):
     return jnp.concatenate(out, axis=1)
 
 
-def test_memory_models_are_registered():
-    assert {"gated_deltanet", "titans_lmm", "titans_mag", "titans_mal"} <= set(NAMES)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_decode_after_mid_chunk_prefill_equals_forward(name):
-    model, toks = build(name), tokens(14)
-    np.testing.assert_allclose(stream(model, toks, list(range(6, 14))), forward(model, toks), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_pieces_with_carried_cache_equal_one_call(name):
-    model, toks = build(name), tokens(17)
-    np.testing.assert_allclose(stream(model, toks, [3, 9]), forward(model, toks), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_perturbing_a_token_changes_no_earlier_output(name):
-    model, toks = build(name), tokens(16)
-    t = 9  # mid-chunk
-    changed = toks.at[:, t].set((toks[:, t] + 7) % 53)
-    a, b = forward(model, toks), forward(model, changed)
-    np.testing.assert_array_equal(np.asarray(a[:, :t]), np.asarray(b[:, :t]))
-    assert float(jnp.abs(a[:, t:] - b[:, t:]).max()) > 0
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_document_resets_equal_separate_sequences(name):
-    model, toks = build(name), tokens(16, batch=1)
-    seg = jnp.array([[1] * 8 + [2] * 8])  # the second document starts on the chunk grid
-    packed = forward_seg(model, toks, seg)
-    np.testing.assert_allclose(packed[:, :8], forward(model, toks[:, :8]), atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(packed[:, 8:], forward(model, toks[:, 8:]), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_gradients_flow_through_the_inner_loop(name):
-    model, toks = build(name), tokens(12)
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def grads(state):
-        return jax.grad(lambda s: jnp.mean(nnx.merge(graphdef, s)(toks) ** 2))(state)
-
-    g = nnx.to_pure_dict(grads(state))
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(g))
-    mixer = g["blocks"][0]["mixer"] if "mixer" in g["blocks"][0] else None
-    if mixer is not None:  # the inner learning-rate gate and W_K only learn through the memory updates
-        assert float(jnp.abs(mixer["lr_gate"]["bias"]).max()) > 0
-        assert float(jnp.abs(mixer["k"]["kernel"]).max()) > 0
-        assert all(float(jnp.abs(w).max()) > 0 for w in jax.tree.leaves(mixer["init_state"]))
-
-
 def test_exact_matrix_memory_model_decodes_exactly():
-    model, toks = build("titans_lmm", structure="matrix", semantics="exact"), tokens(11)
+    model, toks = build("titans_lmm", structure="matrix", semantics="exact", max_grad_norm=0.0), tokens(11)
     np.testing.assert_allclose(stream(model, toks, list(range(5, 11))), forward(model, toks), atol=1e-5, rtol=1e-5)
 
 
@@ -109,11 +53,3 @@ def test_mamba2_decay_gate_decodes_exactly_and_starts_in_its_init_range():
     assert ((dt >= layer.MAMBA2_DT_FLOOR) & (dt <= layer.MAMBA2_DT_RANGE[1] * 1.001)).all()
     log_ret = mixer.gates(jnp.zeros((1, 1, 16))).log_retention[0, :, 0]
     np.testing.assert_allclose(log_ret, -a * dt, rtol=1e-5)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_greedy_generation_follows_the_forward_argmax(name):
-    model, prompt = build(name), tokens(7)
-    out = zoo.generate(model, prompt, max_new_tokens=5)
-    np.testing.assert_array_equal(out[:, :7], prompt)
-    np.testing.assert_array_equal(out[:, 7:], jnp.argmax(forward(model, out)[:, 6:11], axis=-1))

@@ -69,17 +69,6 @@ def test_sliding_window_limits_receptive_field():
     assert np.all(np.asarray(diff[5:]) == 0)  # one layer, window 3: no further
 
 
-def test_streaming_segments_match_one_call():
-    model = build(attn_conv_width=4)
-    toks = tokens(seq=30)
-    cache = model.init_cache(2, 30)
-    parts = []
-    for lo, hi in [(0, 11), (11, 12), (12, 30)]:
-        logits, cache = _extend(model, toks[:, lo:hi], cache)
-        parts.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(parts, 1), _forward(model, toks), atol=1e-5, rtol=1e-5)
-
-
 def test_causal():
     model = build(attn_conv_width=4)
     toks = tokens()

@@ -1,0 +1,143 @@
+"""The model contract, once, for every registered model (`zoo.registry.models()`): a new model
+adds a registration, not a test file.
+
+Each model is built and compiled once per module (the `case` fixture); every test reuses its
+compiled forward and its reference logits. The contract: forward shape and finiteness; decoding
+after a prefill that ends mid-chunk == the forward; pieces with carried caches (off the chunk
+grid) == one call; zoo.streaming's scanned segments == one call; causality; packed documents ==
+separate sequences; finite gradients that reach the memory's outer parameters through its inner
+updates; greedy generation == the forward's argmax.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import zoo
+from zoo.config import ModelConfig
+from zoo.streaming import stream_logits
+
+NAMES = sorted(zoo.registry.models())
+VOCAB = 53
+CHUNK = 4  # memory chunk (MAC: segment) size
+SEQ = 15  # three full chunks and a partial one
+
+
+def model_config(name: str) -> ModelConfig:
+    info = zoo.registry.models()[name]
+    return ModelConfig(name=name, vocab_size=VOCAB, d_model=16, num_layers=1, num_heads=2, sliding_window=6,
+                       attn_conv_width=3, persistent_tokens=2 if info.uses_memory else 0,
+                       memory=zoo.registry.memory_config(name, chunk_size=CHUNK, expansion=2))
+
+
+forward = nnx.jit(lambda m, t: m(t))
+forward_seg = nnx.jit(lambda m, t, s: m(t, segment_ids=s))
+extend = nnx.jit(lambda m, t, c: m.extend(t, c))
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    model: nnx.Module
+    toks: jax.Array  # [2, SEQ]
+    reference: jax.Array  # forward(model, toks): [2, SEQ, VOCAB]
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def case(request):
+    model = zoo.build_model(model_config(request.param), rngs=nnx.Rngs(0))
+    for i, block in enumerate(model.blocks):  # random attention convs, so their carried tails matter
+        conv = getattr(getattr(block, "attn", None), "conv", None)
+        if conv is not None:
+            conv.kernel.value = 0.5 * jax.random.normal(jax.random.key(i), conv.kernel.value.shape)
+    toks = jax.random.randint(jax.random.key(1), (2, SEQ), 0, VOCAB, jnp.int32)
+    return Case(request.param, model, toks, forward(model, toks))
+
+
+def stream(model, toks, cuts):
+    cache = model.init_cache(toks.shape[0], toks.shape[1])
+    out = []
+    for lo, hi in zip([0] + cuts, cuts + [toks.shape[1]], strict=True):
+        logits, cache = extend(model, toks[:, lo:hi], cache)
+        out.append(logits)
+    return jnp.concatenate(out, axis=1)
+
+
+def close(a, b):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
+
+
+def test_registry_covers_every_family():
+    assert {"transformer", "titans_lmm", "titans_mac", "titans_mag", "titans_mal", "gated_deltanet"} <= set(NAMES)
+
+
+def test_forward_shape_and_finite(case):
+    assert case.reference.shape == (2, SEQ, VOCAB) and case.reference.dtype == jnp.float32
+    assert np.isfinite(np.asarray(case.reference)).all()
+
+
+def test_decode_after_mid_chunk_prefill_equals_forward(case):
+    # a prefill of 6 ends mid-chunk; then one token at a time across two chunk boundaries
+    close(stream(case.model, case.toks, list(range(6, SEQ))), case.reference)
+
+
+def test_pieces_off_the_chunk_grid_equal_one_call(case):
+    # pieces of 3, 6, 6 start at in-chunk offsets 0, 3, 1
+    close(stream(case.model, case.toks, [3, 9]), case.reference)
+
+
+def test_streamed_segments_equal_one_call(case):
+    # 4 divides neither SEQ nor the window: 3 scanned segments and a remainder of 3
+    close(stream_logits(case.model, case.toks, 4), case.reference)
+
+
+def test_perturbing_a_token_changes_no_earlier_output(case):
+    t = 9  # mid-chunk
+    changed = forward(case.model, case.toks.at[:, t].set((case.toks[:, t] + 7) % VOCAB))
+    np.testing.assert_array_equal(np.asarray(case.reference[:, :t]), np.asarray(changed[:, :t]))
+    assert float(jnp.abs(case.reference[:, t:] - changed[:, t:]).max()) > 0
+
+
+def test_packed_documents_equal_separate_sequences(case):
+    # row 0: documents of 4 and 11 tokens; row 1: 12 and 3 (both start on the chunk grid)
+    seg = jnp.array([[1] * 4 + [2] * 11, [1] * 12 + [2] * 3])
+    packed = forward_seg(case.model, case.toks, seg)
+    # each second document alone, at the start of a row (the rest of the row comes after it, so
+    # causality makes it irrelevant; same shape as the reference, so no new compilation)
+    alone = forward(case.model, jnp.stack([jnp.roll(case.toks[0], -4), jnp.roll(case.toks[1], -12)]))
+    close(packed[0, :4], case.reference[0, :4])  # a first document is the causal forward's prefix
+    close(packed[1, :12], case.reference[1, :12])
+    close(packed[0, 4:], alone[0, :11])
+    close(packed[1, 12:], alone[1, :3])
+
+
+def test_gradients_are_finite_and_reach_the_memory(case):
+    graphdef, state = nnx.split(case.model)
+
+    @jax.jit
+    def grads(state):
+        return jax.grad(lambda s: jnp.mean(nnx.merge(graphdef, s)(case.toks) ** 2))(state)
+
+    g = nnx.to_pure_dict(grads(state))
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(g))
+    nonzero = lambda tree: all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(tree))  # noqa: E731
+    for block in g["blocks"].values():
+        if "persistent_k" in block.get("attn", {}):
+            assert nonzero(block["attn"]["persistent_k"])
+        mixer = block.get("mixer", {})
+        if "lr_gate" not in mixer:
+            continue
+        # the gates, W_Q, W_K, W_V and W_0 learn only through the memory's inner updates
+        for name in ("lr_gate", "forget_gate", "momentum_gate", "q", "k", "v", "init_state"):
+            assert name not in mixer or nonzero(mixer[name]), name
+
+
+def test_greedy_generation_follows_the_forward_argmax(case):
+    prompt = case.toks[:, :7]
+    out = zoo.generate(case.model, prompt, max_new_tokens=5)
+    np.testing.assert_array_equal(out[:, :7], prompt)
+    np.testing.assert_array_equal(out[:, 7:], jnp.argmax(forward(case.model, out)[:, 6:11], axis=-1))
