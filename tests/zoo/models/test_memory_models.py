@@ -7,6 +7,7 @@ import numpy as np
 from flax import nnx
 
 import zoo
+from tests.zoo.models.test_model_contract import stream
 from zoo.config import ModelConfig
 
 C = 4
@@ -23,16 +24,6 @@ def tokens(seq, batch=2, seed=1):
 
 
 forward = nnx.jit(lambda m, t: m(t))
-extend = nnx.jit(lambda m, t, c: m.extend(t, c))
-
-
-def stream(model, toks, cuts):
-    cache = model.init_cache(toks.shape[0], toks.shape[1])
-    out = []
-    for lo, hi in zip([0] + cuts, cuts + [toks.shape[1]], strict=True):
-        logits, cache = extend(model, toks[:, lo:hi], cache)
-        out.append(logits)
-    return jnp.concatenate(out, axis=1)
 
 
 def test_exact_matrix_memory_model_decodes_exactly():

@@ -43,7 +43,6 @@ def jit(fn):
 
 forward = jit(lambda m, t: m(t))
 forward_seg = jit(lambda m, t, s: m(t, segment_ids=s))
-extend = jit(lambda m, t, c: m.extend(t, c))
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +58,6 @@ def toks():
 @pytest.fixture(scope="module")
 def reference(model, toks):
     return forward(model, toks)
-
-
-def stream(model, toks, cuts):
-    cache = model.init_cache(toks.shape[0], toks.shape[1])
-    out = []
-    for lo, hi in zip([0] + cuts, cuts + [toks.shape[1]], strict=True):
-        logits, cache = extend(model, toks[:, lo:hi], cache)
-        out.append(logits)
-    return jnp.concatenate(out, axis=1)
 
 
 def test_registered():
