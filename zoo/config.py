@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from zoo.memory import parts as memory_parts  # the registered objectives and learners
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message says which key and how to fix it."""
@@ -41,9 +43,9 @@ class MemoryConfig:
     mlp_first_layer_std: float = 0.5  # std of W_0's first MLP layer (its inputs are unit-norm keys)
     last_layer_std: float = 0.0  # std of W_0's last layer (the matrix itself); 0 = an empty memory
     activation: str = dataclasses.field(default="gelu", metadata=_choices("gelu", "silu"))
-    objective: str = dataclasses.field(default="l2", metadata=_choices("l2", "dot"))
+    objective: str = dataclasses.field(default="l2", metadata=_choices(*memory_parts.OBJECTIVES))
     retention: str = dataclasses.field(default="scalar", metadata=_choices("none", "scalar", "channel"))
-    learner: str = dataclasses.field(default="momentum", metadata=_choices("gd", "momentum"))
+    learner: str = dataclasses.field(default="momentum", metadata=_choices(*memory_parts.LEARNERS))
     semantics: str = dataclasses.field(default="anchored", metadata=_choices("exact", "anchored"))
     chunk_size: int = 16
     bilevel: str = dataclasses.field(default="full", metadata=_choices("full", "first_order"))
@@ -76,11 +78,17 @@ class ModelConfig:
     rope_theta: float = 10000.0
     sliding_window: int = 0  # 0 = full causal attention; W > 0 = each token sees W tokens
     attn_conv_width: int = 0  # 0 = off; K > 0 = causal depthwise conv on q/k/v inputs
+    # attention kernel (zoo.layers.attend): auto = cuDNN flash on GPU where it applies, else blockwise
+    # (O(T * 512) memory) past 512 tokens, else xla (dense scores)
+    attention: str = dataclasses.field(default="auto", metadata=_choices("auto", "xla", "blockwise", "cudnn"))
     tie_embeddings: bool = True
     norm_eps: float = 1e-6
     init_std: float = 0.02
     dtype: str = dataclasses.field(default="float32", metadata=_choices("float32", "bfloat16"))
-    remat: bool = False  # recompute each block's activations in the backward pass
+    # recompute activations in the backward pass: "none"; "block" (each block keeps only its input);
+    # "memory" (the memory mixers are recomputed, attention and MLP activations kept). With either,
+    # identical blocks run as one lax.scan over stacked layers (zoo.models.lm).
+    remat: str = dataclasses.field(default="none", metadata=_choices("none", "block", "memory"))
     persistent_tokens: int = 0  # Titans' persistent memory: learned key/value slots every query sees
     memory: MemoryConfig = MemoryConfig()
 
@@ -168,6 +176,7 @@ class CheckpointConfig:
 class TrainConfig:
     steps: int = 1000
     grad_accum: int = 1  # micro-batches per optimizer step; data.batch_size must divide by it
+    loss_chunk: int = 1024  # positions per piece of the chunked cross-entropy (0 = whole sequence)
     seed: int = 0
     log_every: int = 20
     eval_every: int = 0  # 0 = only at the end
@@ -437,7 +446,7 @@ def memory_spec_of(mem: MemoryConfig):
 
 def _validate_memory(cfg: Config) -> None:
     """Checks of models with associative-memory mixers (see zoo.memory.MemorySpec)."""
-    from zoo.memory.engine import dual_form
+    from zoo.memory.engine import delta_kernel, dual_form
 
     mem = cfg.model.memory
     try:
@@ -462,7 +471,7 @@ def _validate_memory(cfg: Config) -> None:
                               f"initial value), got {getattr(mem, key)}")
     if mem.conv_width < 1:
         raise ConfigError(f"model.memory.conv_width must be >= 1, got {mem.conv_width}")
-    if mem.max_grad_norm > 0 and not dual_form(spec) and mem.structure == "matrix":
+    if mem.max_grad_norm > 0 and delta_kernel(dataclasses.replace(spec, max_grad_norm=0.0)) is not None:
         raise ConfigError(f"model.memory.max_grad_norm={mem.max_grad_norm}: the exact delta rule's kernels do not "
                           "clip the inner step, so this memory would run token by token; set "
                           "model.memory.max_grad_norm=0 (unit keys bound the delta rule's step) or semantics=anchored")
@@ -491,10 +500,18 @@ def _with_model_memory_defaults(values: dict) -> dict:
     return {**values, "model": {**model, "memory": {**info.memory_defaults, **(memory or {})}}}
 
 
+def _with_legacy_remat(values: dict) -> dict:
+    """`model.remat: true/false` (before remat policies) means "block" / "none"."""
+    model = values.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("remat"), bool):
+        return values
+    return {**values, "model": {**model, "remat": "block" if model["remat"] else "none"}}
+
+
 def from_dict(values: dict) -> Config:
     if not isinstance(values, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(values).__name__}")
-    return validate(_build(Config, _with_model_memory_defaults(values)))
+    return validate(_build(Config, _with_model_memory_defaults(_with_legacy_remat(values))))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

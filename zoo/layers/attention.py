@@ -1,7 +1,8 @@
 """Causal multi-head / grouped-query attention with RoPE, optional sliding window and KV cache.
 
-The cacheless path calls `jax.nn.dot_product_attention(is_causal=True, local_window_size=...)`
-so GPUs can take the cuDNN kernel. The cached path (`extend`) serves prefill, streaming a long
+The cacheless path goes through `zoo.layers.attend.attend`, which picks an implementation by
+platform and features (cuDNN's flash kernel on GPUs where it applies, a blockwise pure-JAX form
+with O(T * block) memory for long sequences, XLA's dense form otherwise). The cached path (`extend`) serves prefill, streaming a long
 context in segments, and one-token decoding alike: the cache is a ring buffer of `cache_size`
 slots (the window for sliding-window attention, so memory is constant in context length; the
 maximum length otherwise) that remembers each slot's absolute position for masking.
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from zoo.layers.attend import IMPLEMENTATIONS, attend
 from zoo.layers.conv import ShortConv
 from zoo.layers.linear import Projection
 from zoo.layers.param import normal_param
@@ -49,7 +51,10 @@ class Attention(nnx.Module):
 
     def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  rope_theta: float, sliding_window: int, conv_width: int, std: float, out_std: float,
-                 dtype: jnp.dtype, rngs: nnx.Rngs, persistent: int = 0):
+                 dtype: jnp.dtype, rngs: nnx.Rngs, persistent: int = 0, implementation: str = "auto"):
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"attention implementation {implementation!r}; allowed: {', '.join(IMPLEMENTATIONS)}")
+        self.implementation = implementation
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.rope_theta, self.sliding_window, self.dtype = rope_theta, sliding_window, dtype
         self.conv = ShortConv(d_model, conv_width, dtype=dtype) if conv_width else None
@@ -86,22 +91,10 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         """Full-sequence causal attention; `segment_ids: [batch, seq]` keeps documents apart."""
-        seq = x.shape[1]
-        q, k, v, _ = self._qkv(x, positions_in_documents(segment_ids, seq), segment_ids)
-        mask = None
-        if segment_ids is not None:
-            mask = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
-        if self.persistent_k is None:  # the form GPUs run with cuDNN
-            window = (self.sliding_window - 1, 0) if self.sliding_window else None
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=True, local_window_size=window)
-            return self.o(out)
-        pos = jnp.arange(seq)
-        causal = pos[None, :] <= pos[:, None]
-        if self.sliding_window:
-            causal &= pos[:, None] - pos[None, :] < self.sliding_window
-        mask = causal[None, None] if mask is None else mask & causal[None, None]
-        k, v, mask = self.with_persistent(k, v, mask)
-        return self.o(jax.nn.dot_product_attention(q, k, v, mask=mask))
+        q, k, v, _ = self._qkv(x, positions_in_documents(segment_ids, x.shape[1]), segment_ids)
+        persistent = None if self.persistent_k is None else (self.persistent_k.value, self.persistent_v.value)
+        return self.o(attend(q, k, v, segment_ids=segment_ids, window=self.sliding_window, persistent=persistent,
+                             implementation=self.implementation))
 
     def init_cache(self, batch_size: int, max_len: int) -> KVCache:
         size = min(self.sliding_window, max_len) if self.sliding_window else max_len

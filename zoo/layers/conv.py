@@ -34,12 +34,25 @@ class ShortConv(nnx.Module):
         prev = self.init_tail(batch) if tail is None else tail.astype(self.dtype)
         xp = jnp.concatenate([prev, x], axis=1)  # [batch, K-1+seq, channels]
         w = self.kernel.value.astype(self.dtype)
+        same_doc = None
         if segment_ids is not None and tail is None:
             segp = jnp.concatenate([jnp.full((batch, k - 1), -1, segment_ids.dtype), segment_ids], axis=1)
-        y = jnp.zeros_like(x)
-        for j in range(k):
-            tap = xp[:, j:j + seq] * w[j]
-            if segment_ids is not None and tail is None:
-                tap = jnp.where((segp[:, j:j + seq] == segment_ids)[..., None], tap, 0)
-            y = y + tap
+            same_doc = jnp.stack([segp[:, j:j + seq] == segment_ids for j in range(k)])  # [K, batch, seq]
+        y = _causal_taps(xp, w, same_doc)
         return y, xp[:, xp.shape[1] - (k - 1):]
+
+
+@jax.checkpoint
+def _causal_taps(xp: jax.Array, w: jax.Array, same_doc: jax.Array | None) -> jax.Array:
+    """y_t = sum_j w[j] x_{t-(K-1)+j} for `xp: [batch, K-1+seq, channels]`, `w: [K, channels]`;
+    `same_doc: [K, batch, seq]` drops taps from another document. Checkpointed: the backward pass
+    keeps only xp and recomputes the K shifted taps (K copies of the input otherwise)."""
+    k = w.shape[0]
+    seq = xp.shape[1] - (k - 1)
+    y = jnp.zeros(xp.shape[:1] + (seq,) + xp.shape[2:], xp.dtype)
+    for j in range(k):
+        tap = xp[:, j:j + seq] * w[j]
+        if same_doc is not None:
+            tap = jnp.where(same_doc[j][..., None], tap, 0)
+        y = y + tap
+    return y

@@ -13,12 +13,13 @@ from zoo.layers.param import constant_param
 class GateHead(nnx.Module):
     """`x: [batch, seq, d_model] -> z: [batch, seq, *out_shape]` float32 pre-activations,
     z = x W + b with b initialised to `bias_init` (a float, or an array broadcast to out_shape:
-    sets the gate's starting value)."""
+    sets the gate's starting value). `dtype`: the matmul's (float32 by default; a wide gate can
+    run in the compute dtype, its output is float32 either way)."""
 
     def __init__(self, d_model: int, out_shape: tuple[int, ...], *, axes: tuple[str | None, ...], bias_init,
-                 std: float, rngs: nnx.Rngs):
-        self.proj = Projection((d_model,), out_shape, axes=("embed",) + axes, std=std, dtype=jnp.float32, rngs=rngs)
+                 std: float, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
+        self.proj = Projection((d_model,), out_shape, axes=("embed",) + axes, std=std, dtype=dtype, rngs=rngs)
         self.bias = constant_param(jnp.full(out_shape, bias_init), axes)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.proj(x.astype(jnp.float32)) + self.bias.value
+        return self.proj(x).astype(jnp.float32) + self.bias.value

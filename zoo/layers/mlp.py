@@ -25,4 +25,10 @@ class SwiGLU(nnx.Module):
         self.down = Projection((hidden_dim,), (d_model,), axes=("mlp", "embed"), std=out_std, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+        return self.down(_gated(self.gate(x), self.up(x)))
+
+
+@jax.checkpoint
+def _gated(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """silu(gate) * up, recomputed in the backward pass (only the two projections are kept)."""
+    return jax.nn.silu(gate) * up

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -18,6 +20,12 @@ class RMSNorm(nnx.Module):
         self.scale = constant_param(jnp.ones((dim,)), (axis_name,))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        xf = x.astype(jnp.float32)
-        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return (y * self.scale.value).astype(self.dtype)
+        return _rms_norm(x, self.scale.value, self.eps, self.dtype)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(2, 3))
+def _rms_norm(x: jax.Array, scale: jax.Array, eps: float, dtype) -> jax.Array:
+    """Checkpointed: the backward pass keeps x (in its own dtype), not float32 copies."""
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return (y * scale).astype(dtype)

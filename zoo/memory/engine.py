@@ -22,6 +22,7 @@ from flax import struct
 
 import kernels
 
+from zoo.memory import parts
 from zoo.memory.learners import learner_step, momentum_terms
 from zoo.memory.objectives import inner_loss
 from zoo.memory.retention import decay_terms, retain
@@ -140,6 +141,7 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
     clipped step (spec.max_grad_norm) scales rho_i by min(1, tau / ||u_i||), known from A_i, delta_i.
     Returns ((W_C, S_C), Y [C, dv]).
     """
+    q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     vf = valid.astype(jnp.float32)
     w_a = jax.lax.stop_gradient(anchor) if spec.bilevel == "first_order" else anchor
 
@@ -188,6 +190,7 @@ def delta_kernel(spec: MemorySpec) -> str | None:
     Gated DeltaNet rule (gradient at the retained weights, no momentum) is `gated_delta_rule`.
     A clipped step depends on ||u_t|| at W_{t-1}, which the kernels do not compute: token loop."""
     if not (spec.semantics == "exact" and spec.structure == "matrix" and spec.objective == "l2"
+            and spec.learner in ("gd", "momentum")  # the two learners the kernels implement
             and spec.retention != "channel" and spec.max_grad_norm == 0):
         return None
     if spec.gradient_at == "previous":
@@ -196,10 +199,14 @@ def delta_kernel(spec: MemorySpec) -> str | None:
 
 
 def dual_form(spec: MemorySpec) -> bool:
-    """Whether `chunk_step` (gradients at the chunk anchor) computes this spec's rule: anchored
-    memories, and exact ones whose inner gradient does not depend on W: the dot objective on a
-    single linear layer (a deeper MLP's first-layer delta depends on the later layers)."""
-    return spec.semantics == "anchored" or (spec.objective == "dot" and spec.num_layers == 1)
+    """Whether `chunk_step` (gradients at the chunk anchor) computes this spec's rule: memories whose
+    learner is linear in the gradients (zoo.memory.parts), when anchored, or exact with an objective
+    whose gradient does not depend on W on a single linear layer (a deeper MLP's first-layer delta
+    depends on the later layers)."""
+    if not parts.learner(spec.learner).linear:
+        return False
+    weight_free = not parts.objective(spec.objective).gradient_depends_on_weights
+    return spec.semantics == "anchored" or (weight_free and spec.num_layers == 1)
 
 
 def chunk_parallel(spec: MemorySpec) -> bool:
@@ -237,6 +244,105 @@ def _delta_kernel_chunk(spec: MemorySpec, state: MemState, q, k, v, g: Gates,
     return MemState(weights, momentum, weights, pos), o[0, :, 0]
 
 
+def grouped_scan(body, carry, xs):
+    """`lax.scan(body, carry, xs)` over n chunks with a backward pass that keeps O(sqrt n) carries:
+    the chunks run in checkpointed groups of g = ceil(sqrt n), so only the carries at group
+    boundaries are saved and one group's per-chunk carries are rebuilt at a time (each fast-weight
+    copy is [heads, d, d]-sized, the dominant training memory of a deep memory). `body` must leave
+    the carry unchanged on an all-zero input (padding chunks fill the last group)."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    group = math.isqrt(n - 1) + 1 if n > 1 else 1
+    chunk_body = jax.checkpoint(body)
+    if group >= n:
+        return jax.lax.scan(chunk_body, carry, xs)
+    groups = -(-n // group)
+    pad = groups * group - n
+    xs = jax.tree.map(lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+                      .reshape((groups, group) + x.shape[1:]), xs)
+
+    @jax.checkpoint
+    def run_group(c, group_xs):
+        return jax.lax.scan(chunk_body, c, group_xs)
+
+    carry, ys = jax.lax.scan(run_group, carry, xs)
+    return carry, jax.tree.map(lambda y: y.reshape((groups * group,) + y.shape[2:])[:n], ys)
+
+
+def _chunk_resets(seg_buf: jax.Array, c: int) -> jax.Array:
+    """`seg_buf: [n * C]` segment ids on the grid -> `[n]` whether a document starts at each chunk."""
+    prev = jnp.concatenate([seg_buf[:1], seg_buf[:-1]])
+    return ((jnp.arange(seg_buf.shape[0]) > 0) & (seg_buf != prev) & (seg_buf > 0))[::c]
+
+
+def _fresh_chunks(spec: MemorySpec, init: Weights, q, k, v, gates: Gates, seg) -> tuple[MemState, jax.Array]:
+    """The training path: from W_0 at grid position 0, carrying only (W, S) between chunks (the
+    anchor of a fresh chunk is its start weights; S only with momentum). The tail chunk (T not a
+    multiple of C) runs after the scan, so its start weights are the state's anchor."""
+    c, t = spec.chunk_size, q.shape[0]
+    full, tail = divmod(t, c)
+    zeros = tuple(jnp.zeros_like(w) for w in init)
+    pad_to = lambda x, size: jnp.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))  # noqa: E731
+    seg_buf = pad_to(seg, (full + (tail > 0)) * c)
+    resets = _chunk_resets(seg_buf, c)
+    valid = (seg_buf > 0).reshape(-1, c)
+    momentum = spec.has_momentum
+
+    def start(carry, reset):
+        w, s = carry if momentum else (carry[0], zeros)
+        return jax.tree.map(lambda a, b: jnp.where(reset, a, b), (init, zeros), (w, s if momentum else zeros))
+
+    def body(carry, inputs):
+        reset, xc, mask = inputs
+        w, s = start(carry, reset)
+        (w, s), y = chunk_step(spec, w, s, w, *xc, mask)
+        return ((w, s) if momentum else (w,)), y
+
+    carry = (init, zeros) if momentum else (init,)
+    ys = []
+    if full:
+        xs = jax.tree.map(lambda x: x[:full * c].reshape((full, c) + x.shape[1:]), (q, k, v, gates))
+        carry, y_full = grouped_scan(body, carry, (resets[:full], xs, valid[:full]))
+        ys.append(y_full.reshape((full * c,) + y_full.shape[2:]))
+    w, s = start(carry, resets[full] if tail else False)
+    anchor = w
+    if tail:
+        xc = jax.tree.map(lambda x: pad_to(x[full * c:], c), (q, k, v, gates))
+        (w, s), y_tail = chunk_step(spec, w, s, w, *xc, valid[full])
+        ys.append(y_tail[:tail])
+    final = MemState(weights=w, momentum=s, anchor=anchor, pos=jnp.asarray(tail, jnp.int32))
+    return final, jnp.concatenate(ys) if len(ys) > 1 else ys[0]
+
+
+def _continued_chunks(spec: MemorySpec, state: MemState, q, k, v, gates: Gates) -> tuple[MemState, jax.Array]:
+    """Continues `state` mid-grid (prefill, streaming): the T tokens sit at grid positions
+    pos ... pos+T-1 of ceil((C-1+T)/C) chunks (a traced pos, so the grid is padded for any), and
+    the anchor of the chunk the call ends in is carried out for decoding to continue."""
+    c, t = spec.chunk_size, q.shape[0]
+    offset = state.pos
+    n = math.ceil((c - 1 + t) / c)
+
+    def place(x):  # [T, ...] -> [n, C, ...] with the tokens at grid positions offset ... offset+T-1
+        buf = jnp.zeros((n * c,) + x.shape[1:], x.dtype)
+        return jax.lax.dynamic_update_slice(buf, x, (offset,) + (0,) * (x.ndim - 1)).reshape((n, c) + x.shape[1:])
+
+    final_chunk = (offset + t) // c
+
+    def body(carry, inputs):
+        w, s, anchor, result_anchor = carry
+        index, (qc, kc, vc, gc), mask = inputs
+        # index counts from 1: the zero-filled padding chunks of grouped_scan never match
+        result_anchor = jax.tree.map(lambda a, b: jnp.where(index == final_chunk + 1, a, b), anchor, result_anchor)
+        (w, s), y = chunk_step(spec, w, s, anchor, qc, kc, vc, gc, mask)
+        return (w, s, w, result_anchor), y
+
+    carry = (state.weights, state.momentum, state.anchor, state.anchor)
+    xs = (jnp.arange(1, n + 1), jax.tree.map(place, (q, k, v, gates)), place(jnp.ones((t,), bool)))
+    (w, s, _, result_anchor), ys = grouped_scan(body, carry, xs)
+    result_anchor = jax.tree.map(lambda a, b: jnp.where(final_chunk == n, a, b), w, result_anchor)
+    y = jax.lax.dynamic_slice_in_dim(ys.reshape((n * c,) + ys.shape[2:]), offset, t)
+    return MemState(weights=w, momentum=s, anchor=result_anchor, pos=(offset + t) % c), y
+
+
 def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, init: Weights | None = None,
           segment_ids: jax.Array | None = None) -> tuple[MemState, jax.Array]:
     """Runs `q, k: [T, dk]`, `v: [T, dv]` through the memory, chunk-parallel where the spec
@@ -254,50 +360,21 @@ def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, in
     if segment_ids is not None and state is not None:
         raise ValueError("segment_ids resets are supported from a fresh state (state=None) only")
     init = init if init is not None else state.weights
-    if not chunk_parallel(spec):
-        return step_loop(spec, state if state is not None else initial_state(init), q, k, v, gates,
-                         init=init, segment_ids=segment_ids)
+    if not dual_form(spec):  # the dual form casts inside each chunk (inputs may be bfloat16)
+        q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
+    if not chunk_parallel(spec):  # token by token: the exact rule, or gradients at the anchor
+        return reference_chunked(spec, state if state is not None else initial_state(init), q, k, v, gates,
+                                 init=init, segment_ids=segment_ids)
 
     if delta_kernel(spec) is not None:
         return _delta_kernel_chunk(spec, state if state is not None else initial_state(init), q, k, v, gates,
                                    segment_ids)
-    c = spec.chunk_size
-    t = q.shape[0]
-    fresh = state is None
-    state = initial_state(init) if fresh else state
-    offset = 0 if fresh else state.pos
-    n = math.ceil(((0 if fresh else c - 1) + t) / c)
-    size = n * c
-
-    def place(x):  # [T, ...] -> [n * C, ...] with the tokens at grid positions offset ... offset+T-1
-        buf = jnp.zeros((size,) + x.shape[1:], x.dtype)
-        return jax.lax.dynamic_update_slice(buf, x, (offset,) + (0,) * (x.ndim - 1))
-
-    seg = jnp.ones((t,), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
-    seg_buf = place(seg)
-    valid = seg_buf > 0
-    prev = jnp.concatenate([seg_buf[:1], seg_buf[:-1]])
-    resets = ((jnp.arange(size) > 0) & (seg_buf != prev) & (seg_buf > 0))[::c]  # [n], chunk starts
-    xs = jax.tree.map(lambda x: place(x).reshape((n, c) + x.shape[1:]), (q, k, v, gates))
-    final_chunk = (offset + t) // c
-    zeros = tuple(jnp.zeros_like(w) for w in init)
-
-    @jax.checkpoint
-    def body(carry, inputs):
-        w, s, anchor, result_anchor = carry
-        index, reset, (qc, kc, vc, gc), vc_mask = inputs
-        w, s, anchor = jax.tree.map(lambda a, b: jnp.where(reset, a, b), (init, zeros, init), (w, s, anchor))
-        result_anchor = jax.tree.map(lambda a, b: jnp.where(index == final_chunk, a, b), anchor, result_anchor)
-        (w, s), y = chunk_step(spec, w, s, anchor, qc, kc, vc, gc, vc_mask)
-        return (w, s, w, result_anchor), y
-
-    carry = (state.weights, state.momentum, state.anchor, state.anchor)
-    (w, s, _, result_anchor), ys = jax.lax.scan(
-        body, carry, (jnp.arange(n), resets, xs, valid.reshape(n, c)))
-    result_anchor = jax.tree.map(lambda a, b: jnp.where(final_chunk == n, a, b), w, result_anchor)
-    y = jax.lax.dynamic_slice_in_dim(ys.reshape((size,) + ys.shape[2:]), offset, t)
-    pos = jnp.asarray((offset + t) % c, jnp.int32)
-    final = MemState(weights=w, momentum=s, anchor=result_anchor, pos=pos)
+    seg = jnp.ones(q.shape[:1], jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    if state is None:
+        final, y = _fresh_chunks(spec, init, q, k, v, gates, seg)
+    else:
+        final, y = _continued_chunks(spec, state, q, k, v, gates)
     if segment_ids is not None:  # trailing padding holds the fresh state (as in the token loop)
-        final = jax.tree.map(lambda a, b: jnp.where(seg[-1] > 0, a, b), final, MemState(init, zeros, init, pos))
+        fresh = initial_state(init).replace(pos=final.pos)
+        final = jax.tree.map(lambda a, b: jnp.where(seg[-1] > 0, a, b), final, fresh)
     return final, y

@@ -15,18 +15,21 @@ the inner updates (full second-order gradients unless spec.bilevel = "first_orde
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from zoo.config import MemoryConfig
 from zoo.layers import GateHead, Projection, ShortConv, constant_param
 from zoo.memory import engine
 from zoo.memory.engine import Gates
 from zoo.memory.spec import MemorySpec
 from zoo.memory.state import MemState, initial_state
 from zoo.memory.structures import init_weights, layer_shapes
+
+if TYPE_CHECKING:  # zoo.memory never imports zoo.config at run time (the config imports the parts)
+    from zoo.config import MemoryConfig
 
 # Gated DeltaNet's decay init (FLA's GDN layer, after Mamba-2): A ~ U(0, 16) and dt ~ log-uniform
 # [1e-3, 1e-1] (floored at 1e-4) per head, log l_t = -A * softplus(z_t + softplus^-1(dt)).
@@ -75,9 +78,10 @@ class MemoryMixer(nnx.Module):
     """
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int, cfg: MemoryConfig, *, std: float = 0.02,
-                 out_std: float = 0.02, dtype=jnp.float32, rngs: nnx.Rngs):
+                 out_std: float = 0.02, dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
         spec = memory_spec(cfg)
         self.spec, self.num_heads, self.head_dim, self.dtype = spec, num_heads, head_dim, dtype
+        self.remat = remat  # recompute the whole mixer in the backward pass (model.remat = "memory")
         self.lr_max, self.qk_activation, self.retention_gate = cfg.lr_max, cfg.qk_activation, cfg.retention_gate
         hd = (num_heads, head_dim)
         proj = dict(axes=("embed", "heads", "kv"), std=std, dtype=dtype, rngs=rngs)
@@ -110,7 +114,8 @@ class MemoryMixer(nnx.Module):
             constant_param(jnp.stack([w[i] for w in per_head]), ("heads", None, None))
             for i in range(len(layer_shapes(spec, head_dim, head_dim)))])
         self.out_norm = constant_param(jnp.ones(hd), ("heads", "kv"))
-        self.out_gate = GateHead(d_model, hd, axes=("heads", "kv"), bias_init=cfg.output_gate_bias, **gate)
+        self.out_gate = GateHead(d_model, hd, axes=("heads", "kv"), bias_init=cfg.output_gate_bias, dtype=dtype,
+                                 **gate)
         self.o = Projection(hd, (d_model,), axes=("heads", "kv", "embed"), std=out_std, dtype=dtype, rngs=rngs)
 
     # -- pieces ----------------------------------------------------------------------------
@@ -119,19 +124,29 @@ class MemoryMixer(nnx.Module):
         return tuple(p.value for p in self.init_state)  # each [heads, d_in, d_out]
 
     def queries_keys_values(self, x, *, segment_ids=None, conv_tail=None):
-        """`x: [B, T, d_model]` -> q, k, v `[B, H, T, dh]` float32 and the new conv tail."""
+        """`x: [B, T, d_model]` -> q, k, v `[B, H, T, dh]` in the compute dtype (the engine computes
+        in float32 inside each chunk) and the new conv tail. Only the projections' output is kept
+        for the backward pass: the conv, activations and normalisation are recomputed."""
         b, t, _ = x.shape
         qkv = jnp.concatenate([self.q(x), self.k(x), self.v(x)], axis=-1).reshape(b, t, -1)
-        qkv, tail = self.conv(qkv, segment_ids=segment_ids, tail=conv_tail)
-        q, k, v = jnp.split(qkv.astype(jnp.float32).reshape(b, t, self.num_heads, 3 * self.head_dim), 3, axis=-1)
-        if self.qk_activation == "silu":
-            q, k = jax.nn.silu(q), jax.nn.silu(k)
-        v = jax.nn.silu(v)
-        to_heads = lambda a: jnp.moveaxis(a, 2, 1)  # noqa: E731  [B, T, H, d] -> [B, H, T, d]
-        return to_heads(_l2_normalize(q)), to_heads(_l2_normalize(k)), to_heads(v), tail
+
+        @jax.checkpoint
+        def features(qkv, conv_tail):
+            qkv, tail = self.conv(qkv, segment_ids=segment_ids, tail=conv_tail)
+            q, k, v = jnp.split(qkv.astype(jnp.float32).reshape(b, t, self.num_heads, 3 * self.head_dim), 3, axis=-1)
+            if self.qk_activation == "silu":
+                q, k = jax.nn.silu(q), jax.nn.silu(k)
+            to_heads = lambda a: jnp.moveaxis(a, 2, 1).astype(self.dtype)  # noqa: E731  [B, T, H, d] -> [B, H, T, d]
+            return to_heads(_l2_normalize(q)), to_heads(_l2_normalize(k)), to_heads(jax.nn.silu(v)), tail
+
+        return features(qkv, conv_tail)
 
     def gates(self, x) -> Gates:
-        """Per-token gates with leading axes [B, H, T] (channel retention: [B, H, T, dh])."""
+        """Per-token gates with leading axes [B, H, T] (channel retention: [B, H, T, dh]), float32,
+        recomputed in the backward pass from x."""
+        return jax.checkpoint(self._gates)(x)
+
+    def _gates(self, x) -> Gates:
         to_heads = lambda a: jnp.moveaxis(a, 2, 1)  # noqa: E731
         lr = self.lr_max * jax.nn.sigmoid(self.lr_gate(x))
         shape = lr.shape
@@ -147,10 +162,16 @@ class MemoryMixer(nnx.Module):
         return Gates(lr=to_heads(lr), log_retention=to_heads(log_ret), log_momentum=to_heads(log_mu))
 
     def output(self, x, y):
-        """`y: [B, H, T, dh]` -> `[B, T, d_model]`: per-head RMSNorm, SiLU output gate, W_O."""
-        y = jnp.moveaxis(y, 1, 2)
-        y = y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + 1e-6) * self.out_norm.value
-        return self.o((y * jax.nn.silu(self.out_gate(x))).astype(self.dtype))
+        """`y: [B, H, T, dh]` -> `[B, T, d_model]`: per-head RMSNorm, SiLU output gate, W_O (the
+        normalisation and gate are recomputed in the backward pass)."""
+
+        @jax.checkpoint
+        def gated(y, gate):
+            y = jnp.moveaxis(y, 1, 2).astype(jnp.float32)
+            y = y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + 1e-6) * self.out_norm.value
+            return (y * jax.nn.silu(gate + self.out_gate.bias.value)).astype(self.dtype)
+
+        return self.o(gated(y.astype(self.dtype), self.out_gate.proj(x)))
 
     # -- the mixer ---------------------------------------------------------------------------
 
@@ -165,6 +186,11 @@ class MemoryMixer(nnx.Module):
             raise ValueError(f"the memory mixer takes x: [batch, seq, d_model], got shape {x.shape}")
         if segment_ids is not None and state is not None:
             raise ValueError("segment_ids are for fresh sequences; a carried state continues one sequence")
+        if self.remat and state is None:
+            return nnx.remat(lambda mixer, x, seg: mixer._mix(x, None, seg))(self, x, segment_ids)
+        return self._mix(x, state, segment_ids)
+
+    def _mix(self, x, state, segment_ids):
         q, k, v, tail = self.queries_keys_values(
             x, segment_ids=segment_ids, conv_tail=None if state is None else state.conv_tail)
         g = self.gates(x)
@@ -187,6 +213,7 @@ class MemoryMixer(nnx.Module):
                 return engine.chunk(spec, st, q, k, v, g, init=init)
 
         if state is not None:
+            q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
             per_head = jax.vmap(cont, in_axes=(0, 0, 0, 0, 0, 0))
             memory, y = jax.vmap(per_head, in_axes=(0, 0, 0, 0, 0, None))(state.memory, q, k, v, g, init)
         return self.output(x, y), MixerState(memory=memory, conv_tail=tail)

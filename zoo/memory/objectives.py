@@ -1,19 +1,22 @@
-"""Attentional biases (Miras' name for the per-token inner objective), summed over tokens."""
+"""Attentional biases (Miras' name for the per-token inner objective), summed over tokens, as
+registered parts (zoo.memory.parts)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from zoo.memory.parts import Objective, objective, register_objective
 from zoo.memory.spec import MemorySpec
+
+register_objective(Objective(
+    "l2", lambda out, v: jnp.sum(jnp.square(out - v)), gradient_depends_on_weights=True,
+    doc="||M(k_i) - v_i||^2 summed over features (Titans Eq. 12; gradient 2 (M(k) - v))"))
+register_objective(Objective(
+    "dot", lambda out, v: -jnp.sum(out * v), gradient_depends_on_weights=False,
+    doc="-<M(k_i), v_i> (Hebbian; for a matrix memory this is linear attention)"))
 
 
 def inner_loss(spec: MemorySpec, out: jax.Array, v: jax.Array) -> jax.Array:
-    """Sum over tokens of l_i for `out, v: [n, dv]`.
-
-    l2: ||M(k_i) - v_i||^2, a sum over features (Titans Eq. 12; gradient 2 (M(k) - v)).
-    dot: -<M(k_i), v_i> (Hebbian; for a matrix memory this is linear attention).
-    """
-    if spec.objective == "l2":
-        return jnp.sum(jnp.square(out - v))
-    return -jnp.sum(out * v)
+    """Sum over tokens of the spec's objective, `out, v: [n, dv]`."""
+    return objective(spec.objective).loss(out, v)

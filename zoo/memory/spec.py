@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from zoo.memory import parts
+
 STRUCTURES = ("matrix", "mlp")
-OBJECTIVES = ("l2", "dot")
 RETENTIONS = ("none", "scalar", "channel")
-LEARNERS = ("gd", "momentum")
 SEMANTICS = ("exact", "anchored")
 BILEVEL = ("full", "first_order")
 GRADIENT_POINTS = ("previous", "retained")
@@ -26,12 +26,14 @@ class MemorySpec:
 
     structure: "matrix" (W: [dk, dv], M(z) = z W) or "mlp" (`depth` layers, hidden width
         `expansion * dk`, `activation` between layers, optional residual z + MLP(z)).
-    objective: "l2" = ||M(k) - v||^2 summed over features (Titans Eq. 12); "dot" = -<M(k), v>
-        (Hebbian / linear attention; its gradient does not depend on W).
+    objective: a registered objective (zoo.memory.parts.OBJECTIVES): "l2" = ||M(k) - v||^2 summed
+        over features (Titans Eq. 12); "dot" = -<M(k), v> (Hebbian / linear attention; its gradient
+        does not depend on W); "huber" (zoo.memory.huber).
     retention: "none", "scalar" (one decay per head and token, Titans' 1 - alpha_t) or
         "channel" (one decay per key channel, matrix memories only).
-    learner: "gd" (W_t = l_t W_{t-1} - rho_t u_t) or "momentum" (S_t = mu_t S_{t-1} - rho_t u_t,
-        W_t = l_t W_{t-1} + S_t; Titans Eq. 13-14).
+    learner: a registered learner (zoo.memory.parts.LEARNERS): "gd" (W_t = l_t W_{t-1} - rho_t u_t),
+        "momentum" (S_t = mu_t S_{t-1} - rho_t u_t, W_t = l_t W_{t-1} + S_t; Titans Eq. 13-14) or
+        "muon" (zoo.memory.muon: Newton-Schulz on the momentum; runs token by token).
     semantics: "exact" (gradient at W_{t-1} for every token) or "anchored" (every token of a
         chunk takes its gradient at the chunk-start weights; Titans Eq. 16-18): then
         `chunk_size` is part of the model.
@@ -60,8 +62,9 @@ class MemorySpec:
     max_grad_norm: float = 0.0
 
     def __post_init__(self):
-        for name, allowed in [("structure", STRUCTURES), ("objective", OBJECTIVES), ("retention", RETENTIONS),
-                              ("learner", LEARNERS), ("semantics", SEMANTICS), ("bilevel", BILEVEL),
+        for name, allowed in [("structure", STRUCTURES), ("objective", tuple(parts.OBJECTIVES)),
+                              ("retention", RETENTIONS), ("learner", tuple(parts.LEARNERS)),
+                              ("semantics", SEMANTICS), ("bilevel", BILEVEL),
                               ("gradient_at", GRADIENT_POINTS),
                               ("activation", ACTIVATIONS)]:
             value = getattr(self, name)
@@ -86,4 +89,4 @@ class MemorySpec:
 
     @property
     def has_momentum(self) -> bool:
-        return self.learner == "momentum"
+        return parts.learner(self.learner).has_momentum

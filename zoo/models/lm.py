@@ -43,6 +43,10 @@ class LanguageModel(nnx.Module):
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
 
+    def logits_from_hidden(self, x: jax.Array) -> jax.Array:
+        """`[..., d_model]` hidden states -> `[..., vocab]` float32 logits (final norm, then head)."""
+        return self._logits(x)
+
     def _logits(self, x: jax.Array) -> jax.Array:
         x = self.norm(x)
         if self.head is None:
@@ -53,13 +57,42 @@ class LanguageModel(nnx.Module):
         """Logits for every position; `segment_ids: [batch, seq]` (packed documents) keeps
         documents from seeing each other."""
         self._check_tokens(tokens)
-        x = self.embed(tokens)
-        for block in self.blocks:
-            if self.cfg.remat:
-                x = nnx.remat(lambda b, h, s: b(h, segment_ids=s))(block, x, segment_ids)
-            else:
+        return self._logits(self.hidden(tokens, segment_ids=segment_ids))
+
+    def hidden(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
+        """The last block's output `[batch, seq, d_model]` (before the final norm and the head):
+        what a chunked loss (zoo.training.losses) turns into logits piece by piece."""
+        self._check_tokens(tokens)
+        return self._run_blocks(self.embed(tokens), segment_ids)
+
+    def _run_blocks(self, x: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+        """All blocks in order. With `cfg.remat` != "none" and identical blocks (one graphdef),
+        the blocks' parameters are stacked and the layers run as one `lax.scan`: the backward pass
+        then walks the layers in reverse and recomputes each one inside its own iteration, so the
+        compiler cannot schedule all recomputations ahead of the loss (a Python loop of
+        `jax.checkpoint` calls lets it, and then nothing is saved). "block" checkpoints the whole
+        block (only its input x is kept per layer); "memory" keeps attention / MLP activations and
+        recomputes the memory mixers (their own remat, zoo.memory.layer)."""
+        remat = self.cfg.remat
+        if remat == "none":
+            for block in self.blocks:
                 x = block(x, segment_ids=segment_ids)
-        return self._logits(x)
+            return x
+        graphdefs, states = zip(*(nnx.split(block) for block in self.blocks))
+        if any(g != graphdefs[0] for g in graphdefs[1:]):  # mixed block types: a loop of checkpoints
+            for block in self.blocks:
+                x = nnx.remat(lambda b, h, s: b(h, segment_ids=s))(block, x, segment_ids) if remat == "block" \
+                    else block(x, segment_ids=segment_ids)
+            return x
+        stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *states)
+
+        def layer(h, state):
+            return nnx.merge(graphdefs[0], state)(h, segment_ids=segment_ids)
+
+        if remat == "block":
+            layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)
+        x, _ = jax.lax.scan(lambda h, state: (layer(h, state), None), x, stacked)
+        return x
 
     def init_cache(self, batch_size: int, max_len: int) -> list[Any]:
         """Per-block caches for a sequence of up to `max_len` tokens (attention KV caches,

@@ -21,7 +21,7 @@ def mixer_from_config(cfg: ModelConfig, rngs: nnx.Rngs) -> MemoryMixer:
     heads = cfg.memory.num_heads or cfg.num_heads
     head_dim = cfg.memory.head_dim or cfg.d_model // heads
     return MemoryMixer(cfg.d_model, heads, head_dim, cfg.memory, std=cfg.init_std, out_std=residual_std(cfg),
-                       dtype=compute_dtype(cfg), rngs=rngs)
+                       dtype=compute_dtype(cfg), remat=cfg.remat == "memory", rngs=rngs)
 
 
 class Block(nnx.Module):

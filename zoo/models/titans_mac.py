@@ -38,9 +38,9 @@ Choices where the paper is silent (see `MACBlock`):
 * `model.sliding_window = W > 0` further limits a query to the last W positions of its segment
   (both the retrieved and the segment block); 0 = the whole causal segment (the paper).
 
-The segment loop is a `lax.scan` (remat per segment); `extend` runs the same segment step over a
-piece placed at its in-segment offset (any length, starting mid-segment), and a one-token step for
-decoding that costs O(C) attention plus one memory token, independent of the context length.
+The segment loop is `engine.grouped_scan` (checkpointed segments in checkpointed groups);
+`extend` runs the same segment step over a piece placed at its in-segment offset (any length,
+starting mid-segment), and a one-token step for decoding that costs O(C) attention plus one memory token, independent of the context length.
 """
 
 from __future__ import annotations
@@ -236,8 +236,7 @@ class MACBlock(Block):
 
         write = jax.vmap(jax.vmap(chunk, in_axes=(0,) * 7 + (None,)))
 
-        @jax.checkpoint
-        def body(st: MACCache, inputs):
+        def body(st: MACCache, inputs):  # a no-op on the zero-filled padding of grouped_scan
             h_s, q_ret_s, q_s, k_s, v_s, seg_s, here, ok, reset = inputs
             # A document start resets the memory to W_0 and the write conv (the retrieval conv
             # already respects segment_ids).
@@ -263,7 +262,7 @@ class MACBlock(Block):
                            k_mem=k_mem, v_mem=v_mem, k_seg=k_s, v_seg=v_s, pos=st.pos, attn_tail=st.attn_tail)
             return new, o
 
-        st, out = jax.lax.scan(body, cache, xs)
+        st, out = engine.grouped_scan(body, cache, xs)  # checkpointed segments, O(sqrt n) carries kept
         out = jnp.moveaxis(out, 0, 1).reshape(b, size, -1)
         out = jax.lax.dynamic_slice_in_dim(out, offset, t, axis=1)
         new_pos = jnp.asarray((offset + t) % c, jnp.int32)

@@ -19,7 +19,8 @@ def attention_from_config(cfg: ModelConfig, rngs: nnx.Rngs, *, persistent: int =
     return Attention(
         cfg.d_model, cfg.num_heads, cfg.num_kv_heads or cfg.num_heads, head_dim,
         rope_theta=cfg.rope_theta, sliding_window=cfg.sliding_window, conv_width=cfg.attn_conv_width,
-        std=cfg.init_std, out_std=residual_std(cfg), dtype=compute_dtype(cfg), rngs=rngs, persistent=persistent)
+        std=cfg.init_std, out_std=residual_std(cfg), dtype=compute_dtype(cfg), rngs=rngs, persistent=persistent,
+        implementation=cfg.attention)
 
 
 def mlp_from_config(cfg: ModelConfig, rngs: nnx.Rngs) -> SwiGLU:

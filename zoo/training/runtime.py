@@ -56,14 +56,14 @@ class Runtime:
     def train_step(self):
         """Jitted step(state, batch [grad_accum, micro_batch, seq]) -> (state, metrics)."""
         batch_sh = batch_sharding(self.mesh, 3, batch_dim=1)
-        return jax.jit(make_train_step(self.parts, self.tx, self.schedule),
+        return jax.jit(make_train_step(self.parts, self.tx, self.schedule, loss_chunk=self.cfg.train.loss_chunk),
                        in_shardings=(self.shardings, batch_sh), out_shardings=(self.shardings, None),
                        donate_argnums=0)
 
     @cached_property
     def eval_step(self):
         """Jitted eval_step(params, batch [batch, seq]) -> sums for perplexity."""
-        return jax.jit(make_eval_step(self.parts),
+        return jax.jit(make_eval_step(self.parts, loss_chunk=self.cfg.train.loss_chunk),
                        in_shardings=(self.shardings.params, batch_sharding(self.mesh, 2)))
 
     def num_params(self) -> int:

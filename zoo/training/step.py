@@ -9,25 +9,25 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from zoo.training.losses import chunked_token_losses
 from zoo.training.state import ModelParts, TrainState
 
 
-def token_losses(parts: ModelParts, params: Any, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+def token_losses(parts: ModelParts, params: Any, batch: dict, *, loss_chunk: int = 0
+                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Summed masked NLL, number of scored tokens, number of correct argmax predictions.
 
     batch: inputs / targets / segment_ids int32 [batch, seq], loss_mask float32 [batch, seq].
+    loss_chunk: positions per piece of the chunked cross-entropy (0 = all at once).
     """
     model = parts.model_from(params)
-    logits = model(batch["inputs"], segment_ids=batch["segment_ids"])  # [batch, seq, vocab] f32
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
-    mask = batch["loss_mask"].astype(jnp.float32)
-    correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32) * mask
-    return jnp.sum(nll * mask), jnp.sum(mask), jnp.sum(correct)
+    hidden = model.hidden(batch["inputs"], segment_ids=batch["segment_ids"])  # [batch, seq, d_model]
+    return chunked_token_losses(model.logits_from_hidden, hidden, batch["targets"], batch["loss_mask"],
+                                piece=loss_chunk)
 
 
-def make_train_step(parts: ModelParts, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
+                    loss_chunk: int = 0) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """step(state, batch) with batch arrays shaped [grad_accum, micro_batch, seq].
 
     Gradients of the *summed* token loss are accumulated over micro-batches and divided by the
@@ -36,7 +36,7 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation,
     """
 
     def loss_fn(params, micro_batch):
-        loss_sum, count, correct = token_losses(parts, params, micro_batch)
+        loss_sum, count, correct = token_losses(parts, params, micro_batch, loss_chunk=loss_chunk)
         return loss_sum, (count, correct)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -67,11 +67,11 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation,
     return step
 
 
-def make_eval_step(parts: ModelParts) -> Callable[[Any, dict], dict]:
+def make_eval_step(parts: ModelParts, *, loss_chunk: int = 0) -> Callable[[Any, dict], dict]:
     """eval_step(params, batch [batch, seq]) -> summed loss, token count and correct count."""
 
     def eval_step(params: Any, batch: dict) -> dict:
-        loss_sum, count, correct = token_losses(parts, params, batch)
+        loss_sum, count, correct = token_losses(parts, params, batch, loss_chunk=loss_chunk)
         return {"loss_sum": loss_sum, "tokens": count, "correct": correct}
 
     return eval_step

@@ -1,6 +1,7 @@
 """The memory engine's test contract (specs/miras-lattice-trellis.md §4.5) on one head."""
 
 import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,7 @@ SPECS = {
     "mlp2_first_order_silu": MemorySpec(structure="mlp", depth=2, expansion=2, bilevel="first_order",
                                         activation="silu"),
     "mlp2_clipped_momentum": MemorySpec(structure="mlp", depth=2, expansion=2, max_grad_norm=1.0),
-}
+}  # every registered objective and learner: test_grid_of_registered_parts_equals_its_oracle
 
 
 def with_chunk(spec, c):
@@ -254,3 +255,56 @@ def test_spec_validation():
         MemorySpec(chunk_size=0)
     with pytest.raises(ValueError, match="max_grad_norm"):
         MemorySpec(max_grad_norm=-1.0)
+
+
+def test_grid_of_registered_parts_equals_its_oracle():
+    """Every structure x registered objective x registered learner x semantics: the engine's
+    chunk equals the token loop with gradients at the anchor (at W_{t-1} when exact), so a
+    combination that silently runs the wrong form (like exact MLP + dot once did) cannot hide."""
+    from zoo.memory import parts
+
+    for structure, objective, learner, semantics in itertools.product(
+            ("matrix", "mlp"), parts.OBJECTIVES, parts.LEARNERS, ("exact", "anchored")):
+        spec = MemorySpec(structure=structure, depth=2, expansion=2, objective=objective, learner=learner,
+                          semantics=semantics, chunk_size=4)
+        init, q, k, v, g = inputs(spec, 9)
+        st_c, y_c = engine.chunk(spec, None, q, k, v, g, init=init)
+        st_r, y_r = engine.reference_chunked(spec, initial_state(init), q, k, v, g)
+        try:
+            close((y_c, st_c.weights, st_c.momentum), (y_r, st_r.weights, st_r.momentum))
+        except AssertionError as e:
+            raise AssertionError(f"{spec}: chunk != its oracle") from e
+
+
+def test_muon_with_zero_newton_schulz_steps_is_momentum():
+    """A learner landed by registration alone: Muon with NS_0 (O = S) and outer step 1 is the
+    momentum learner, through the token loop (Muon) vs the dual form (momentum)."""
+    from zoo.memory import parts
+    from zoo.memory.muon import muon_learner
+
+    if "muon_ns0" not in parts.LEARNERS:
+        parts.register_learner(muon_learner("muon_ns0", steps=0, outer_lr=1.0))
+    momentum = MemorySpec(structure="mlp", depth=2, expansion=2, chunk_size=4)
+    muon0 = dataclasses.replace(momentum, learner="muon_ns0")
+    assert engine.dual_form(momentum) and not engine.dual_form(muon0)
+    init, q, k, v, g = inputs(momentum, 11)
+    close(engine.chunk(momentum, None, q, k, v, g, init=init), engine.chunk(muon0, None, q, k, v, g, init=init))
+
+
+def test_newton_schulz_pushes_singular_values_towards_one():
+    from zoo.memory.muon import newton_schulz
+
+    for shape in [(6, 12), (12, 6)]:
+        s = 0.01 * jax.random.normal(jax.random.key(0), shape)
+        sv = np.linalg.svd(np.asarray(newton_schulz(s, 5)), compute_uv=False)
+        assert 0.6 < sv.min() and sv.max() < 1.25, sv
+        np.testing.assert_array_equal(newton_schulz(s, 0), s)
+
+
+def test_huber_objective_is_l2_inside_the_threshold_and_linear_outside():
+    from zoo.memory.huber import huber_loss
+
+    v = jnp.zeros((1, 3))
+    small, big = jnp.array([[0.5, -0.2, 0.9]]), jnp.array([[3.0, -2.0, 0.5]])
+    np.testing.assert_allclose(huber_loss(small, v), jnp.sum(small ** 2), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(huber_loss)(big, v), [[2.0, -2.0, 1.0]], rtol=1e-6)

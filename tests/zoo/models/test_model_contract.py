@@ -141,3 +141,23 @@ def test_greedy_generation_follows_the_forward_argmax(case):
     out = zoo.generate(case.model, prompt, max_new_tokens=5)
     np.testing.assert_array_equal(out[:, :7], prompt)
     np.testing.assert_array_equal(out[:, 7:], jnp.argmax(forward(case.model, out)[:, 6:11], axis=-1))
+
+
+@pytest.mark.parametrize("name", ["transformer", "titans_mag"])  # attention blocks; attention + memory mixer
+def test_remat_policies_same_gradients(name):
+    """model.remat "block" (a checkpointed scan over stacked layers) and "memory" (the memory
+    mixers recomputed) give the gradients of no remat, on packed documents (the training path).
+    The policies live in the LM wrapper and the shared mixer, so two models cover them."""
+    toks = jax.random.randint(jax.random.key(2), (2, 2 * CHUNK * 2), 0, VOCAB, jnp.int32)
+    seg = jnp.repeat(jnp.array([[1, 2], [1, 1]]), 2 * CHUNK, axis=1)
+
+    def grads(remat):
+        cfg = dataclasses.replace(model_config(name), num_layers=2, remat=remat)
+        graphdef, state = nnx.split(zoo.build_model(cfg, rngs=nnx.Rngs(0)))
+        loss = lambda s: jnp.sum(nnx.merge(graphdef, s)(toks, segment_ids=seg) ** 2)  # noqa: E731
+        return jax.jit(jax.grad(loss))(state)
+
+    reference = grads("none")
+    for policy in ("block", "memory"):
+        for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(grads(policy)), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)

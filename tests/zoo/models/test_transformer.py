@@ -95,18 +95,6 @@ def test_bf16_compute_close_to_fp32():
     assert float(jnp.abs(f32 - bf16).max()) < 0.05
 
 
-def test_remat_same_gradients():
-    toks = tokens()
-
-    def grads(model):
-        graphdef, state = nnx.split(model)
-        return jax.jit(jax.grad(lambda s: nnx.merge(graphdef, s)(toks).sum()))(state)
-
-    g1, g2 = grads(build()), grads(build(remat=True))
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-
-
 def test_generate_greedy_matches_argmax_loop():
     model = build()
     prompt = tokens(seq=5)

@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Training cost of every registered model: throughput, step time, memory, MFU, and the compiled
+memory per layer; ratios to the Transformer baseline. One process, JSON to scripts/results/.
+
+    python scripts/bench_train.py                       # CPU: the memory table + a small speed grid
+    python scripts/bench_train.py --device-run          # GPU: the 170M-class grid (12 x d768)
+    python scripts/bench_train.py --models titans_lmm --memory-lengths 4096 --speed-lengths ""
+
+Part 1, memory per layer: the compiled `memory_analysis()` temporary bytes of loss + gradients
+(batch 1, d_model 768, 12 heads, vocab 32000, bf16, memory chunk 64) at 4 layers minus 2 layers,
+halved, for each `--remat` policy: what one more layer costs, without the model-wide terms (the
+loss, the embedding). Abstract shapes only: nothing is allocated, so it runs anywhere.
+Part 2, speed: a jitted AdamW train step at the named `--size` and each of `--speed-lengths`:
+tokens/s, step time (median of `--steps` after one warm-up), peak memory (`device.memory_stats()`
+on GPU, the compiled temporary bytes elsewhere), MFU (the compiled step's FLOPs / time / the
+device's peak; CPU has no peak, so none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import zoo  # noqa: E402
+from zoo.config import from_dict  # noqa: E402
+from zoo.training.state import TrainState, model_parts  # noqa: E402
+from zoo.training.step import make_train_step, token_losses  # noqa: E402
+
+# Named sizes: model fields shared by every model (memory models add their registered defaults).
+SIZES = {
+    "tiny": dict(vocab_size=512, d_model=64, num_layers=2, num_heads=4),
+    "small": dict(vocab_size=8192, d_model=256, num_layers=4, num_heads=4),
+    "170m": dict(vocab_size=32000, d_model=768, num_layers=12, num_heads=12),
+}
+WINDOW = 512  # sliding window of the hybrids (MAG, MAL); MAC's segment is the memory chunk
+CHUNK = 64
+# Dense bf16 peak FLOP/s of the accelerators this project is measured on (vendor figures).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def config(name: str, size: dict, seq: int, *, remat: str = "none", chunk: int = CHUNK, loss_chunk: int = 1024):
+    hybrid = name in ("titans_mag", "titans_mal")
+    model = dict(name=name, dtype="bfloat16", remat=remat, sliding_window=WINDOW if hybrid else 0, **size)
+    info = zoo.registry.models()[name]
+    if info.uses_memory:
+        model["memory"] = dict(chunk_size=chunk)
+    data = dict(seq_len=seq, align_documents=chunk if info.uses_memory else 0, batch_size=1)
+    return from_dict(dict(model=model, data=data, train=dict(loss_chunk=loss_chunk)))
+
+
+def abstract_batch(batch: int, seq: int, lead: tuple = ()) -> dict:
+    ints = jax.ShapeDtypeStruct(lead + (batch, seq), jnp.int32)
+    return dict(inputs=ints, targets=ints, segment_ids=ints,
+                loss_mask=jax.ShapeDtypeStruct(lead + (batch, seq), jnp.float32))
+
+
+def loss_grad_temp_bytes(cfg, batch: int, seq: int) -> int:
+    """Compiled temporary bytes of the summed token loss and its parameter gradients."""
+    parts = model_parts(cfg)
+    params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), parts.abstract_params())
+    grad = jax.grad(lambda p, b: token_losses(parts, p, b, loss_chunk=cfg.train.loss_chunk)[0])
+    compiled = jax.jit(grad).lower(params, abstract_batch(batch, seq)).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def memory_per_layer(name: str, seq: int, remat: str, chunk: int) -> dict:
+    size = dict(SIZES["170m"])
+    temps = {}
+    for layers in (2, 4):
+        temps[layers] = loss_grad_temp_bytes(config(name, {**size, "num_layers": layers}, seq, remat=remat,
+                                                    chunk=chunk), 1, seq)
+    return dict(model=name, seq=seq, remat=remat, chunk=chunk, per_layer_gb=(temps[4] - temps[2]) / 2 / 1e9,
+                two_layers_gb=temps[2] / 1e9)
+
+
+def device_peak_flops() -> float | None:
+    kind = jax.devices()[0].device_kind
+    return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+
+
+def speed(name: str, size_name: str, seq: int, batch: int, remat: str, steps: int) -> dict:
+    cfg = config(name, SIZES[size_name], seq, remat=remat)
+    parts = model_parts(cfg)
+    tx = optax.adamw(1e-4)
+    step = jax.jit(make_train_step(parts, tx, optax.constant_schedule(1e-4), loss_chunk=cfg.train.loss_chunk),
+                   donate_argnums=0)
+    params = nnx.to_pure_dict(nnx.state(zoo.registry.build_model(cfg.model, rngs=nnx.Rngs(0))))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                       rng=jax.random.key_data(jax.random.key(0)))
+    toks = jax.random.randint(jax.random.key(1), (1, batch, seq), 0, cfg.model.vocab_size, jnp.int32)
+    data = dict(inputs=toks, targets=toks, segment_ids=jnp.ones_like(toks), loss_mask=jnp.ones(toks.shape))
+    compiled = step.lower(state, data).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    state, metrics = compiled(state, data)  # warm-up
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        state, metrics = compiled(state, data)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if dev.platform == "gpu" else None
+    peak = stats.get("peak_bytes_in_use") if stats else compiled.memory_analysis().temp_size_in_bytes
+    peak_flops = device_peak_flops()
+    return dict(model=name, size=size_name, seq=seq, batch=batch, remat=remat, step_s=step_s,
+                tokens_per_s=batch * seq / step_s, peak_gb=peak / 1e9, peak_kind="device" if stats else "compiled temp",
+                loss=float(metrics["loss"]), mfu=flops / step_s / peak_flops if peak_flops and flops else None)
+
+
+def with_ratios(rows: list[dict], key: str, keys: tuple[str, ...]) -> list[dict]:
+    """Adds `<key>_vs_transformer` to each row whose transformer row (same `keys`) exists."""
+    base = {tuple(r[k] for k in keys): r[key] for r in rows if r["model"] == "transformer"}
+    for r in rows:
+        b = base.get(tuple(r[k] for k in keys))
+        r[f"{key}_vs_transformer"] = r[key] / b if b else None
+    return rows
+
+
+def print_table(title: str, rows: list[dict], cols: list[str]) -> None:
+    print(f"\n{title}")
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="", help="comma-separated registry names (default: all)")
+    p.add_argument("--memory-lengths", default="4096", help="T for the per-layer memory table ('' = skip)")
+    p.add_argument("--memory-remat", default="none,block", help="remat policies of the memory table")
+    p.add_argument("--memory-chunks", default="64", help="memory chunk sizes of the memory table")
+    p.add_argument("--size", default="small", choices=sorted(SIZES), help="named model size of the speed grid")
+    p.add_argument("--speed-lengths", default="1024", help="T for the speed grid ('' = skip)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--remat", default="none", help="remat policy of the speed grid")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per speed point (after one warm-up)")
+    p.add_argument("--device-run", action="store_true",
+                   help="the 170M grid on an accelerator: 12 x d768, T in 4k/8k/32k, remat block, no memory table")
+    p.add_argument("--out", default="", help="JSON path (default scripts/results/bench_train_<platform>.json)")
+    args = p.parse_args(argv)
+    if args.device_run:
+        args.size, args.speed_lengths, args.remat, args.memory_lengths = "170m", "4096,8192,32768", "block", ""
+    names = [n for n in args.models.split(",") if n] or sorted(zoo.registry.models())
+    unknown = [n for n in names if n not in zoo.registry.models()]
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; registered: {sorted(zoo.registry.models())}")
+    ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+
+    memory_rows = []
+    for seq in ints(args.memory_lengths):
+        for chunk in ints(args.memory_chunks):
+            for remat in [r for r in args.memory_remat.split(",") if r]:
+                for name in names:
+                    if chunk != CHUNK and not zoo.registry.models()[name].uses_memory:
+                        continue
+                    memory_rows.append(memory_per_layer(name, seq, remat, chunk))
+                    print(json.dumps(memory_rows[-1]), flush=True)
+    with_ratios(memory_rows, "per_layer_gb", ("seq", "remat"))
+    if memory_rows:
+        print_table("compiled memory per layer (loss + grads, batch 1, 170m width, bf16)", memory_rows,
+                    ["model", "seq", "chunk", "remat", "per_layer_gb", "per_layer_gb_vs_transformer"])
+
+    speed_rows = []
+    for seq in ints(args.speed_lengths):
+        for name in names:
+            speed_rows.append(speed(name, args.size, seq, args.batch, args.remat, args.steps))
+            print(json.dumps(speed_rows[-1]), flush=True)
+    with_ratios(speed_rows, "tokens_per_s", ("seq",))
+    if speed_rows:
+        print_table(f"train step, size {args.size}, batch {args.batch}, remat {args.remat}", speed_rows,
+                    ["model", "seq", "tokens_per_s", "tokens_per_s_vs_transformer", "step_s", "peak_gb", "mfu"])
+
+    dev = jax.devices()[0]
+    out = Path(args.out) if args.out else ROOT / "scripts" / "results" / f"bench_train_{dev.platform}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(
+        device=dev.device_kind, platform=dev.platform, jax=jax.__version__, host=platform.machine(),
+        args=vars(args), memory_per_layer=memory_rows, speed=speed_rows), indent=1))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""attend(): the blockwise and XLA implementations equal a naive reference (outputs and
+gradients, fp32) for every feature combination; "auto" picks by platform and features."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zoo.layers.attend import attend, choose_implementation
+
+T, HQ, HKV, D = 37, 4, 2, 8
+
+
+def naive(q, k, v, segment_ids, window, persistent):
+    """Softmax attention written out: scores, mask, softmax, weighted sum (GQA by repeating kv)."""
+    rep = q.shape[2] // k.shape[2]
+    k, v = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
+    t = q.shape[1]
+    pos = jnp.arange(t)
+    mask = pos[None, :] <= pos[:, None]
+    if window:
+        mask &= pos[:, None] - pos[None, :] < window
+    mask = jnp.broadcast_to(mask, (q.shape[0], t, t))
+    if segment_ids is not None:
+        mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+    scores = jnp.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+    if persistent is not None:
+        pk, pv = (jnp.repeat(p, rep, axis=1) for p in persistent)
+        scores = jnp.concatenate([jnp.einsum("bthd,phd->bhtp", q, pk) / np.sqrt(q.shape[-1]), scores], -1)
+        mask = jnp.concatenate([jnp.ones(mask.shape[:2] + (pk.shape[0],), bool), mask], -1)
+        v = jnp.concatenate([jnp.broadcast_to(pv, (q.shape[0],) + pv.shape), v], 1)
+    scores = jnp.where(mask[:, None], scores, -jnp.inf)
+    return jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(scores, -1), v)
+
+
+def inputs(seed=0):
+    ks = jax.random.split(jax.random.key(seed), 5)
+    q = jax.random.normal(ks[0], (2, T, HQ, D))
+    k = jax.random.normal(ks[1], (2, T, HKV, D))
+    v = jax.random.normal(ks[2], (2, T, HKV, D))
+    persistent = (jax.random.normal(ks[3], (3, HKV, D)), jax.random.normal(ks[4], (3, HKV, D)))
+    seg = jnp.array([[1] * 10 + [2] * 20 + [3] * 7, [1] * T])
+    return q, k, v, seg, persistent
+
+
+# windows: none, inside one block (5), across blocks (13), longer than the sequence (40)
+CASES = [(impl, window, segments, persist) for impl, window, (segments, persist) in itertools.product(
+    ["xla", "blockwise"], [0, 5, 13, 40], [(False, False), (True, True), (True, False)])]
+
+
+@pytest.mark.parametrize("impl,window,segments,persist", CASES)
+def test_matches_naive(impl, window, segments, persist):
+    q, k, v, seg, persistent = inputs()
+    seg = seg if segments else None
+    persistent = persistent if persist else None
+
+    got_fn = lambda q, k, v: attend(q, k, v, segment_ids=seg, window=window, persistent=persistent,  # noqa: E731
+                                    implementation=impl, block=8)
+    want_fn = lambda q, k, v: naive(q, k, v, seg, window, persistent)  # noqa: E731
+    np.testing.assert_allclose(got_fn(q, k, v), want_fn(q, k, v), atol=2e-5, rtol=2e-5)
+    w = jax.random.normal(jax.random.key(9), (2, T, HQ, D))
+    grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * w), argnums=(0, 1, 2))(q, k, v) for f in (got_fn, want_fn)]
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(a, b, atol=5e-5, rtol=5e-5)
+
+
+def test_auto_choice():
+    bf16 = jnp.bfloat16
+    pick = lambda **kw: choose_implementation("auto", **{**dict(  # noqa: E731
+        platform="gpu", seq=4096, block=512, segment_ids=None, persistent=None, dtype=bf16), **kw})
+    assert pick() == "cudnn"
+    assert pick(segment_ids=jnp.ones((1, 4096))) == "blockwise"  # packed documents: no dense T^2 mask
+    assert pick(persistent=(1, 1)) == "blockwise"
+    assert pick(dtype=jnp.float32) == "blockwise"  # cuDNN's flash kernel takes bf16 / fp16 only
+    assert pick(platform="cpu") == "blockwise"
+    assert pick(platform="cpu", seq=512) == "xla"
+
+
+def test_bad_requests_are_named():
+    with pytest.raises(ValueError, match="allowed: auto, xla, blockwise, cudnn"):
+        choose_implementation("flash", platform="cpu", seq=8, block=8, segment_ids=None, persistent=None,
+                              dtype=jnp.float32)
+    with pytest.raises(ValueError, match="use 'blockwise'"):
+        choose_implementation("cudnn", platform="gpu", seq=8, block=8, segment_ids=jnp.ones((1, 8)),
+                              persistent=None, dtype=jnp.bfloat16)
+    q, k, v, _, _ = inputs()
+    with pytest.raises(ValueError, match="self-attention"):
+        attend(q, k[:, :5], v[:, :5])
+
+
+def test_blockwise_memory_is_linear_in_length():
+    """Loss + gradients: doubling T doubles the blockwise form's memory (one block of scores at a
+    time) and quadruples the dense one's; a sliding window makes the blockwise form smaller still."""
+
+    def temp(impl, t, window=0):
+        shape = jax.ShapeDtypeStruct((1, t, 4, 32), jnp.float32)
+        seg = jax.ShapeDtypeStruct((1, t), jnp.int32)
+        f = jax.grad(lambda q, k, v, s: attend(q, k, v, segment_ids=s, window=window, implementation=impl).sum(),
+                     argnums=(0, 1, 2))
+        return jax.jit(f).lower(shape, shape, shape, seg).compile().memory_analysis().temp_size_in_bytes
+
+    assert temp("xla", 4096) > 3.5 * temp("xla", 2048)
+    assert temp("blockwise", 4096) < 2.5 * temp("blockwise", 2048)
+    assert temp("blockwise", 4096, window=256) < temp("blockwise", 4096) / 2

@@ -1,0 +1,50 @@
+"""A Muon inner optimiser (ATLAS, Behrouz et al. 2025, App. D.4 Eq. 57-58; Muon, Jordan et al.
+2024), a registered part:
+
+    S_t = mu_t S_{t-1} - rho_t u_t            (momentum of the surprise, step sizes inside)
+    W_t = l_t W_{t-1} + eta NS_k(S_t)         (the outer step eta outside Newton-Schulz)
+
+NS_k pushes each 2-D weight matrix's singular values towards 1 with k Newton-Schulz iterations
+(X_0 = S / (||S||_F + eps), transposed to be wide; X <- a X + (b A + c A^2) X with A = X X^T and
+(a, b, c) = (3.4445, -4.7750, 2.0315)). k = 0 means NS_0(S) = S (no normalisation), so
+`muon_learner(steps=0, outer_lr=1)` is exactly the momentum learner. The update is not linear in
+the token gradients, so Muon memories run token by token (anchored: gradients at the chunk
+anchor), not in the dual form. ATLAS's eta_t is data-dependent; here it is a constant
+(docs/fidelity.md). Registered as "muon": NS-5, eta = 0.01 (the inner learning rate's initial
+value).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from zoo.memory.learners import momentum_update
+from zoo.memory.parts import Learner, register_learner
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(s, steps: int, eps: float = 1e-7):
+    """NS_steps of one matrix `s: [m, n]` (float32); steps = 0 returns s unchanged."""
+    if steps == 0:
+        return s
+    a, b, c = NS_COEFFICIENTS
+    tall = s.shape[0] > s.shape[1]
+    x = s.T if tall else s
+    x = x / (jnp.linalg.norm(x) + eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+def muon_learner(name: str, *, steps: int, outer_lr: float) -> Learner:
+    def step(spec, momentum, grads, lr, log_momentum):
+        new_momentum = momentum_update(momentum, grads, lr, log_momentum)
+        return tuple(outer_lr * newton_schulz(s, steps) for s in new_momentum), new_momentum
+
+    return Learner(name, has_momentum=True, step=step,
+                   doc=f"Muon: momentum, then {steps} Newton-Schulz steps, outer step {outer_lr}")
+
+
+register_learner(muon_learner("muon", steps=5, outer_lr=0.01))
