@@ -145,7 +145,9 @@ def main(argv=None) -> None:
     p.add_argument("--models", default="", help="comma-separated registry names (default: all)")
     p.add_argument("--memory-lengths", default="4096", help="T for the per-layer memory table ('' = skip)")
     p.add_argument("--memory-remat", default="none,block", help="remat policies of the memory table")
-    p.add_argument("--memory-chunks", default="64", help="memory chunk sizes of the memory table")
+    p.add_argument("--memory-chunks", default="64,16", help="memory chunk sizes of the memory table")
+    p.add_argument("--chunk-models", default="titans_lmm",
+                   help="models measured at the chunk sizes other than 64 ('' = every memory model)")
     p.add_argument("--size", default="small", choices=sorted(SIZES), help="named model size of the speed grid")
     p.add_argument("--speed-lengths", default="1024", help="T for the speed grid ('' = skip)")
     p.add_argument("--batch", type=int, default=1)
@@ -168,7 +170,9 @@ def main(argv=None) -> None:
         for chunk in ints(args.memory_chunks):
             for remat in [r for r in args.memory_remat.split(",") if r]:
                 for name in names:
-                    if chunk != CHUNK and not zoo.registry.models()[name].uses_memory:
+                    chunk_models = [m for m in args.chunk_models.split(",") if m]
+                    if chunk != CHUNK and (not zoo.registry.models()[name].uses_memory
+                                           or (chunk_models and name not in chunk_models)):
                         continue
                     memory_rows.append(memory_per_layer(name, seq, remat, chunk))
                     print(json.dumps(memory_rows[-1]), flush=True)

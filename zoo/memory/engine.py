@@ -214,34 +214,45 @@ def chunk_parallel(spec: MemorySpec) -> bool:
     return dual_form(spec) or delta_kernel(spec) is not None
 
 
-def _delta_kernel_chunk(spec: MemorySpec, state: MemState, q, k, v, g: Gates,
-                       segment_ids=None) -> tuple[MemState, jax.Array]:
-    """Exact l2 matrix memory through a UT-form kernel. The kernels' inner gradient is k e^T,
-    Eq. 12's is 2 k e^T, so the kernel's learning rate (beta) is 2 rho. With segment_ids (from a
-    fresh state) the kernel restarts every document from W_0; padding (segment 0) is a document of
-    its own that never writes (rho = 0, no decay), so it holds the fresh state like the token loop."""
-    expand = lambda x: x[None, :, None]  # noqa: E731  [T, ...] -> [1, T, 1, ...]
+def delta_kernel_heads(spec: MemorySpec, state: MemState, q, k, v, g: Gates,
+                       segment_ids: jax.Array | None = None) -> tuple[MemState, jax.Array]:
+    """Exact l2 matrix memory for all heads in ONE kernel call (`delta_kernel(spec)` names it).
+
+    q, k: [B, H, T, dk], v: [B, H, T, dv], gates [B, H, T]; `state` leaves have leading [B, H]
+    (a fresh call passes the initial state W_0 broadcast over the batch). The kernels take
+    [batch, seq, heads, dim]. Their inner gradient is k e^T, Eq. 12's is 2 k e^T, so the kernel's
+    learning rate (beta) is 2 rho. segment_ids [B, T] (fresh calls): the kernel restarts every
+    document from the initial state; padding (segment 0) is a document of its own that never writes
+    (rho = 0, no decay), so it holds the fresh state like the token loop. Returns (state, y [B, H, T, dv]).
+    """
+    to_kernel = lambda x: jnp.moveaxis(x, 1, 2)  # noqa: E731  [B, H, T, ...] -> [B, T, H, ...]
+    q, k, v = (to_kernel(x.astype(jnp.float32)) for x in (q, k, v))
     lr, log_ret = g.lr, g.log_retention if spec.retention != "none" else jnp.zeros_like(g.lr)
-    seg = None
     if segment_ids is not None:
-        valid = segment_ids > 0
-        lr, log_ret, seg = jnp.where(valid, lr, 0.0), jnp.where(valid, log_ret, 0.0), segment_ids[None]
-    s0 = state.weights[0][None, None]
+        valid = (segment_ids > 0)[:, None, :]
+        lr, log_ret = jnp.where(valid, lr, 0.0), jnp.where(valid, log_ret, 0.0)
+    lr, log_ret = to_kernel(2.0 * lr), to_kernel(log_ret)
+    common = dict(scale=1.0, initial_state=state.weights[0], output_final_state=True, chunk_size=spec.chunk_size,
+                  segment_ids=segment_ids)
     if delta_kernel(spec) == "gated_delta_rule":
-        o, w = kernels.gated_delta_rule(expand(q), expand(k), expand(v), expand(2.0 * lr), expand(log_ret), scale=1.0,
-                                        initial_state=s0, output_final_state=True, chunk_size=spec.chunk_size,
-                                        segment_ids=seg)
+        o, w = kernels.gated_delta_rule(q, k, v, lr, log_ret, **common)
         momentum = state.momentum
     else:
         o, (w, s) = kernels.momentum_delta_rule(
-            expand(q), expand(k), expand(v), expand(2.0 * lr), expand(log_ret),
-            expand(g.log_momentum) if spec.has_momentum else None, scale=1.0, initial_state=s0,
-            initial_momentum=state.momentum[0][None, None] if spec.has_momentum else None,
-            output_final_state=True, chunk_size=spec.chunk_size, segment_ids=seg)
-        momentum = (s[0, 0],) if spec.has_momentum else state.momentum
-    weights = (w[0, 0],)
-    pos = (state.pos + q.shape[0]) % spec.chunk_size
-    return MemState(weights, momentum, weights, pos), o[0, :, 0]
+            q, k, v, lr, log_ret, to_kernel(g.log_momentum) if spec.has_momentum else None,
+            initial_momentum=state.momentum[0] if spec.has_momentum else None, **common)
+        momentum = (s,) if spec.has_momentum else state.momentum
+    pos = (state.pos + q.shape[1]) % spec.chunk_size
+    return MemState((w,), momentum, (w,), pos), jnp.moveaxis(o, 2, 1)
+
+
+def _delta_kernel_chunk(spec: MemorySpec, state: MemState, q, k, v, g: Gates,
+                        segment_ids=None) -> tuple[MemState, jax.Array]:
+    """`delta_kernel_heads` for one sequence of one head (`q: [T, dk]`, state without leading axes)."""
+    one = lambda x: x[None, None]  # noqa: E731
+    new, y = delta_kernel_heads(spec, jax.tree.map(one, state), one(q), one(k), one(v), jax.tree.map(one, g),
+                                None if segment_ids is None else segment_ids[None])
+    return jax.tree.map(lambda x: x[0, 0], new), y[0, 0]
 
 
 def grouped_scan(body, carry, xs):

@@ -196,6 +196,11 @@ class MemoryMixer(nnx.Module):
         g = self.gates(x)
         init = self._initial_weights()
         spec = self.spec
+        if engine.delta_kernel(spec) is not None and (state is None or x.shape[1] > 1):
+            # exact delta-rule memories: one [B, T, H, D] kernel call for all heads
+            start = self.init_state_for(x.shape[0]).memory if state is None else state.memory
+            memory, y = engine.delta_kernel_heads(spec, start, q, k, v, g, segment_ids)
+            return self.output(x, y), MixerState(memory=memory, conv_tail=tail)
         if state is None:
             def one(q, k, v, g, init, seg):
                 return engine.chunk(spec, None, q, k, v, g, init=init, segment_ids=seg)
