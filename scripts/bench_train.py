@@ -11,9 +11,10 @@ Part 1, memory per layer: the compiled `memory_analysis()` temporary bytes of lo
 halved, for each `--remat` policy: what one more layer costs, without the model-wide terms (the
 loss, the embedding). Abstract shapes only: nothing is allocated, so it runs anywhere.
 Part 2, speed: a jitted AdamW train step at the named `--size` and each of `--speed-lengths`:
-tokens/s, step time (median of `--steps` after one warm-up), peak memory (`device.memory_stats()`
-on GPU, the compiled temporary bytes elsewhere), MFU (the compiled step's FLOPs / time / the
-device's peak; CPU has no peak, so none).
+tokens/s, step time (median of `--steps` after one warm-up), memory (the compiled step's
+arguments + outputs + temporaries; on GPU also the process's running peak from
+`device.memory_stats()`), MFU (the compiled step's FLOPs / time / the device's peak; CPU has no
+peak, so none). A point that runs out of memory is recorded as such, not fatal.
 """
 
 from __future__ import annotations
@@ -115,12 +116,13 @@ def speed(name: str, size_name: str, seq: int, batch: int, remat: str, steps: in
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
-    dev = jax.devices()[0]
-    stats = dev.memory_stats() if dev.platform == "gpu" else None
-    peak = stats.get("peak_bytes_in_use") if stats else compiled.memory_analysis().temp_size_in_bytes
+    mem = compiled.memory_analysis()
+    step_bytes = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+    stats = jax.devices()[0].memory_stats() or {}  # GPU: the process's running peak (all models so far)
     peak_flops = device_peak_flops()
     return dict(model=name, size=size_name, seq=seq, batch=batch, remat=remat, step_s=step_s,
-                tokens_per_s=batch * seq / step_s, peak_gb=peak / 1e9, peak_kind="device" if stats else "compiled temp",
+                tokens_per_s=batch * seq / step_s, peak_gb=step_bytes / 1e9, peak_kind="compiled step",
+                process_peak_gb=stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None,
                 loss=float(metrics["loss"]), mfu=flops / step_s / peak_flops if peak_flops and flops else None)
 
 
@@ -129,7 +131,7 @@ def with_ratios(rows: list[dict], key: str, keys: tuple[str, ...]) -> list[dict]
     base = {tuple(r[k] for k in keys): r[key] for r in rows if r["model"] == "transformer"}
     for r in rows:
         b = base.get(tuple(r[k] for k in keys))
-        r[f"{key}_vs_transformer"] = r[key] / b if b else None
+        r[f"{key}_vs_transformer"] = r[key] / b if b and r[key] is not None else None
     return rows
 
 
@@ -138,7 +140,6 @@ def print_table(title: str, rows: list[dict], cols: list[str]) -> None:
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
-
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,8 +150,10 @@ def main(argv=None) -> None:
     p.add_argument("--chunk-models", default="titans_lmm",
                    help="models measured at the chunk sizes other than 64 ('' = every memory model)")
     p.add_argument("--size", default="small", choices=sorted(SIZES), help="named model size of the speed grid")
-    p.add_argument("--speed-lengths", default="1024", help="T for the speed grid ('' = skip)")
+    p.add_argument("--speed-lengths", default="1024", help="T for the speed grid, batch --batch ('' = skip)")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--points", default="", help="speed grid as BATCHxT points, e.g. 4x8192,1x32768 "
+                                                 "(instead of --batch and --speed-lengths)")
     p.add_argument("--remat", default="none", help="remat policy of the speed grid")
     p.add_argument("--steps", type=int, default=3, help="timed steps per speed point (after one warm-up)")
     p.add_argument("--device-run", action="store_true",
@@ -158,7 +161,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="", help="JSON path (default scripts/results/bench_train_<platform>.json)")
     args = p.parse_args(argv)
     if args.device_run:
-        args.size, args.speed_lengths, args.remat, args.memory_lengths = "170m", "4096,8192,32768", "block", ""
+        args.size, args.points, args.remat, args.memory_lengths = "170m", "4x4096,4x8192,1x32768", "block", ""
     names = [n for n in args.models.split(",") if n] or sorted(zoo.registry.models())
     unknown = [n for n in names if n not in zoo.registry.models()]
     if unknown:
@@ -181,15 +184,25 @@ def main(argv=None) -> None:
         print_table("compiled memory per layer (loss + grads, batch 1, 170m width, bf16)", memory_rows,
                     ["model", "seq", "chunk", "remat", "per_layer_gb", "per_layer_gb_vs_transformer"])
 
+    points = [tuple(int(x) for x in p.split("x")) for p in args.points.split(",") if p] or \
+        [(args.batch, seq) for seq in ints(args.speed_lengths)]
     speed_rows = []
-    for seq in ints(args.speed_lengths):
+    for batch, seq in points:
         for name in names:
-            speed_rows.append(speed(name, args.size, seq, args.batch, args.remat, args.steps))
+            try:
+                row = speed(name, args.size, seq, batch, args.remat, args.steps)
+            except Exception as e:  # noqa: BLE001  out of memory (or a failed compile) is a result too
+                if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+                    raise
+                row = dict(model=name, size=args.size, seq=seq, batch=batch, remat=args.remat, step_s=None,
+                           tokens_per_s=None, peak_gb=None, peak_kind="out of memory", loss=None, mfu=None)
+            speed_rows.append(row)
             print(json.dumps(speed_rows[-1]), flush=True)
-    with_ratios(speed_rows, "tokens_per_s", ("seq",))
+    with_ratios(speed_rows, "tokens_per_s", ("seq", "batch"))
     if speed_rows:
-        print_table(f"train step, size {args.size}, batch {args.batch}, remat {args.remat}", speed_rows,
-                    ["model", "seq", "tokens_per_s", "tokens_per_s_vs_transformer", "step_s", "peak_gb", "mfu"])
+        print_table(f"train step, size {args.size}, remat {args.remat}", speed_rows,
+                    ["model", "batch", "seq", "tokens_per_s", "tokens_per_s_vs_transformer", "step_s", "peak_gb",
+                     "peak_kind", "mfu"])
 
     dev = jax.devices()[0]
     out = Path(args.out) if args.out else ROOT / "scripts" / "results" / f"bench_train_{dev.platform}.json"
