@@ -1,5 +1,6 @@
 """Shared building blocks: every model family composes these instead of re-writing them."""
 
+from zoo.layers.attend import attend, attend_at
 from zoo.layers.attention import Attention, KVCache
 from zoo.layers.conv import ShortConv
 from zoo.layers.embedding import Embedding
@@ -19,6 +20,8 @@ __all__ = [
     "ShortConv",
     "SwiGLU",
     "apply_rotary",
+    "attend",
+    "attend_at",
     "constant_param",
     "normal_param",
     "swiglu_hidden_dim",

@@ -62,18 +62,28 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Array |
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local, implementation="cudnn")
     if impl == "xla":
         pos = jnp.arange(t)
-        return _masked_attention(q, k, v, pos, pos, segment_ids, segment_ids, window, persistent)
+        return attend_at(q, k, v, q_pos=pos, k_pos=pos, q_segment=segment_ids, k_segment=segment_ids, window=window,
+                         persistent=persistent)
     return _blockwise(q, k, v, segment_ids, window, persistent, block)
 
 
-def _masked_attention(q, k, v, q_pos, k_pos, q_seg, k_seg, window, persistent):
-    """Dense attention of queries at positions `q_pos [Tq]` over keys at `k_pos [S]` (-1 = empty)."""
+def attend_at(q: jax.Array, k: jax.Array, v: jax.Array, *, q_pos: jax.Array, k_pos: jax.Array,
+              q_segment: jax.Array | None = None, k_segment: jax.Array | None = None, window: int = 0,
+              persistent: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    """Dense causal attention with explicit positions: the one place masks are built (full
+    sequences through `attend`, KV-cache steps, Titans MAC's segment attention).
+
+    q: [B, Tq, Hq, d] at positions `q_pos [Tq]`; k, v: [B, S, Hkv, d] at `k_pos [S]` (-1 = an empty
+    slot). Query i sees key j if 0 <= k_pos[j] <= q_pos[i], within `window` when > 0, and of its
+    own document when segments are given (`q_segment [B, Tq]`, `k_segment [B, S]`); persistent
+    slots (pk, pv) [P, Hkv, d] are seen by every query. XLA's dense form ([B, H, Tq, S + P] scores).
+    """
     mask = (k_pos[None, :] >= 0) & (k_pos[None, :] <= q_pos[:, None])
     if window:
         mask &= q_pos[:, None] - k_pos[None, :] < window
     mask = mask[None, None]
-    if q_seg is not None:
-        mask = mask & (q_seg[:, :, None] == k_seg[:, None, :])[:, None]
+    if q_segment is not None:
+        mask = mask & (q_segment[:, :, None] == k_segment[:, None, :])[:, None]
     if persistent is not None:
         pk, pv = persistent
         n_p = pk.shape[0]
@@ -111,7 +121,8 @@ def _blockwise(q, k, v, segment_ids, window, persistent, block):
         ksb = jax.lax.dynamic_slice_in_dim(k_seg, start, span, axis=1)
         k_pos = jax.lax.dynamic_slice_in_dim(k_pos_all, start, span)
         q_pos = i * block + jnp.arange(block)
-        return None, _masked_attention(qb, kb, vb, q_pos, k_pos, qsb, ksb, window, persistent)
+        return None, attend_at(qb, kb, vb, q_pos=q_pos, k_pos=k_pos, q_segment=qsb, k_segment=ksb, window=window,
+                               persistent=persistent)
 
     _, out = jax.lax.scan(one_block, None, (jnp.arange(n), jnp.moveaxis(qs, 1, 0), jnp.moveaxis(q_seg, 1, 0)))
     return jnp.moveaxis(out, 0, 1).reshape((b, size) + q.shape[2:])[:, :t]

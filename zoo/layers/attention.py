@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from zoo.layers.attend import IMPLEMENTATIONS, attend
+from zoo.layers.attend import IMPLEMENTATIONS, attend, attend_at
 from zoo.layers.conv import ShortConv
 from zoo.layers.linear import Projection
 from zoo.layers.param import normal_param
@@ -71,15 +71,9 @@ class Attention(nnx.Module):
         else:
             self.persistent_k = self.persistent_v = None
 
-    def with_persistent(self, k, v, mask):
-        """Prepends the persistent slots to k, v `[B, S, Hkv, d]` and opens them in `mask [B|1, 1, T, S]`."""
-        if self.persistent_k is None:
-            return k, v, mask
-        b, n_p = k.shape[0], self.persistent_k.value.shape[0]
-        pk = jnp.broadcast_to(self.persistent_k.value.astype(k.dtype), (b,) + self.persistent_k.value.shape)
-        pv = jnp.broadcast_to(self.persistent_v.value.astype(v.dtype), (b,) + self.persistent_v.value.shape)
-        open_ = jnp.ones(mask.shape[:-1] + (n_p,), bool)
-        return jnp.concatenate([pk, k], 1), jnp.concatenate([pv, v], 1), jnp.concatenate([open_, mask], -1)
+    def persistent_slots(self) -> tuple[jax.Array, jax.Array] | None:
+        """(pk, pv) each [P, Hkv, d], or None without persistent memory."""
+        return None if self.persistent_k is None else (self.persistent_k.value, self.persistent_v.value)
 
     def _qkv(self, x, positions, segment_ids=None, conv_tail=None):
         tail = None
@@ -92,8 +86,8 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         """Full-sequence causal attention; `segment_ids: [batch, seq]` keeps documents apart."""
         q, k, v, _ = self._qkv(x, positions_in_documents(segment_ids, x.shape[1]), segment_ids)
-        persistent = None if self.persistent_k is None else (self.persistent_k.value, self.persistent_v.value)
-        return self.o(attend(q, k, v, segment_ids=segment_ids, window=self.sliding_window, persistent=persistent,
+        return self.o(attend(q, k, v, segment_ids=segment_ids, window=self.sliding_window,
+                             persistent=self.persistent_slots(),
                              implementation=self.implementation))
 
     def init_cache(self, batch_size: int, max_len: int) -> KVCache:
@@ -113,11 +107,8 @@ class Attention(nnx.Module):
         keys = jnp.concatenate([cache.k, k.astype(cache.k.dtype)], axis=1)
         values = jnp.concatenate([cache.v, v.astype(cache.v.dtype)], axis=1)
         kpos = jnp.concatenate([cache.slot_pos, qpos])
-        mask = (kpos[None, :] >= 0) & (kpos[None, :] <= qpos[:, None])
-        if self.sliding_window:
-            mask &= qpos[:, None] - kpos[None, :] < self.sliding_window
-        keys, values, mask = self.with_persistent(keys.astype(q.dtype), values.astype(q.dtype), mask[None, None])
-        out = jax.nn.dot_product_attention(q, keys, values, mask=mask)
+        out = attend_at(q, keys.astype(q.dtype), values.astype(q.dtype), q_pos=qpos, k_pos=kpos,
+                        window=self.sliding_window, persistent=self.persistent_slots())
         keep = min(seq, size)  # only the newest `size` tokens can stay in the ring
         slots = qpos[seq - keep:] % size
         new_cache = KVCache(

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from zoo.config import ModelConfig
-from zoo.layers import apply_rotary
+from zoo.layers import apply_rotary, attend_at
 from zoo.memory import engine
 from zoo.memory.engine import Gates
 from zoo.memory.state import MemState
@@ -153,21 +153,18 @@ class MACBlock(Block):
         r = self.retrieved_norm(self.mixer.output(h, r))
         return self._rotary(self.attn.k(r), positions), self.attn.v(r)
 
-    def _visible(self, qpos, kpos):
-        """[Lq, Lk] in-segment causal mask (fix (i)), optionally windowed."""
-        mask = kpos[None, :] <= qpos[:, None]
-        if self.window:
-            mask &= qpos[:, None] - kpos[None, :] < self.window
-        return mask
-
-    def _attend(self, q, k_mem, v_mem, k_seg, v_seg, block_mask):
-        """Eq. 22-23: queries q [B, Lq, Hq, d] over [P || retrieved || segment]; block_mask
-        [B|1, 1, Lq, C] applies to both the retrieved and the segment block."""
+    def _attend(self, q, k_mem, v_mem, k_seg, v_seg, q_pos, k_pos, segments=None):
+        """Eq. 22-23: queries q [B, Lq, Hq, d] at in-segment positions `q_pos [Lq]` over
+        [P || retrieved || segment], both blocks at positions `k_pos [C]`: in-segment causal (fix (i)),
+        windowed when model.sliding_window > 0, and within one document (`segments`: the queries' and
+        the keys' ids, [B, Lq] and [B, C])."""
         keys = jnp.concatenate([k_mem, k_seg], axis=1).astype(q.dtype)
         values = jnp.concatenate([v_mem, v_seg], axis=1).astype(q.dtype)
-        mask = jnp.concatenate([block_mask, block_mask], axis=-1)
-        keys, values, mask = self.attn.with_persistent(keys, values, mask)
-        return self.attn.o(jax.nn.dot_product_attention(q, keys, values, mask=mask))
+        q_seg, k_seg_ids = (None, None) if segments is None else segments
+        out = attend_at(q, keys, values, q_pos=q_pos, k_pos=jnp.concatenate([k_pos, k_pos]), q_segment=q_seg,
+                        k_segment=None if k_seg_ids is None else jnp.concatenate([k_seg_ids, k_seg_ids], axis=1),
+                        window=self.window, persistent=self.attn.persistent_slots())
+        return self.attn.o(out)
 
     def _gate(self, y_n, mem_out):
         """Eq. 25 with the MAG gate: RMSNorm_a(y) * sigmoid(RMSNorm_b(M(y)))."""
@@ -228,7 +225,6 @@ class MACBlock(Block):
         valid = present[:, None, :] & (seg > 0)  # [n, B, C]: tokens the memory writes
         xs = (place(h), place(q_ret, axis=2), place(q), place(k_seg), place(v_seg), seg, present, valid, resets)
         slots = jnp.arange(c)
-        visible = self._visible(slots, slots)
         fresh = self.init_cache(b)
 
         def chunk(w, s, a, qc, kc, vc, gc, ok):
@@ -247,8 +243,7 @@ class MACBlock(Block):
             slot = here[None]  # [1, C]: this call's tokens, the rest from the cache
             k_mem, v_mem = _where(slot, k_mem, st.k_mem), _where(slot, v_mem, st.v_mem)
             k_s, v_s = _where(slot, k_s, st.k_seg), _where(slot, v_s, st.v_seg)
-            same = seg_s[:, :, None] == seg_s[:, None, :]
-            y = self._attend(q_s, k_mem, v_mem, k_s, v_s, (visible[None] & same)[:, None])
+            y = self._attend(q_s, k_mem, v_mem, k_s, v_s, slots, slots, (seg_s, seg_s))
             y_n = _where(slot, self.attn_out_norm(y), st.written)
             # Eq. 24-25: write y_n with per-position reads after writing y_{<=i} (dual form).
             qm, km, vm, tail = m.queries_keys_values(y_n, conv_tail=write_tail)
@@ -287,8 +282,7 @@ class MACBlock(Block):
         k_mem, v_mem = put(cache.k_mem, k_mem), put(cache.v_mem, v_mem)
         h_attn, attn_tail = self._attention_input(h, None, cache.attn_tail)
         k_seg, v_seg = put(cache.k_seg, self._rotary(attn.k(h_attn), pos)), put(cache.v_seg, attn.v(h_attn))
-        block_mask = self._visible(pos, jnp.arange(c))[None, None]
-        y = self._attend(self._rotary(attn.q(h_attn), pos), k_mem, v_mem, k_seg, v_seg, block_mask)
+        y = self._attend(self._rotary(attn.q(h_attn), pos), k_mem, v_mem, k_seg, v_seg, pos, jnp.arange(c))
         y_n = self.attn_out_norm(y)
         written = put(cache.written, y_n)
         window = self._write_window(cache.write_tail, written, r)

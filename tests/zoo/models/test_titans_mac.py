@@ -88,7 +88,10 @@ def reference_mix(block, x):
         keys = jnp.concatenate([apply_rotary(attn.k(r), pos), apply_rotary(attn.k(hs), pos)], 1)
         values = jnp.concatenate([attn.v(r), attn.v(hs)], 1)
         tril = jnp.tril(jnp.ones((n, n), bool))
-        keys, values, mask = attn.with_persistent(keys, values, jnp.concatenate([tril, tril], 1)[None, None])
+        pk, pv = attn.persistent_k.value, attn.persistent_v.value  # [P || retrieved || segment]
+        keys = jnp.concatenate([jnp.broadcast_to(pk, (b,) + pk.shape), keys], 1)
+        values = jnp.concatenate([jnp.broadcast_to(pv, (b,) + pv.shape), values], 1)
+        mask = jnp.concatenate([jnp.ones((n, pk.shape[0]), bool), tril, tril], 1)[None, None]
         y = attn.o(jax.nn.dot_product_attention(apply_rotary(attn.q(hs), pos), keys, values, mask=mask))
         y_n = block.attn_out_norm(y)
         m, state = mixer(y_n, state=state)
