@@ -1,0 +1,60 @@
+"""An independent NumPy oracle of a matrix memory's per-token rule, written from the equations
+(Titans Eq. 12-15, Miras' Huber bias, ATLAS App. D.4 for Muon), not from the engine's code.
+
+    out = k W*        W* = W_{t-1} (exact) or the weights at the chunk start (anchored)
+    u   = outer(k, dl/dout)       l2: 2 (out - v); dot: -v; huber: 2r for |r| <= 1, else 2 sign(r)
+    retained = l_t W_{t-1}
+    gd:       W = retained - rho u
+    momentum: S = mu S - rho u;  W = retained + S
+    muon:     S = mu S - rho u;  W = retained + eta NS_5(S)
+    y = q W                       (read after write)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(s: np.ndarray, steps: int = 5, eps: float = 1e-7) -> np.ndarray:
+    a, b, c = NS
+    x = s.T if s.shape[0] > s.shape[1] else s
+    x = x / (np.linalg.norm(x) + eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if s.shape[0] > s.shape[1] else x
+
+
+def output_gradient(objective: str, out: np.ndarray, v: np.ndarray) -> np.ndarray:
+    r = out - v
+    if objective == "l2":
+        return 2 * r
+    if objective == "dot":
+        return -v
+    if objective == "huber":
+        return np.where(np.abs(r) <= 1.0, 2 * r, 2 * np.sign(r))
+    raise ValueError(objective)
+
+
+def matrix_memory(objective: str, learner: str, semantics: str, chunk: int, w0, q, k, v, lr, log_ret, log_mu,
+                  muon_outer_lr: float = 0.01):
+    """Token by token in float64. Returns (y [T, dv], final W, final S)."""
+    w = np.asarray(w0, np.float64)
+    s = np.zeros_like(w)
+    anchor = w.copy()
+    ys = []
+    for t in range(q.shape[0]):
+        at = w if semantics == "exact" else anchor
+        u = np.outer(k[t], output_gradient(objective, k[t] @ at, v[t]))
+        retained = np.exp(log_ret[t]) * w
+        if learner == "gd":
+            w = retained - lr[t] * u
+        else:
+            s = np.exp(log_mu[t]) * s - lr[t] * u
+            w = retained + (s if learner == "momentum" else muon_outer_lr * newton_schulz(s))
+        if (t + 1) % chunk == 0:
+            anchor = w.copy()
+        ys.append(q[t] @ w)
+    return np.stack(ys), w, s
