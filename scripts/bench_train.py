@@ -117,7 +117,8 @@ def speed(name: str, size_name: str, seq: int, batch: int, remat: str, steps: in
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
     mem = compiled.memory_analysis()
-    step_bytes = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+    step_bytes = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+                  - mem.alias_size_in_bytes)
     stats = jax.devices()[0].memory_stats() or {}  # GPU: the process's running peak (all models so far)
     peak_flops = device_peak_flops()
     return dict(model=name, size=size_name, seq=seq, batch=batch, remat=remat, step_s=step_s,
@@ -156,12 +157,17 @@ def main(argv=None) -> None:
                                                  "(instead of --batch and --speed-lengths)")
     p.add_argument("--remat", default="none", help="remat policy of the speed grid")
     p.add_argument("--steps", type=int, default=3, help="timed steps per speed point (after one warm-up)")
+    p.add_argument("--budget-s", type=float, default=0,
+                   help="start no speed point after this many seconds (0 = no limit); the rest are recorded "
+                        "as skipped")
     p.add_argument("--device-run", action="store_true",
-                   help="the 170M grid on an accelerator: 12 x d768, T in 4k/8k/32k, remat block, no memory table")
+                   help="the 170M grid on an accelerator: 12 x d768, batch x T = 4x4096, 4x8192, 1x32768, remat "
+                        "block, no memory table, a 420 s budget")
     p.add_argument("--out", default="", help="JSON path (default scripts/results/bench_train_<platform>.json)")
     args = p.parse_args(argv)
     if args.device_run:
         args.size, args.points, args.remat, args.memory_lengths = "170m", "4x4096,4x8192,1x32768", "block", ""
+        args.budget_s = args.budget_s or 420  # the device machine's session: finish within 8 minutes
     names = [n for n in args.models.split(",") if n] or sorted(zoo.registry.models())
     unknown = [n for n in names if n not in zoo.registry.models()]
     if unknown:
@@ -187,8 +193,14 @@ def main(argv=None) -> None:
     points = [tuple(int(x) for x in p.split("x")) for p in args.points.split(",") if p] or \
         [(args.batch, seq) for seq in ints(args.speed_lengths)]
     speed_rows = []
+    started = time.perf_counter()
     for batch, seq in points:
         for name in names:
+            if args.budget_s and time.perf_counter() - started > args.budget_s:
+                speed_rows.append(dict(model=name, size=args.size, seq=seq, batch=batch, remat=args.remat, step_s=None,
+                                       tokens_per_s=None, peak_gb=None, peak_kind="skipped (time budget)", loss=None,
+                                       mfu=None))
+                continue
             try:
                 row = speed(name, args.size, seq, batch, args.remat, args.steps)
             except Exception as e:  # noqa: BLE001  out of memory (or a failed compile) is a result too
