@@ -300,7 +300,7 @@ def _fresh_chunks(spec: MemorySpec, init: Weights, q, k, v, gates: Gates, seg) -
 
     def start(carry, reset):
         w, s = carry if momentum else (carry[0], zeros)
-        return jax.tree.map(lambda a, b: jnp.where(reset, a, b), (init, zeros), (w, s if momentum else zeros))
+        return jax.tree.map(lambda a, b: jnp.where(reset, a, b), (init, zeros), (w, s))
 
     def body(carry, inputs):
         reset, xc, mask = inputs
