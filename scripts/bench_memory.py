@@ -36,7 +36,6 @@ from zoo.memory.spec import MemorySpec  # noqa: E402
 from zoo.memory.state import initial_state  # noqa: E402
 from zoo.memory.structures import init_weights  # noqa: E402
 from zoo.training import Runtime, make_mesh  # noqa: E402
-from zoo.training.loop import _micro_batches  # noqa: E402
 from zoo.training.sharding import put_global_batch  # noqa: E402
 
 
@@ -105,7 +104,7 @@ def train_throughput(config: str, overrides: list[str], steps: int = 5) -> dict:
     cfg = load_config(ROOT / config, overrides=overrides)
     rt = Runtime(cfg, make_mesh(dataclasses.replace(cfg.mesh, data=1), jax.devices()[:1]))
     state = rt.init_state()
-    batch = put_global_batch(_micro_batches(next(make_data(cfg).train), 1), rt.mesh, batch_dim=1)
+    batch = put_global_batch({k: v[None] for k, v in next(make_data(cfg).train).items()}, rt.mesh, batch_dim=1)
     state, _ = rt.train_step(state, batch)  # compile
     jax.block_until_ready(state)
     start = time.perf_counter()

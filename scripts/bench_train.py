@@ -37,6 +37,7 @@ from flax import nnx  # noqa: E402
 
 import zoo  # noqa: E402
 from zoo.config import from_dict  # noqa: E402
+from zoo.training.flops import device_peak_flops  # noqa: E402
 from zoo.training.state import TrainState, model_parts  # noqa: E402
 from zoo.training.step import make_train_step, token_losses  # noqa: E402
 
@@ -48,8 +49,6 @@ SIZES = {
 }
 WINDOW = 512  # sliding window of the hybrids (MAG, MAL); MAC's segment is the memory chunk
 CHUNK = 64
-# Dense bf16 peak FLOP/s of the accelerators this project is measured on (vendor figures).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def config(name: str, size: dict, seq: int, *, remat: str = "none", chunk: int = CHUNK, loss_chunk: int = 1024):
@@ -85,11 +84,6 @@ def memory_per_layer(name: str, seq: int, remat: str, chunk: int) -> dict:
                                                     chunk=chunk), 1, seq)
     return dict(model=name, seq=seq, remat=remat, chunk=chunk, per_layer_gb=(temps[4] - temps[2]) / 2 / 1e9,
                 two_layers_gb=temps[2] / 1e9)
-
-
-def device_peak_flops() -> float | None:
-    kind = jax.devices()[0].device_kind
-    return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
 
 
 def speed(name: str, size_name: str, seq: int, batch: int, remat: str, steps: int) -> dict:

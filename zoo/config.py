@@ -89,6 +89,9 @@ class ModelConfig:
     # "memory" (the memory mixers are recomputed, attention and MLP activations kept). With either,
     # identical blocks run as one lax.scan over stacked layers (zoo.models.lm).
     remat: str = dataclasses.field(default="none", metadata=_choices("none", "block", "memory"))
+    # Titans MAG gate: o = y * sigmoid(RMSNorm_b(memory)); true = RMSNorm_a(y) * sigmoid(...), the
+    # spec's reading of "normalize the outputs" (slower to learn: docs/fidelity.md, issue 9)
+    mag_attention_norm: bool = False
     persistent_tokens: int = 0  # Titans' persistent memory: learned key/value slots every query sees
     memory: MemoryConfig = MemoryConfig()
 
@@ -116,8 +119,9 @@ class DataConfig:
     """Where tokens come from and how they are packed into batches."""
 
     source: str = dataclasses.field(
-        default="builtin", metadata=_choices("builtin", "files", "hf", "mqar", "niah")
+        default="builtin", metadata=_choices("builtin", "files", "hf", "shards", "mqar", "niah")
     )
+    shards_dir: str = ""  # source=shards: a store written by scripts/prepare_data.py
     paths: tuple[str, ...] = ()  # source=files: local .txt / .jsonl / .parquet files
     text_field: str = "text"  # column holding the text in jsonl / parquet / hf rows
     hf_name: str = ""  # source=hf: dataset name on the hub (streamed; needs network)
@@ -181,6 +185,9 @@ class TrainConfig:
     log_every: int = 20
     eval_every: int = 0  # 0 = only at the end
     progress_bar: bool = True
+    # peak FLOP/s of one device for the logged MFU; 0 = the table of known devices
+    # (zoo.training.flops.PEAK_FLOPS; no MFU on devices it does not know, e.g. CPU)
+    peak_flops: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,6 +412,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.heldout_fraction must be in [0, 1), got {d.heldout_fraction}")
     if d.source == "files" and not d.paths:
         raise ConfigError("data.source=files needs data.paths (a list of .txt/.jsonl/.parquet files)")
+    if d.source == "shards" and not d.shards_dir:
+        raise ConfigError("data.source=shards needs data.shards_dir (a directory written by "
+                          "`python scripts/prepare_data.py --config CFG --out DIR`)")
     if d.source == "hf" and not d.hf_name:
         raise ConfigError("data.source=hf needs data.hf_name (a dataset name on the hub)")
     if d.source == "hf" and d.max_documents <= 0:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.cli.test_cli import TINY, run
+from zoo.training.metrics import read_scalars
 
 MQAR = ["--config", "configs/synthetic/mqar_tiny.yaml", "--set", "train.log_every=400"]
 
@@ -86,6 +87,10 @@ def test_long_context_tasks_write_tables_json_and_plots(tmp_path):
     assert babilong[512]["note"] == "generator-based, not leaderboard-comparable"
     assert babilong[1024]["version"].startswith("official BABILong file") and babilong[1024]["num_samples"] == 1
     assert result["settings"]["lengths"] == [512, 1024] and result["settings"]["segment_len"] == 256
+    scalars = read_scalars(work / "tensorboard")  # next to the training curves
+    assert scalars["eval/s_niah_1/len512/depth0.0/accuracy"][8] == next(
+        r["accuracy"] for r in records if (r["task"], r["length"], r["depth"]) == ("s_niah_1", 512, 0.0))
+    assert 8 in scalars["loss"]
     pngs = sorted(p.name for p in (work / "eval" / "step_8").glob("*.png"))
     assert pngs == ["accuracy_vs_length.png", "ppl_by_position.png", "s_niah_1_heatmap.png"]
     for name in pngs:

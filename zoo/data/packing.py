@@ -70,17 +70,28 @@ def pack_documents(token_docs: Sequence[Sequence[int]], seq_len: int, bos_id: in
     stream = np.concatenate([stream, np.full(pad, pad_id, np.int64)])
     doc_of = np.concatenate([doc_of, np.full(pad, -1, np.int64)])  # -1 = padding
 
-    body = n_rows * seq_len
-    in_doc = doc_of[:body].reshape(n_rows, seq_len)  # document of each input token
-    tgt_doc = doc_of[1:].reshape(n_rows, seq_len)  # ... and of each target token
+    windows = np.lib.stride_tricks.sliding_window_view(stream, seq_len + 1)[::seq_len]
+    doc_windows = np.lib.stride_tricks.sliding_window_view(doc_of, seq_len + 1)[::seq_len]
+    return rows_from_windows(windows, doc_windows)
+
+
+def rows_from_windows(tokens: np.ndarray, docs: np.ndarray) -> dict[str, np.ndarray]:
+    """Packed rows from stream windows (module docstring): the one place that derives inputs,
+    targets, segment ids and the loss mask, shared by `pack_documents` and the shard store.
+
+    tokens: int [N, T + 1] stream windows S[rT : rT + T + 1].
+    docs:   int [N, T + 1] the document of each window token (any increasing numbering of the
+            stream's documents; -1 = padding).
+    """
+    in_doc, tgt_doc = docs[:, :-1], docs[:, 1:]
     # Every document holds >= 2 tokens and documents are consecutive in the stream, so within a
     # row the document index minus the row's first document index counts segments from 0.
     first = np.where(in_doc >= 0, in_doc, np.iinfo(np.int64).max).min(axis=1, keepdims=True)
     segment_ids = np.where(in_doc >= 0, in_doc - first + 1, 0)
     loss_mask = (in_doc >= 0) & (in_doc == tgt_doc)
     return {
-        "inputs": stream[:body].reshape(n_rows, seq_len).astype(np.int32),
-        "targets": stream[1:].reshape(n_rows, seq_len).astype(np.int32),
+        "inputs": tokens[:, :-1].astype(np.int32),
+        "targets": tokens[:, 1:].astype(np.int32),
         "segment_ids": segment_ids.astype(np.int32),
         "loss_mask": loss_mask.astype(np.float32),
     }

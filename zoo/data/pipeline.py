@@ -6,20 +6,24 @@ Text sources (builtin | files | hf):
        SentencePiece model of exactly model.vocab_size ids, trained once and cached)
     -> [bos] doc [eos] packed into rows of data.seq_len (zoo.data.packing)
     -> BatchIterator(batch_size=data.batch_size, seed=data.seed), reshuffled every epoch.
+Shard store (source=shards): a corpus tokenized once by scripts/prepare_data.py
+(`zoo.data.store`), its tokenizer read from the store, rows packed from disk on demand and shuffled
+by a keyed permutation (`StoreBatchIterator`); held-out rows from the store's held-out split.
 MQAR (source=mqar): batches generated on the fly by `zoo.data.synthetic.mqar_batch`
 (vocabulary = model.vocab_size), held-out batches from a separate seed stream.
 Needles (source=niah): rows of `zoo.data.synthetic.niah.niah_training_batch` for data.niah.task
 (prompt at a random depth + answer, loss on the answer), generated the same way; the tokenizer
 is bytes or SentencePiece trained on the built-in corpus (or data.niah.haystack_path).
 
-Every process of a multi-host job calls `make_data` with the same config and gets the same
-global batches; the training loop slices them per device.
+Every process of a multi-host job calls `make_data` with the same config and the same iterator;
+each reads only the rows of each global batch its devices hold (`next_rows`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,13 +32,13 @@ import numpy as np
 
 from zoo.data.cache import default_cache_dir
 from zoo.data.errors import DataError, check_positive_int
-from zoo.data.iterator import Batch, BatchIterator, GeneratorBatchIterator
+from zoo.data.iterator import Batch, BatchIterator, GeneratorBatchIterator, StoreBatchIterator
 from zoo.data.packing import PACKED_KEYS, pack_documents
 from zoo.data.sources import load_documents, split_documents
 from zoo.data.synthetic.haystack import NOISE_PASSAGE, make_haystack
 from zoo.data.synthetic.mqar import MQAR_VERSION, mqar_batch, validate_mqar
 from zoo.data.synthetic.niah import NIAH_TASKS, NIAH_VERSION, niah_training_batch
-from zoo.data.tokenizers import ByteTokenizer, Tokenizer, build_tokenizer
+from zoo.data.tokenizers import ByteTokenizer, Tokenizer, build_tokenizer, load_tokenizer
 
 # Held-out synthetic batch i uses np.random.default_rng((seed, HELDOUT_STREAM, i)); training
 # batch i uses (seed, i): the two streams never share a generator state.
@@ -56,6 +60,7 @@ class DataBundle:
     tokenizer: the run's tokenizer (save it into the workdir; `load_tokenizer` reads it back).
     train: endless, checkpointable iterator of [data.batch_size, data.seq_len] batches.
     heldout: packed held-out rows [N, seq_len] of a text source (None if nothing is held out).
+    heldout_rows: the held-out split of a shard store (`zoo.data.store.PackedRows`), read on demand.
     heldout_generator: `(rng, batch_size) -> batch` of a synthetic task (None for text).
     info: JSON-ready facts for logs and result files (source, document / token / row counts,
         tokenizer, task version).
@@ -64,6 +69,7 @@ class DataBundle:
     tokenizer: Tokenizer
     train: BatchIterator | GeneratorBatchIterator
     heldout: dict[str, np.ndarray] | None = None
+    heldout_rows: Any = None
     heldout_generator: Callable[[np.random.Generator, int], Batch] | None = None
     heldout_seed: int = 0
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -85,16 +91,22 @@ class DataBundle:
             return [self.heldout_generator(
                 np.random.default_rng((self.heldout_seed, HELDOUT_STREAM, i)), batch_size)
                 for i in range(n)]
-        if self.heldout is None:
+        if self.heldout_rows is not None:
+            rows, seq_len = self.heldout_rows.num_rows, self.heldout_rows.seq_len
+        elif self.heldout is not None:
+            rows, seq_len = self.heldout["inputs"].shape
+        else:
             return []
-        rows, seq_len = self.heldout["inputs"].shape
         n = -(-rows // batch_size)
         if max_batches:
             n = min(n, max_batches)
         batches = []
         for i in range(n):
-            batch = {k: np.array(self.heldout[k][i * batch_size:(i + 1) * batch_size])
-                     for k in PACKED_KEYS}
+            picks = np.arange(i * batch_size, min((i + 1) * batch_size, rows))
+            if self.heldout_rows is not None:
+                batch = self.heldout_rows.read(picks)
+            else:
+                batch = {k: np.array(self.heldout[k][picks]) for k in PACKED_KEYS}
             short = batch_size - batch["inputs"].shape[0]
             if short:
                 pad = _empty_rows(short, seq_len)
@@ -147,6 +159,69 @@ def _make_niah(cfg, root: Path, tokenizer: Tokenizer | None) -> DataBundle:
                       heldout_generator=generate, heldout_seed=d.seed, info=info)
 
 
+def _make_store(cfg, tokenizer: Tokenizer | None) -> DataBundle:
+    """source=shards: the tokenizer, training rows and held-out rows of a prepared store."""
+    from zoo.data.store import ShardStore
+
+    d = cfg.data
+    if not d.shards_dir:
+        raise DataError("data.source=shards needs data.shards_dir (a directory written by "
+                        "scripts/prepare_data.py)")
+    store = ShardStore(d.shards_dir)
+    if d.source != "shards":  # the config names the raw source too: the store must be of it
+        from zoo.data.prepare import check_same_source, source_description
+
+        check_same_source(store.path / "manifest.json", store.manifest.get("source_description"),
+                          source_description(d))
+    tok = load_tokenizer(store.path)
+    check_store_tokenizer(store, tok, cfg, tokenizer)
+    align = max(d.align_documents, 1)
+    if d.seq_len > store.manifest["shard_tokens"]:
+        raise DataError(f"data.seq_len={d.seq_len} is longer than the store '{store.path}' supports: a row never "
+                        f"spans two shards and its shards hold about {store.manifest['shard_tokens']:,} tokens; "
+                        "lower data.seq_len, or prepare the store again with a larger --shard-tokens")
+    train_rows = store.rows("train", d.seq_len, align, tok.bos_id, tok.eos_id, tok.pad_id)
+    if train_rows.num_rows < d.batch_size:
+        raise DataError(f"data.seq_len={d.seq_len} is too long for the store '{store.path}' at "
+                        f"data.batch_size={d.batch_size}: its {store.manifest['splits']['train']['tokens']:,} training "
+                        f"tokens pack into {train_rows.num_rows} rows; lower data.seq_len or data.batch_size, or "
+                        "prepare more documents")
+    held = store.rows("heldout", d.seq_len, align, tok.bos_id, tok.eos_id, tok.pad_id)
+    train = StoreBatchIterator(train_rows, d.batch_size, seed=d.seed, shuffle=True)
+    splits = store.manifest["splits"]
+    info = {"source": "shards", "shards_dir": str(store.path), "store_id": store.id,
+            "documents_train": splits["train"]["documents"], "documents_heldout": splits["heldout"]["documents"],
+            "tokens_train": splits["train"]["tokens"], "rows_train": train.num_rows, "rows_heldout": held.num_rows,
+            "seq_len": d.seq_len, "tokenizer": tok.kind, "tokenizer_vocab_size": tok.vocab_size}
+    return DataBundle(tokenizer=tok, train=train, heldout_rows=held if held.num_rows else None,
+                      heldout_seed=d.seed, info=info)
+
+
+def check_store_tokenizer(store, tok: Tokenizer, cfg, given: Tokenizer | None) -> None:
+    """The store's tokenizer must be the one the config (and a run's saved tokenizer) expects."""
+    d, where = cfg.data, store.path / "manifest.json"
+    saved = store.manifest["tokenizer"]
+    if d.tokenizer != saved["kind"]:
+        raise DataError(f"'{where}': the store was tokenized with {saved['kind']}, the config asks for "
+                        f"data.tokenizer={d.tokenizer}; set data.tokenizer={saved['kind']} or prepare a new store")
+    if d.tokenizer_path:
+        sha = hashlib.sha256(Path(d.tokenizer_path).expanduser().read_bytes()).hexdigest()
+        if sha != saved["sha256"]:
+            raise DataError(f"'{where}': the store's tokenizer is not data.tokenizer_path='{d.tokenizer_path}' "
+                            "(different sha256); clear data.tokenizer_path (the store carries its tokenizer) "
+                            "or prepare the store with this tokenizer")
+    if tok.kind == "sentencepiece" and tok.vocab_size != cfg.model.vocab_size:
+        raise DataError(f"'{where}': the store's tokenizer has {tok.vocab_size} ids but model.vocab_size="
+                        f"{cfg.model.vocab_size}; set model.vocab_size={tok.vocab_size}")
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise DataError(f"'{where}': the store's tokenizer has {tok.vocab_size} ids, more than model.vocab_size="
+                        f"{cfg.model.vocab_size}; raise model.vocab_size")
+    if given is not None and (given.kind, given.vocab_size, getattr(given, "model_proto", b"")) != (
+            tok.kind, tok.vocab_size, getattr(tok, "model_proto", b"")):
+        raise DataError(f"'{where}': the store's tokenizer is not the one this run was trained with; "
+                        "evaluate with the store the run was trained on")
+
+
 def make_data(cfg, cache_dir: str | Path | None = None, tokenizer: Tokenizer | None = None) -> DataBundle:
     """Builds the data of a `zoo.config.Config` (module docstring).
 
@@ -160,6 +235,8 @@ def make_data(cfg, cache_dir: str | Path | None = None, tokenizer: Tokenizer | N
     d = cfg.data
     if d.source == "mqar":
         return _make_mqar(cfg)
+    if d.source == "shards" or (d.shards_dir and d.source in ("builtin", "files", "hf")):
+        return _make_store(cfg, tokenizer)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if d.source == "niah":
         return _make_niah(cfg, root, tokenizer)

@@ -30,7 +30,9 @@ __all__ = [
     "TEXT_EXTENSIONS",
     "builtin_corpus",
     "load_documents",
+    "heldout_mask",
     "split_documents",
+    "stream_hub_documents",
 ]
 
 TEXT_EXTENSIONS = (".txt",)
@@ -149,8 +151,9 @@ def _load_files(paths: Sequence[str], text_field: str, cache_dir: Path | None,
     return docs
 
 
-def _load_hub(data_cfg, limit: int) -> list[str]:
-    """Streams `limit` rows of a hub dataset (needs network; never used by the tests)."""
+def stream_hub_documents(data_cfg, limit: int) -> Iterator[str]:
+    """The first `limit` non-blank documents of a hub dataset, streamed (needs network; never used
+    by the tests). The shard store's prepare step iterates it without keeping the documents."""
     if not data_cfg.hf_name:
         raise DataError("data.source=hf needs data.hf_name (a dataset name on the hub)")
     if limit <= 0:
@@ -160,7 +163,7 @@ def _load_hub(data_cfg, limit: int) -> list[str]:
     stream = datasets.load_dataset(data_cfg.hf_name, data_cfg.hf_config or None,
                                    split=data_cfg.hf_split, streaming=True)
     where = f"hub dataset '{data_cfg.hf_name}' (split {data_cfg.hf_split})"
-    docs = []
+    taken = 0
     for i, row in enumerate(stream):
         if data_cfg.text_field not in row:
             raise DataError(f"{where} has no field '{data_cfg.text_field}'; available fields: "
@@ -173,10 +176,10 @@ def _load_hub(data_cfg, limit: int) -> list[str]:
             raise DataError(f"{where}: row {i} field '{data_cfg.text_field}' is a "
                             f"{type(value).__name__}, not text; set data.text_field")
         if value.strip():
-            docs.append(value)
-            if len(docs) >= limit:
-                break
-    return docs
+            yield value
+            taken += 1
+            if taken >= limit:
+                return
 
 
 def load_documents(data_cfg, cache_dir: str | Path | None = None) -> list[str]:
@@ -199,7 +202,7 @@ def load_documents(data_cfg, cache_dir: str | Path | None = None) -> list[str]:
     elif source == "files":
         docs = _load_files(tuple(data_cfg.paths), data_cfg.text_field, hf_cache, limit)
     elif source == "hf":
-        docs = _load_hub(data_cfg, limit)
+        docs = list(stream_hub_documents(data_cfg, limit))
     elif source == "mqar":
         raise DataError("data.source=mqar generates token sequences and has no documents; "
                         "use zoo.data.make_data, which builds the MQAR iterator")
@@ -229,12 +232,20 @@ def split_documents(docs: Sequence[str], fraction: float,
     n = len(docs)
     if n == 0:
         raise DataError("cannot split an empty document list; the data source gave no documents")
+    held = heldout_mask(n, fraction, seed)
+    train = [d for d, h in zip(docs, held) if not h]
+    heldout = [d for d, h in zip(docs, held) if h]
+    return train, heldout
+
+
+def heldout_mask(n: int, fraction: float, seed: int) -> np.ndarray:
+    """bool [n]: which of n documents `split_documents` holds out (its docstring has the rule)."""
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"data.heldout_fraction must be in [0, 1), got {fraction}")
     n_held = 0
     if fraction > 0 and n >= 2:
         n_held = min(max(1, math.ceil(fraction * n)), n - 1)
     perm = np.random.default_rng(seed).permutation(n)
     held = np.zeros(n, dtype=bool)
     held[perm[n - n_held:]] = True
-    train = [d for d, h in zip(docs, held) if not h]
-    heldout = [d for d, h in zip(docs, held) if h]
-    return train, heldout
+    return held

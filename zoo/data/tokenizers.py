@@ -2,7 +2,7 @@
 
 Both tokenizers offer
     encode(text) -> list[int]            token ids, no bos / eos added
-    encode_batch(texts) -> list[list[int]]
+    encode_batch(texts, threads=None) -> list[list[int]]
     decode(ids) -> str                   ids: any 1-D int sequence / array; special ids skipped
     vocab_size, pad_id (= 0), bos_id, eos_id
     save(directory)                      writes tokenizer.json (+ tokenizer.model for SentencePiece)
@@ -74,7 +74,8 @@ class ByteTokenizer:
         data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
         return (data.astype(np.int32) + self.offset).tolist()
 
-    def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
+    def encode_batch(self, texts: Iterable[str], threads: int | None = None) -> list[list[int]]:
+        """Many texts (`threads` is accepted for the common protocol; bytes need no threads)."""
         return [self.encode(t) for t in texts]
 
     def decode(self, ids: Any) -> str:
@@ -185,12 +186,13 @@ class SentencePieceTokenizer:
         """text -> ids (no bos / eos)."""
         return self._sp.encode(text, out_type=int)
 
-    def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
-        """Many texts at once, on several threads: much faster than a loop over `encode`."""
+    def encode_batch(self, texts: Iterable[str], threads: int | None = None) -> list[list[int]]:
+        """Many texts at once, on `threads` threads (default: the cores, at most 16): much faster
+        than a loop over `encode`."""
         texts = list(texts)
         if not texts:
             return []
-        return self._sp.encode(texts, out_type=int, num_threads=num_threads())
+        return self._sp.encode(texts, out_type=int, num_threads=threads or num_threads())
 
     def decode(self, ids: Any) -> str:
         """ids -> text; pad / bos / eos (control pieces) and ids outside the vocabulary skipped."""

@@ -10,6 +10,7 @@ vs position.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -30,7 +31,7 @@ from zoo.evaluation.tasks import (
     ppl_by_position_task,
     ppl_task,
 )
-from zoo.training.metrics import progress_bar
+from zoo.training.metrics import progress_bar, tensorboard_writer, write_scalars
 from zoo.training.restore import restore_run
 
 TASKS: dict[str, Callable[[TaskContext, str], list[dict]]] = {
@@ -117,4 +118,18 @@ def run(workdir: str | Path, tasks: list[str], step: int | None = None, devices:
         if make_plots:
             files += write_plots(records, path.with_suffix(""), label)
         _write_json(path, {**header, "results": records, "plots": [str(p) for p in files[1:]]})
+        _write_tensorboard(workdir, records, restored.step)
     return records, files
+
+
+def _write_tensorboard(workdir, records: list[dict], step: int) -> None:
+    """Each result's numbers as TensorBoard scalars `eval/<task>[/len<L>][/depth<D>]/<metric>` at the
+    checkpoint's step, next to the training curves in `<workdir>/tensorboard`."""
+    writer = tensorboard_writer(Path(workdir))
+    if writer is None:
+        return
+    with contextlib.closing(writer):
+        for r in records:
+            where = [f"{tag}{r[k]}" for k, tag in (("length", "len"), ("depth", "depth")) if r.get(k) is not None]
+            name = "/".join(["eval", str(r["task"]), *where])
+            write_scalars(writer, {k: v for k, v in r.items() if k not in ("length", "depth")}, step, name + "/")

@@ -11,14 +11,17 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from flax import nnx
 
 from zoo.config import Config, save_config, to_dict
 from zoo.data import make_data
 from zoo.evaluation.perplexity import evaluate_perplexity
+from zoo.registry import build_model
 from zoo.training.checkpoint import Checkpointer
+from zoo.training.flops import device_peak_flops, flops_per_token, mfu
 from zoo.training.metrics import MetricsLogger
 from zoo.training.runtime import Runtime
-from zoo.training.sharding import make_mesh, put_global_batch
+from zoo.training.sharding import make_mesh, process_batch_rows, put_global_batch, put_process_batch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,11 +64,6 @@ class _StopRequest:
         self.signum = signum
 
 
-def _micro_batches(batch: dict[str, np.ndarray], grad_accum: int) -> dict[str, np.ndarray]:
-    """[batch, seq] -> [grad_accum, batch / grad_accum, seq]."""
-    return {k: v.reshape((grad_accum, v.shape[0] // grad_accum) + v.shape[1:]) for k, v in batch.items()}
-
-
 def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None,
           data_cache_dir: str | Path | None = None, devices: list | None = None,
           stream=None) -> TrainResult:
@@ -87,6 +85,7 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None,
     rt.check_batch(cfg.eval.batch_size, "eval.batch_size")
 
     data = make_data(cfg, cache_dir=data_cache_dir)
+    my_rows = process_batch_rows(mesh, cfg.data.batch_size, cfg.train.grad_accum)  # this process's share
     if is_main:
         save_config(cfg, workdir / "config.yaml")
         data.tokenizer.save(workdir)
@@ -99,8 +98,10 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None,
         state, meta = ckpt.restore(rt.abstract_state(), resumed_from)
         data.train.set_state(meta["data_state"])
     step = int(jax.device_get(state.step))
+    model_flops = flops_per_token(nnx.eval_shape(lambda: build_model(cfg.model, rngs=nnx.Rngs(0))), cfg.data.seq_len)
+    peak = cfg.train.peak_flops or device_peak_flops(mesh.devices.flat[0])
     logger.message(f"memzoo: model={cfg.model.name} params={rt.num_params():,} devices={mesh.devices.size} "
-                   f"mesh={dict(mesh.shape)} workdir={workdir}"
+                   f"mesh={dict(mesh.shape)} flops/token={model_flops:.3g} workdir={workdir}"
                    + (f" resumed from step {resumed_from}" if resumed_from is not None else ""))
 
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
@@ -130,10 +131,15 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None,
         if log:
             elapsed = max(time.time() - window_start, 1e-9)
             last = fetched[-1]
-            logger.log({"step": pending[-1][0], "loss": float(np.mean([float(m["loss"]) for m in fetched])),
-                        "accuracy": float(last["accuracy"]), "grad_norm": float(last["grad_norm"]),
-                        "learning_rate": float(last["learning_rate"]),
-                        "tokens_per_s": window_steps * tokens_per_step / elapsed}, total_steps=cfg.train.steps)
+            tokens_per_s = window_steps * tokens_per_step / elapsed
+            record = {"step": pending[-1][0], "loss": float(np.mean([float(m["loss"]) for m in fetched])),
+                      "accuracy": float(last["accuracy"]), "grad_norm": float(last["grad_norm"]),
+                      "learning_rate": float(last["learning_rate"]), "tokens_per_s": tokens_per_s,
+                      "step_time_s": elapsed / max(window_steps, 1)}
+            utilisation = mfu(model_flops, tokens_per_s, mesh.devices.size, peak)
+            if utilisation is not None:
+                record["mfu"] = utilisation
+            logger.log(record, total_steps=cfg.train.steps)
             window_start, window_steps = time.time(), 0
         pending.clear()
 
@@ -147,9 +153,10 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None,
     stopper = _StopRequest()
     taken = 0
     heldout = None
-    with stopper.installed():
+    with stopper.installed(), contextlib.closing(logger):
         while step < cfg.train.steps:
-            batch = put_global_batch(_micro_batches(next(data.train), cfg.train.grad_accum), mesh, batch_dim=1)
+            batch = put_process_batch(data.train.next_rows(my_rows), my_rows, mesh, cfg.data.batch_size,
+                                      cfg.train.grad_accum)
             state, metrics = rt.train_step(state, batch)
             step += 1
             taken += 1

@@ -89,3 +89,39 @@ def put_global_batch(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh, batc
         sharding = batch_sharding(mesh, value.ndim, batch_dim)
         out[key] = jax.make_array_from_callback(value.shape, sharding, lambda idx, v=value: v[idx])
     return out
+
+
+def process_batch_rows(mesh: jax.sharding.Mesh, batch_size: int, grad_accum: int = 1) -> np.ndarray:
+    """The rows (positions in the global batch, sorted) that this process's devices hold when a
+    [batch_size, ...] batch is split into `grad_accum` micro-batches [grad_accum, batch_size /
+    grad_accum, ...] sharded over the batch axes. One process: all of them."""
+    micro = batch_size // grad_accum
+    sharding = batch_sharding(mesh, 2, batch_dim=1)
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((grad_accum, micro)).values():
+        ms, js = range(grad_accum)[index[0]], range(micro)[index[1]]
+        rows.update(m * micro + j for m in ms for j in js)
+    return np.array(sorted(rows), np.int64)
+
+
+def put_process_batch(local: dict[str, np.ndarray], rows: np.ndarray, mesh: jax.sharding.Mesh,
+                      batch_size: int, grad_accum: int = 1) -> dict:
+    """Global [grad_accum, batch_size / grad_accum, ...] arrays from this process's rows only.
+
+    local: dict of [len(rows), ...] arrays, row i being position rows[i] of the global batch (as
+    `process_batch_rows` lists them). Each process passes its own rows; together they form the
+    global batch, sharded over the batch axes like `put_global_batch(..., batch_dim=1)`."""
+    micro = batch_size // grad_accum
+    where = {int(r): i for i, r in enumerate(rows)}
+    out = {}
+    for key, value in local.items():
+        shape = (grad_accum, micro) + value.shape[1:]
+        sharding = batch_sharding(mesh, len(shape), batch_dim=1)
+
+        def shard(index, v=value):
+            ms, js = range(grad_accum)[index[0]], range(micro)[index[1]]
+            picks = [where[m * micro + j] for m in ms for j in js]
+            return v[picks].reshape((len(ms), len(js)) + v.shape[1:])[(slice(None), slice(None)) + tuple(index[2:])]
+
+        out[key] = jax.make_array_from_callback(shape, sharding, shard)
+    return out

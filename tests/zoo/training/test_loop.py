@@ -7,13 +7,18 @@ import jax
 import numpy as np
 import pytest
 
+from flax import nnx
+
+from zoo.registry import build_model
 from zoo.training import NonFiniteLossError, restore_run, train
+from zoo.training.flops import flops_per_token
+from zoo.training.metrics import read_scalars
 
 ONE = lambda: jax.devices()[:1]
 
 
 def test_loss_falls_and_outputs(tiny_cfg, tmp_path):
-    cfg = tiny_cfg("train.steps=30", "optimizer.learning_rate=1e-2")
+    cfg = tiny_cfg("train.steps=30", "optimizer.learning_rate=1e-2", "train.peak_flops=1e9")
     out = io.StringIO()
     result = train(cfg, tmp_path, devices=ONE(), stream=out)
     losses = [result.losses[s] for s in sorted(result.losses)]
@@ -22,7 +27,13 @@ def test_loss_falls_and_outputs(tiny_cfg, tmp_path):
     assert result.heldout["perplexity"] < np.exp(np.mean(losses[:3]))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
-    assert {"step", "loss", "tokens_per_s", "learning_rate"} <= set(steps[0])
+    assert {"step", "loss", "tokens_per_s", "learning_rate", "step_time_s", "mfu"} <= set(steps[0])
+    model = nnx.eval_shape(lambda: build_model(cfg.model, rngs=nnx.Rngs(0)))
+    for r in steps:  # MFU = analytic FLOPs per token x tokens/s / (train.peak_flops x devices)
+        assert r["mfu"] == pytest.approx(flops_per_token(model, 32) * r["tokens_per_s"] / 1e9, rel=1e-6)
+    scalars = read_scalars(tmp_path / "tensorboard")
+    assert {r["step"]: r["loss"] for r in steps} == pytest.approx(scalars["loss"], rel=1e-6)
+    assert "heldout_perplexity" in scalars
     assert any("heldout_perplexity" in r for r in records)
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "tokenizer.json").is_file()
     assert "tokens_per_s" in out.getvalue() and "held-out perplexity" in out.getvalue()

@@ -8,8 +8,7 @@ from jax.sharding import PartitionSpec as P
 from zoo.config import MeshConfig, load_config
 from zoo.data import make_data
 from zoo.training import Runtime, make_mesh, restore_run, train
-from zoo.training.loop import _micro_batches
-from zoo.training.sharding import logical_to_spec, put_global_batch
+from zoo.training.sharding import logical_to_spec, process_batch_rows, put_process_batch
 
 
 def test_logical_rules_skip_axes_that_do_not_divide():
@@ -28,8 +27,9 @@ def test_mesh_errors_name_the_fix():
 def _one_step(cfg, devices):
     rt = Runtime(cfg, make_mesh(cfg.mesh, devices))
     state = rt.init_state()
-    batch = next(make_data(cfg).train)
-    batch = put_global_batch(_micro_batches(batch, cfg.train.grad_accum), rt.mesh, batch_dim=1)
+    rows = process_batch_rows(rt.mesh, cfg.data.batch_size, cfg.train.grad_accum)
+    batch = make_data(cfg).train.next_rows(rows)
+    batch = put_process_batch(batch, rows, rt.mesh, cfg.data.batch_size, cfg.train.grad_accum)
     new_state, metrics = rt.train_step(state, batch)
     return jax.device_get(new_state), jax.device_get(metrics), new_state
 
