@@ -5,7 +5,9 @@ and a PNG of accuracy vs step (median over seeds, min-max band).
 
 Settings (both start from configs/synthetic/mqar_tiny.yaml and change only what is listed):
     tiny   the mqar_tiny setting: 32 tokens, 4 key-value pairs, vocab 64, d_model 64, 2 layers
-    hard   64 tokens, 8 key-value pairs (longer sequences, more pairs to keep apart)
+    hard   64 tokens, 8 key-value pairs, vocab 128 (longer sequences, more pairs to keep apart;
+           the larger vocabulary keeps the 8 keys distinct from the filler: at vocab 64 even the
+           Transformer stays at 0.09 after 2000 steps, at 128 it reaches 0.99 by step 400)
 Models with sliding-window attention next to the memory get model.sliding_window=4 in every
 setting, so a query can only be answered by the memory (MODEL_OVERRIDES); titans_mac runs as
 configured (segment attention over memory.chunk_size = 16 tokens, so the queries of the second
@@ -39,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 BASE_CONFIG = "configs/synthetic/mqar_tiny.yaml"
 SETTINGS = {
     "tiny": (),
-    "hard": ("data.seq_len=64", "data.mqar.num_pairs=8"),
+    "hard": ("data.seq_len=64", "data.mqar.num_pairs=8", "model.vocab_size=128"),
 }
 MODEL_OVERRIDES = {"titans_mag": ("model.sliding_window=4",), "titans_mal": ("model.sliding_window=4",)}
 
@@ -176,10 +178,8 @@ def main(argv=None) -> int:
                for s in settings for m in names for seed in args.seeds.split(",")]
     out = Path(args.output) if args.output else None
     done: list[dict] = []
-    if args.resume and out is not None and out.is_file():
-        wanted = {r.key() for r in planned}
-        done = [r for r in json.loads(out.read_text())["runs"]
-                if Run(r["model"], r["setting"], r["seed"], r["steps"], r["eval_every"]).key() in wanted]
+    if args.resume and out is not None and out.is_file():  # every run it holds stays, planned or not
+        done = json.loads(out.read_text())["runs"]
         for r in done:
             r["curve"] = {int(k): v for k, v in r["curve"].items()}
     have = {Run(r["model"], r["setting"], r["seed"], r["steps"], r["eval_every"]).key() for r in done}

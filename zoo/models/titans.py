@@ -42,13 +42,15 @@ class MALBlock(Block):
 
 class MAGBlock(Block):
     """Titans MAG (Eq. 26-28): sliding-window attention (with persistent memory) and the memory
-    read the same normed input; o = RMSNorm_a(attn) * sigmoid(RMSNorm_b(mem)) (spec §2.4)."""
+    read the same normed input; o = y * sigmoid(RMSNorm_b(mem)), or RMSNorm_a(y) * sigmoid(...)
+    with `model.mag_attention_norm` (the spec §2.4 reading; slower to learn, docs/fidelity.md)."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.in_norm = self.norm(cfg)
         self.mixer = mixer_from_config(cfg, rngs)
         self.attn = attention_from_config(cfg, rngs, persistent=cfg.persistent_tokens)
-        self.attn_out_norm, self.mem_out_norm = self.norm(cfg), self.norm(cfg)
+        self.attn_out_norm = self.norm(cfg) if cfg.mag_attention_norm else None
+        self.mem_out_norm = self.norm(cfg)
         self.mlp_norm, self.mlp = self.norm(cfg), mlp_from_config(cfg, rngs)
 
     def init_cache(self, batch_size, max_len):
@@ -64,8 +66,10 @@ class MAGBlock(Block):
             a, kv = self.attn.extend(h, cache[1])
             m, mem_state = self.mixer(h, state=cache[0])
             new_cache = (mem_state, kv)
+        if self.attn_out_norm is not None:
+            a = self.attn_out_norm(a)
         gate = jax.nn.sigmoid(self.mem_out_norm(m).astype(jnp.float32))
-        return x + (self.attn_out_norm(a).astype(jnp.float32) * gate).astype(x.dtype), new_cache
+        return x + (a.astype(jnp.float32) * gate).astype(x.dtype), new_cache
 
 
 def _builder(block_cls):
