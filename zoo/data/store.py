@@ -96,8 +96,8 @@ class ShardStore:
                                         "copy the whole store directory, or prepare it again")
             if path.stat().st_size != want:
                 raise DataError(f"shard file '{path}' has {path.stat().st_size} bytes, the manifest says "
-                                f"{want}: it is truncated or corrupt. Delete it and its entry will be "
-                                "rewritten: rerun scripts/prepare_data.py with the same --out")
+                                f"{want}: it is truncated or corrupt. Copy the store again from where it came "
+                                "from, or prepare it again into an empty directory (scripts/prepare_data.py)")
 
     def rows(self, split: str, seq_len: int, align: int, bos_id: int, eos_id: int, pad_id: int = 0) -> PackedRows:
         """The split packed into rows of `seq_len` (documents aligned to `align`)."""
@@ -126,10 +126,6 @@ class PackedRows:
     @property
     def num_rows(self) -> int:
         return int(self._row_starts[-1])
-
-    @property
-    def documents(self) -> int:
-        return sum(s["documents"] for s in self._shards)
 
     def _docs(self, i: int) -> np.ndarray:
         return np.load(shard_paths(self.store.path, self._shards[i]["name"])[1], mmap_mode="r")
