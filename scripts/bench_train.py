@@ -20,6 +20,7 @@ peak, so none). A point that runs out of memory is recorded as such, not fatal.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import platform
 import statistics
@@ -86,21 +87,31 @@ def memory_per_layer(name: str, seq: int, remat: str, chunk: int) -> dict:
                 two_layers_gb=temps[2] / 1e9)
 
 
-def speed(name: str, size_name: str, seq: int, batch: int, remat: str, steps: int) -> dict:
+def compile_step(name: str, size_name: str, seq: int, batch: int, remat: str):
+    """(config, parts, optimizer, compiled AdamW step) for one speed point, lowered on abstract shapes."""
     cfg = config(name, SIZES[size_name], seq, remat=remat)
     parts = model_parts(cfg)
     tx = optax.adamw(1e-4)
     step = jax.jit(make_train_step(parts, tx, optax.constant_schedule(1e-4), loss_chunk=cfg.train.loss_chunk),
                    donate_argnums=0)
+    params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), parts.abstract_params())
+    state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                       opt_state=jax.eval_shape(tx.init, params),
+                       rng=jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))))
+    return cfg, tx, step.lower(state, abstract_batch(batch, seq, (1,))).compile()
+
+
+def run_step(name: str, size_name: str, seq: int, batch: int, remat: str, steps: int, compiled_point) -> dict:
+    """Times the compiled step of `compile_step`: one warm-up, then the median of `steps`."""
+    cfg, tx, compiled = compiled_point
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
     params = nnx.to_pure_dict(nnx.state(zoo.registry.build_model(cfg.model, rngs=nnx.Rngs(0))))
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        rng=jax.random.key_data(jax.random.key(0)))
     toks = jax.random.randint(jax.random.key(1), (1, batch, seq), 0, cfg.model.vocab_size, jnp.int32)
     data = dict(inputs=toks, targets=toks, segment_ids=jnp.ones_like(toks), loss_mask=jnp.ones(toks.shape))
-    compiled = step.lower(state, data).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", 0.0)) if cost else 0.0
     state, metrics = compiled(state, data)  # warm-up
     jax.block_until_ready(metrics)
     times = []
@@ -119,6 +130,16 @@ def speed(name: str, size_name: str, seq: int, batch: int, remat: str, steps: in
                 tokens_per_s=batch * seq / step_s, peak_gb=step_bytes / 1e9, peak_kind="compiled step",
                 process_peak_gb=stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None,
                 loss=float(metrics["loss"]), mfu=flops / step_s / peak_flops if peak_flops and flops else None)
+
+
+def unrun(name: str, size_name: str, seq: int, batch: int, remat: str, why: str) -> dict:
+    """The row of a speed point that did not run (`why`: out of memory, skipped)."""
+    return dict(model=name, size=size_name, seq=seq, batch=batch, remat=remat, step_s=None, tokens_per_s=None,
+                peak_gb=None, peak_kind=why, loss=None, mfu=None)
+
+
+def is_out_of_memory(error: Exception) -> bool:
+    return "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower()
 
 
 def with_ratios(rows: list[dict], key: str, keys: tuple[str, ...]) -> list[dict]:
@@ -154,14 +175,17 @@ def main(argv=None) -> None:
     p.add_argument("--budget-s", type=float, default=0,
                    help="start no speed point after this many seconds (0 = no limit); the rest are recorded "
                         "as skipped")
+    p.add_argument("--compile-workers", type=int, default=1,
+                   help="threads compiling the speed grid ahead of the runs (the device run uses 8)")
     p.add_argument("--device-run", action="store_true",
-                   help="the 170M grid on an accelerator: 12 x d768, batch x T = 4x4096, 4x8192, 1x32768, remat "
+                   help="the 170M grid on an accelerator: 12 x d768, batch x T = 4x8192, 1x32768, 4x4096, remat "
                         "block, no memory table, a 420 s budget")
     p.add_argument("--out", default="", help="JSON path (default scripts/results/bench_train_<platform>.json)")
     args = p.parse_args(argv)
     if args.device_run:
-        args.size, args.points, args.remat, args.memory_lengths = "170m", "4x4096,4x8192,1x32768", "block", ""
+        args.size, args.points, args.remat, args.memory_lengths = "170m", "4x8192,1x32768,4x4096", "block", ""
         args.budget_s = args.budget_s or 420  # the device machine's session: finish within 8 minutes
+        args.compile_workers = max(args.compile_workers, 8)
     names = [n for n in args.models.split(",") if n] or sorted(zoo.registry.models())
     unknown = [n for n in names if n not in zoo.registry.models()]
     if unknown:
@@ -188,35 +212,49 @@ def main(argv=None) -> None:
         [(args.batch, seq) for seq in ints(args.speed_lengths)]
     speed_rows = []
     started = time.perf_counter()
-    for batch, seq in points:
-        for name in names:
+    jobs = [(name, args.size, seq, batch, args.remat) for batch, seq in points for name in names]
+    # Compiling is host work that releases the GIL: --compile-workers > 1 compiles the grid side by side
+    # while the points run one at a time, in grid order.
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, args.compile_workers))
+    futures = [pool.submit(compile_step, *job) for job in jobs]
+    try:
+        for job, future in zip(jobs, futures):
             if args.budget_s and time.perf_counter() - started > args.budget_s:
-                speed_rows.append(dict(model=name, size=args.size, seq=seq, batch=batch, remat=args.remat, step_s=None,
-                                       tokens_per_s=None, peak_gb=None, peak_kind="skipped (time budget)", loss=None,
-                                       mfu=None))
+                future.cancel()
+                speed_rows.append(unrun(*job, "skipped (time budget)"))
                 continue
             try:
-                row = speed(name, args.size, seq, batch, args.remat, args.steps)
-            except Exception as e:  # noqa: BLE001  out of memory (or a failed compile) is a result too
-                if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+                row = run_step(*job, args.steps, future.result())
+            except Exception as e:  # noqa: BLE001  out of memory is a result too
+                if not is_out_of_memory(e):
                     raise
-                row = dict(model=name, size=args.size, seq=seq, batch=batch, remat=args.remat, step_s=None,
-                           tokens_per_s=None, peak_gb=None, peak_kind="out of memory", loss=None, mfu=None)
+                row = unrun(*job, "out of memory")
             speed_rows.append(row)
             print(json.dumps(speed_rows[-1]), flush=True)
+            write_json(args, memory_rows, speed_rows, partial=True)
+    finally:  # compiles still running past the budget are left behind, not waited for
+        pool.shutdown(wait=False, cancel_futures=True)
     with_ratios(speed_rows, "tokens_per_s", ("seq", "batch"))
     if speed_rows:
         print_table(f"train step, size {args.size}, remat {args.remat}", speed_rows,
                     ["model", "batch", "seq", "tokens_per_s", "tokens_per_s_vs_transformer", "step_s", "peak_gb",
                      "peak_kind", "mfu"])
 
+    out = write_json(args, memory_rows, speed_rows, partial=False)
+    print(f"\nwrote {out}")
+
+
+def write_json(args, memory_rows: list[dict], speed_rows: list[dict], *, partial: bool) -> Path:
+    """Writes the results so far (`partial` while the grid still runs, so a killed run keeps its rows)."""
     dev = jax.devices()[0]
     out = Path(args.out) if args.out else ROOT / "scripts" / "results" / f"bench_train_{dev.platform}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    stats = dev.memory_stats() or {}
     out.write_text(json.dumps(dict(
         device=dev.device_kind, platform=dev.platform, jax=jax.__version__, host=platform.machine(),
-        args=vars(args), memory_per_layer=memory_rows, speed=speed_rows), indent=1))
-    print(f"\nwrote {out}")
+        device_memory_limit_gb=stats["bytes_limit"] / 1e9 if "bytes_limit" in stats else None,
+        partial=partial, args=vars(args), memory_per_layer=memory_rows, speed=speed_rows), indent=1))
+    return out
 
 
 if __name__ == "__main__":
