@@ -1,16 +1,25 @@
 """memzoo kernels: functional sequence-mixing ops with FLA-style conventions.
 
 Each op lives in its own folder (`reference.py`: the token-by-token oracle; `chunked.py`: the exact
-chunk-parallel pure-JAX form) and is exposed as one function with `backend="auto" | "reference" |
-"xla"`. Shapes: `q, k: [batch, seq, heads, dk]`, `v: [batch, seq, heads, dv]`, per-token gates
-`[batch, seq, heads]`, states `[batch, heads, dk, dv]`.
+chunk-parallel pure-JAX form) and is exposed as one function whose `backend=` is "auto", a name
+from the op's implementation table, or a list of names tried in order (the first available on the
+platform runs). Shapes: `q, k: [batch, seq, heads, dk]`, `v: [batch, seq, heads, dv]`, per-token
+gates `[batch, seq, heads]`, states `[batch, heads, dk, dv]`.
+
+`IMPLEMENTATIONS[op]` is each op's table (`kernels.common.Implementations`): a new backend (a
+Pallas kernel, say) is one file that registers an `Implementation` there, plus one test class that
+subclasses `tests/kernels/backend_contract.py`'s `BackendContract`.
 
 `kernels.gated_delta_rule` is the function (it shadows its folder's name); the backends stay
 importable by module path, e.g. `from kernels.gated_delta_rule.chunked import chunk_gated_delta_rule`.
 """
 
-from kernels.common import BACKENDS
+from kernels.common import Implementation, Implementations
+from kernels.gated_delta_rule import IMPLEMENTATIONS as _GDR
 from kernels.gated_delta_rule import gated_delta_rule
+from kernels.momentum_delta_rule import IMPLEMENTATIONS as _MDR
 from kernels.momentum_delta_rule import momentum_delta_rule
 
-__all__ = ["BACKENDS", "gated_delta_rule", "momentum_delta_rule"]
+IMPLEMENTATIONS: dict[str, Implementations] = {"gated_delta_rule": _GDR, "momentum_delta_rule": _MDR}
+
+__all__ = ["IMPLEMENTATIONS", "Implementation", "Implementations", "gated_delta_rule", "momentum_delta_rule"]

@@ -9,26 +9,80 @@ per-token gates `[batch, seq, heads]`, recurrent states `[batch, heads, dk, dv]`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-BACKENDS = ("auto", "reference", "xla")
 GATE_LAYOUT = "[batch, seq, heads]"
 STATE_LAYOUT = "[batch, heads, dk, dv]"
 
 
-def select_backend(backend: Any) -> str:
-    """Maps the user's `backend` to the implementation that runs: "reference" or "xla".
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """One backend of an op: `run` takes the op's validated arguments in the caller's dtypes and
+    casts for itself (a Pallas kernel may keep bf16 where the XLA form computes in fp32).
+    `platforms`: where it can run (`jax.devices()[0].platform` names; None = everywhere)."""
 
-    "auto" is "xla" on every platform for now; it will pick the Pallas kernels on GPU / TPU once
-    they exist."""
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
-    return "xla" if backend == "auto" else backend
+    name: str
+    run: Callable
+    platforms: tuple[str, ...] | None = None
+    doc: str = ""
+
+    def available(self, platform: str) -> bool:
+        return self.platforms is None or platform in self.platforms
+
+
+class Implementations(dict):
+    """An op's table of implementations by name, and its `auto` preference list (the first one
+    available on the platform runs). New backends land with `register`."""
+
+    def __init__(self, op: str, implementations: Sequence[Implementation], auto: Sequence[str]):
+        super().__init__()
+        self.op = op
+        for impl in implementations:
+            self.register(impl)
+        self.auto = tuple(auto)
+
+    def register(self, impl: Implementation, *, prefer: bool = False) -> Implementation:
+        """Adds `impl`; `prefer=True` puts it first in the `auto` list (where it is available)."""
+        if impl.name in self or impl.name == "auto":
+            raise ValueError(f"{self.op}: an implementation named {impl.name!r} is already registered")
+        self[impl.name] = impl
+        if prefer:
+            self.auto = (impl.name,) + self.auto
+        return impl
+
+    def select(self, backend: Any, platform: str | None = None) -> Implementation:
+        """The implementation that runs for `backend`: "auto" (the first available of the `auto`
+        list), one registered name, or a sequence of names tried in order (a fallback list: the
+        first available on this platform runs)."""
+        platform = platform or jax.devices()[0].platform
+        allowed = ", ".join(map(repr, ("auto", *self)))
+        if isinstance(backend, str):
+            names = self.auto if backend == "auto" else (backend,)
+        elif isinstance(backend, (list, tuple)) and backend and all(isinstance(b, str) for b in backend):
+            names = tuple(backend)
+        else:
+            raise ValueError(f"{self.op}: backend must be one of {allowed}, or a list of names tried in order; "
+                             f"got {backend!r}")
+        unknown = [n for n in names if n not in self]
+        if unknown:
+            raise ValueError(f"{self.op}: backend must be one of {allowed}, or a list of names tried in order; "
+                             f"got {backend!r} (unknown: {', '.join(map(repr, unknown))})")
+        for name in names:
+            if self[name].available(platform):
+                return self[name]
+        raise ValueError(f"{self.op}: none of {list(names)} runs on platform {platform!r} "
+                         f"({', '.join(f'{n}: {self[n].platforms}' for n in names)}); add 'xla' to the list")
+
+
+def as_fp32(*xs) -> tuple[jax.Array, ...]:
+    """The arrays in fp32 (the XLA and reference backends compute in fp32 whatever comes in)."""
+    return tuple(jnp.asarray(x).astype(jnp.float32) for x in xs)
 
 
 def _check_float(name: str, x: jax.Array) -> jax.Array:

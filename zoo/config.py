@@ -20,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from zoo.memory import parts as memory_parts  # the registered objectives and learners
+from zoo.memory import parts as memory_parts  # the registered structures, objectives, learners, retentions
+from zoo.memory import spec as memory_spec  # the spec's tables of allowed values
 
 
 class ConfigError(ValueError):
@@ -31,26 +32,33 @@ def _choices(*values: str) -> dict:
     return {"choices": values}
 
 
+def _registered(registry: dict) -> dict:
+    """Choices that are a live registry's names (parts registered after this module loads count)."""
+    return {"choices": registry}
+
+
 @dataclasses.dataclass(frozen=True)
 class MemoryConfig:
     """The associative memory of memory models (fields of zoo.memory.MemorySpec, plus the
     mixer's own: heads, conv width, the inner learning rate's maximum)."""
 
-    structure: str = dataclasses.field(default="mlp", metadata=_choices("matrix", "mlp"))
+    structure: str = dataclasses.field(default="mlp", metadata=_registered(memory_parts.STRUCTURES))
     depth: int = 2
     expansion: int = 4
     residual: bool = False  # M(z) = z + MLP(z) (ATLAS); off: stored values reach the read at init
     mlp_first_layer_std: float = 0.5  # std of W_0's first MLP layer (its inputs are unit-norm keys)
     last_layer_std: float = 0.0  # std of W_0's last layer (the matrix itself); 0 = an empty memory
-    activation: str = dataclasses.field(default="gelu", metadata=_choices("gelu", "silu"))
-    objective: str = dataclasses.field(default="l2", metadata=_choices(*memory_parts.OBJECTIVES))
-    retention: str = dataclasses.field(default="scalar", metadata=_choices("none", "scalar", "channel"))
-    learner: str = dataclasses.field(default="momentum", metadata=_choices(*memory_parts.LEARNERS))
-    semantics: str = dataclasses.field(default="anchored", metadata=_choices("exact", "anchored"))
+    activation: str = dataclasses.field(default="gelu", metadata=_choices(*memory_spec.ACTIVATIONS))
+    objective: str = dataclasses.field(default="l2", metadata=_registered(memory_parts.OBJECTIVES))
+    retention: str = dataclasses.field(default="scalar", metadata=_registered(memory_parts.RETENTIONS))
+    learner: str = dataclasses.field(default="momentum", metadata=_registered(memory_parts.LEARNERS))
+    semantics: str = dataclasses.field(default="anchored", metadata=_choices(*memory_spec.SEMANTICS))
     chunk_size: int = 16
-    bilevel: str = dataclasses.field(default="full", metadata=_choices("full", "first_order"))
-    gradient_at: str = dataclasses.field(default="previous", metadata=_choices("previous", "retained"))
+    bilevel: str = dataclasses.field(default="full", metadata=_choices(*memory_spec.BILEVEL))
+    gradient_at: str = dataclasses.field(default="previous", metadata=_choices(*memory_spec.GRADIENT_POINTS))
     max_grad_norm: float = 4.0  # clip each token's inner gradient to this norm (0 = off; docs/fidelity.md)
+    kernel_chunk: int = 64  # tile of an exact memory's kernels op (how it computes, not what)
+    kernel_backend: str = "auto"  # that op's backend: auto, a kernels.IMPLEMENTATIONS name, or "a,b" tried in order
     num_heads: int = 0  # 0 = model.num_heads
     head_dim: int = 0  # 0 = model.d_model // memory heads
     conv_width: int = 4  # causal depthwise conv on q, k, v (Titans §4.4)
@@ -296,6 +304,7 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
         coerced = _coerce(value, hints[name], key)
         choices = fields[name].metadata.get("choices")
         if choices and coerced not in choices:
+            choices = list(choices)
             close = difflib.get_close_matches(str(coerced), choices, n=1, cutoff=0.4)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(
@@ -446,21 +455,13 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def memory_spec_of(mem: MemoryConfig):
-    """The zoo.memory.MemorySpec of a memory config (its spec fields; raises ValueError)."""
-    from zoo.memory.spec import MemorySpec
-
-    spec_fields = {f.name for f in dataclasses.fields(MemorySpec)}
-    return MemorySpec(**{k: v for k, v in to_dict(mem).items() if k in spec_fields})
-
-
 def _validate_memory(cfg: Config) -> None:
     """Checks of models with associative-memory mixers (see zoo.memory.MemorySpec)."""
     from zoo.memory.engine import delta_kernel, dual_form
 
     mem = cfg.model.memory
     try:
-        spec = memory_spec_of(mem)
+        spec = memory_spec.MemorySpec.of(mem)
     except ValueError as e:
         raise ConfigError(f"model.memory: {e}") from None
     heads = mem.num_heads or cfg.model.num_heads

@@ -2,29 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 
 from kernels.common import (
     GATE_LAYOUT,
+    Implementation,
+    Implementations,
+    as_fp32,
     check_chunk_size,
     check_shape,
     default_scale,
     document_starts,
-    select_backend,
     state_or_zeros,
     validate_qkv,
 )
 from kernels.gated_delta_rule.chunked import chunk_gated_delta_rule
 from kernels.gated_delta_rule.reference import recurrent_gated_delta_rule
 
-__all__ = ["chunk_gated_delta_rule", "gated_delta_rule", "recurrent_gated_delta_rule"]
+__all__ = ["IMPLEMENTATIONS", "chunk_gated_delta_rule", "gated_delta_rule", "recurrent_gated_delta_rule"]
+
+
+def _reference(q, k, v, beta, g, s0, scale, chunk_size, starts):
+    del chunk_size  # token by token
+    o, s = recurrent_gated_delta_rule(*as_fp32(q, k, v), beta, g, s0, scale, starts)
+    return o.astype(jnp.asarray(v).dtype), s
+
+
+def _xla(q, k, v, beta, g, s0, scale, chunk_size, starts):
+    o, s = chunk_gated_delta_rule(*as_fp32(q, k, v), beta, g, s0, scale, chunk_size, starts)
+    return o.astype(jnp.asarray(v).dtype), s
+
+
+# run(q, k, v, beta, g, initial_state, scale, chunk_size, starts) -> (o in v's dtype, final state fp32)
+IMPLEMENTATIONS = Implementations("gated_delta_rule", [
+    Implementation("reference", _reference, doc="token-by-token lax.scan (the oracle)"),
+    Implementation("xla", _xla, doc="exact chunk-parallel UT form in pure JAX, fp32"),
+], auto=("xla",))
 
 
 def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, g: jax.Array,
                      scale: float | None = None, initial_state: jax.Array | None = None,
                      output_final_state: bool = False, chunk_size: int = 64,
-                     backend: str = "auto", segment_ids: jax.Array | None = None,
+                     backend: str | Sequence[str] = "auto", segment_ids: jax.Array | None = None,
                      ) -> tuple[jax.Array, jax.Array | None]:
     """Gated delta rule (Gated DeltaNet, Yang et al. 2024; S here is dk x dv, the transpose of the
     paper's), read after write:
@@ -44,8 +66,9 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, 
       output_final_state: return S_T as well.
       chunk_size: chunk length of the "xla" backend (a tiling choice: the result is exact for any
         size; a ragged tail is handled without padding). Validated for every backend.
-      backend: "auto" (currently "xla" on every platform), "reference" (token-by-token `lax.scan`,
-        the oracle) or "xla" (exact chunk-parallel UT form).
+      backend: "auto" (the first of `IMPLEMENTATIONS.auto` available on the platform: "xla" today),
+        a name in `IMPLEMENTATIONS` ("reference": token-by-token `lax.scan`, the oracle; "xla": the
+        exact chunk-parallel UT form), or a list of names tried in order (the first available runs).
       segment_ids: `[batch, seq]` integer ids of packed documents, or None. Where a token's id
         differs from the previous token's, S_{t-1} is replaced by `initial_state` (documents start
         anywhere, also inside a chunk); the final state is the last document's.
@@ -54,17 +77,12 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, 
     Returns `(o, final_state)`: `o: [batch, seq, heads, dv]` in v's dtype, `final_state:
     [batch, heads, dk, dv]` fp32 (None unless `output_final_state`).
     """
-    impl = select_backend(backend)
+    impl = IMPLEMENTATIONS.select(backend)
     b, t, h, dk, dv = validate_qkv(q, k, v)
     beta = check_shape("beta", beta, (b, t, h), GATE_LAYOUT)
     g = check_shape("g", g, (b, t, h), GATE_LAYOUT)
     chunk_size = check_chunk_size(chunk_size)
     s0 = state_or_zeros("initial_state", initial_state, (b, h, dk, dv))
     starts = document_starts(segment_ids, b, t, h)
-    scale = default_scale(scale, dk)
-    q32, k32, v32 = (jnp.asarray(x).astype(jnp.float32) for x in (q, k, v))
-    if impl == "reference":
-        o, s = recurrent_gated_delta_rule(q32, k32, v32, beta, g, s0, scale, starts)
-    else:
-        o, s = chunk_gated_delta_rule(q32, k32, v32, beta, g, s0, scale, chunk_size, starts)
-    return o.astype(jnp.asarray(v).dtype), (s if output_final_state else None)
+    o, s = impl.run(q, k, v, beta, g, s0, default_scale(scale, dk), chunk_size, starts)
+    return o, (s if output_final_state else None)

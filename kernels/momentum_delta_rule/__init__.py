@@ -3,29 +3,53 @@ per-token semantics, FLA conventions."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 
 from kernels.common import (
     GATE_LAYOUT,
+    Implementation,
+    Implementations,
+    as_fp32,
     check_chunk_size,
     check_shape,
     default_scale,
     document_starts,
-    select_backend,
     state_or_zeros,
     validate_qkv,
 )
 from kernels.momentum_delta_rule.chunked import chunk_momentum_delta_rule
 from kernels.momentum_delta_rule.reference import recurrent_momentum_delta_rule
 
-__all__ = ["chunk_momentum_delta_rule", "momentum_delta_rule", "recurrent_momentum_delta_rule"]
+__all__ = ["IMPLEMENTATIONS", "chunk_momentum_delta_rule", "momentum_delta_rule", "recurrent_momentum_delta_rule"]
+
+
+def _reference(q, k, v, lr, log_retention, log_momentum, w0, s0, scale, chunk_size, starts):
+    del chunk_size  # token by token
+    o, w, s = recurrent_momentum_delta_rule(*as_fp32(q, k, v), lr, log_retention, log_momentum, w0, s0, scale, starts)
+    return o.astype(jnp.asarray(v).dtype), w, s
+
+
+def _xla(q, k, v, lr, log_retention, log_momentum, w0, s0, scale, chunk_size, starts):
+    o, w, s = chunk_momentum_delta_rule(*as_fp32(q, k, v), lr, log_retention, log_momentum, w0, s0, scale,
+                                        chunk_size, starts)
+    return o.astype(jnp.asarray(v).dtype), w, s
+
+
+# run(q, k, v, lr, log_retention, log_momentum, initial_state, initial_momentum, scale, chunk_size, starts)
+#   -> (o in v's dtype, final W fp32, final S fp32 or None)
+IMPLEMENTATIONS = Implementations("momentum_delta_rule", [
+    Implementation("reference", _reference, doc="token-by-token lax.scan (the oracle)"),
+    Implementation("xla", _xla, doc="exact chunk-parallel UT form in pure JAX, fp32"),
+], auto=("xla",))
 
 
 def momentum_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array, log_retention: jax.Array,
                         log_momentum: jax.Array | None = None, scale: float | None = None,
                         initial_state: jax.Array | None = None, initial_momentum: jax.Array | None = None,
-                        output_final_state: bool = False, chunk_size: int = 64, backend: str = "auto",
+                        output_final_state: bool = False, chunk_size: int = 64, backend: str | Sequence[str] = "auto",
                         segment_ids: jax.Array | None = None,
                         ) -> tuple[jax.Array, tuple[jax.Array, jax.Array | None] | None]:
     """Titans' neural memory (Titans Eq. 10-15) with M(z) = z W, W in R^{dk x dv}, read after write:
@@ -54,8 +78,9 @@ def momentum_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array,
       output_final_state: return (W_T, S_T) as well.
       chunk_size: chunk length of the "xla" backend (a tiling choice: the result is exact for any
         size; a ragged tail is handled without padding). Validated for every backend.
-      backend: "auto" (currently "xla" on every platform), "reference" (token-by-token `lax.scan`,
-        the oracle) or "xla" (exact chunk-parallel UT form).
+      backend: "auto" (the first of `IMPLEMENTATIONS.auto` available on the platform: "xla" today),
+        a name in `IMPLEMENTATIONS` ("reference": token-by-token `lax.scan`, the oracle; "xla": the
+        exact chunk-parallel UT form), or a list of names tried in order (the first available runs).
       segment_ids: `[batch, seq]` integer ids of packed documents, or None. Where a token's id
         differs from the previous token's, (W_{t-1}, S_{t-1}) are replaced by the initial states
         (documents start anywhere, also inside a chunk); the final states are the last document's.
@@ -65,7 +90,7 @@ def momentum_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array,
     `final_state` W_T and `final_momentum` S_T `[batch, heads, dk, dv]` fp32 (`final_momentum` is
     None without momentum); the pair is None unless `output_final_state`.
     """
-    impl = select_backend(backend)
+    impl = IMPLEMENTATIONS.select(backend)
     b, t, h, dk, dv = validate_qkv(q, k, v)
     lr = check_shape("lr", lr, (b, t, h), GATE_LAYOUT)
     log_retention = check_shape("log_retention", log_retention, (b, t, h), GATE_LAYOUT)
@@ -80,11 +105,5 @@ def momentum_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array,
         log_momentum = check_shape("log_momentum", log_momentum, (b, t, h), GATE_LAYOUT)
         s0 = state_or_zeros("initial_momentum", initial_momentum, (b, h, dk, dv))
     starts = document_starts(segment_ids, b, t, h)
-    scale = default_scale(scale, dk)
-    q32, k32, v32 = (jnp.asarray(x).astype(jnp.float32) for x in (q, k, v))
-    args = (q32, k32, v32, lr, log_retention, log_momentum, w0, s0, scale)
-    if impl == "reference":
-        o, w, s = recurrent_momentum_delta_rule(*args, starts)
-    else:
-        o, w, s = chunk_momentum_delta_rule(*args, chunk_size, starts)
-    return o.astype(jnp.asarray(v).dtype), ((w, s) if output_final_state else None)
+    o, w, s = impl.run(q, k, v, lr, log_retention, log_momentum, w0, s0, default_scale(scale, dk), chunk_size, starts)
+    return o, ((w, s) if output_final_state else None)

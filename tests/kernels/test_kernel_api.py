@@ -29,9 +29,12 @@ def _args(op):
 OPS = [kernels.gated_delta_rule, kernels.momentum_delta_rule]
 
 
-def test_exports():
-    assert set(kernels.__all__) >= {"gated_delta_rule", "momentum_delta_rule"}
-    assert kernels.BACKENDS == ("auto", "reference", "xla")
+def test_exports_and_implementation_tables():
+    assert set(kernels.__all__) >= {"IMPLEMENTATIONS", "gated_delta_rule", "momentum_delta_rule"}
+    for op in ("gated_delta_rule", "momentum_delta_rule"):
+        table = kernels.IMPLEMENTATIONS[op]
+        assert set(table) == {"reference", "xla"} and table.auto == ("xla",)
+        assert table.select("auto").name == "xla" and table.select("reference").name == "reference"
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -53,10 +56,43 @@ def test_defaults_auto_and_shapes(op):
 
 
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("backend", ["pallas", "XLA", "", None])
+@pytest.mark.parametrize("backend", ["pallas", "XLA", "", None, [], ["xla", 3]])
 def test_unknown_backend_lists_allowed_names(op, backend):
     with pytest.raises(ValueError, match=r"backend must be one of 'auto', 'reference', 'xla'"):
         op(**_args(op), backend=backend)
+
+
+@pytest.fixture
+def table_with_a_tpu_backend():
+    """gated_delta_rule's table with a backend that runs only on TPU (removed afterwards)."""
+    table = kernels.IMPLEMENTATIONS["gated_delta_rule"]
+    saved = (dict(table), table.auto)
+    calls = []
+
+    def tpu_only(q, k, v, *rest):
+        calls.append(q.shape)
+        return table["reference"].run(q, k, v, *rest)
+
+    table.register(kernels.Implementation("fake_tpu", tpu_only, platforms=("tpu",)), prefer=True)
+    yield table, calls
+    table.clear()
+    table.update(saved[0])
+    table.auto = saved[1]
+
+
+def test_fallback_lists_and_auto_skip_backends_the_platform_lacks(table_with_a_tpu_backend):
+    table, calls = table_with_a_tpu_backend
+    assert table.auto == ("fake_tpu", "xla")
+    assert table.select("auto", "cpu").name == "xla" and table.select("auto", "tpu").name == "fake_tpu"
+    assert table.select(["fake_tpu", "reference"], "cpu").name == "reference"
+    args = _args(kernels.gated_delta_rule)
+    via_list = kernels.gated_delta_rule(**args, backend=("fake_tpu", "reference"))
+    np.testing.assert_array_equal(via_list[0], kernels.gated_delta_rule(**args, backend="reference")[0])
+    assert calls == []  # this machine is no TPU: the fake never ran
+    with pytest.raises(ValueError, match=r"none of \['fake_tpu'\] runs on platform 'cpu'.*add 'xla'"):
+        kernels.gated_delta_rule(**args, backend="fake_tpu")
+    with pytest.raises(ValueError, match="already registered"):
+        table.register(kernels.Implementation("xla", table["xla"].run))
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -28,7 +28,7 @@ from zoo.memory.objectives import inner_loss
 from zoo.memory.retention import decay_terms, retain
 from zoo.memory.spec import MemorySpec
 from zoo.memory.state import MemState, initial_state
-from zoo.memory.structures import Weights, activation, forward
+from zoo.memory.structures import Weights, activation, forward, has_residual
 
 
 @struct.dataclass
@@ -159,7 +159,7 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
     log_mu = jnp.where(valid, g.log_momentum, 0.0)
     beta, decay = decay_terms(log_ret)  # [C] | [C, dk];  [C, C] | [C, C, dk]
     m, n = momentum_terms(spec, lr, log_mu)  # [C], [C, C]
-    channel = spec.retention == "channel"
+    channel = parts.retention(spec.retention).gate == "channel"
     if channel:
         f = jnp.einsum("rjd,j->rd", decay, vf * m)
         big_g = jnp.einsum("rjd,ji->rid", decay, vf[:, None] * n)
@@ -178,7 +178,7 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
             new_w.append(beta[-1] * ws + f[-1] * ss - (a * big_g[-1][:, None]).T @ d)
         new_s.append(m[-1] * ss - (a * n[-1][:, None]).T @ d if spec.has_momentum else ss)
         z = activation(spec, p) if layer < len(w_start) - 1 else p
-    if spec.structure == "mlp" and spec.residual:
+    if has_residual(spec):
         z = z + q
     return (tuple(new_w), tuple(new_s)), z
 
@@ -189,9 +189,10 @@ def delta_kernel(spec: MemorySpec) -> str | None:
     Titans' linear memory (gradient at W_{t-1}) is `momentum_delta_rule` (Titans App. C); the
     Gated DeltaNet rule (gradient at the retained weights, no momentum) is `gated_delta_rule`.
     A clipped step depends on ||u_t|| at W_{t-1}, which the kernels do not compute: token loop."""
-    if not (spec.semantics == "exact" and spec.structure == "matrix" and spec.objective == "l2"
+    forget = parts.retention(spec.retention)
+    if not (spec.semantics == "exact" and parts.structure(spec.structure).linear and spec.objective == "l2"
             and spec.learner in ("gd", "momentum")  # the two learners the kernels implement
-            and spec.retention != "channel" and spec.max_grad_norm == 0):
+            and forget.multiplicative and forget.gate != "channel" and spec.max_grad_norm == 0):
         return None
     if spec.gradient_at == "previous":
         return "momentum_delta_rule"
@@ -200,10 +201,10 @@ def delta_kernel(spec: MemorySpec) -> str | None:
 
 def dual_form(spec: MemorySpec) -> bool:
     """Whether `chunk_step` (gradients at the chunk anchor) computes this spec's rule: memories whose
-    learner is linear in the gradients (zoo.memory.parts), when anchored, or exact with an objective
-    whose gradient does not depend on W on a single linear layer (a deeper MLP's first-layer delta
-    depends on the later layers)."""
-    if not parts.learner(spec.learner).linear:
+    learner is linear in the gradients and whose retention is multiplicative (zoo.memory.parts), when
+    anchored, or exact with an objective whose gradient does not depend on W on a single linear layer
+    (a deeper MLP's first-layer delta depends on the later layers)."""
+    if not (parts.learner(spec.learner).linear and parts.retention(spec.retention).multiplicative):
         return False
     weight_free = not parts.objective(spec.objective).gradient_depends_on_weights
     return spec.semantics == "anchored" or (weight_free and spec.num_layers == 1)
@@ -216,7 +217,8 @@ def chunk_parallel(spec: MemorySpec) -> bool:
 
 def delta_kernel_heads(spec: MemorySpec, state: MemState, q, k, v, g: Gates,
                        segment_ids: jax.Array | None = None) -> tuple[MemState, jax.Array]:
-    """Exact l2 matrix memory for all heads in ONE kernel call (`delta_kernel(spec)` names it).
+    """Exact l2 matrix memory for all heads in ONE kernel call (`delta_kernel(spec)` names it), tiled
+by `spec.kernel_chunk` on `spec.kernel_backend`.
 
     q, k: [B, H, T, dk], v: [B, H, T, dv], gates [B, H, T]; `state` leaves have leading [B, H]
     (a fresh call passes the initial state W_0 broadcast over the batch). The kernels take
@@ -227,13 +229,14 @@ def delta_kernel_heads(spec: MemorySpec, state: MemState, q, k, v, g: Gates,
     """
     to_kernel = lambda x: jnp.moveaxis(x, 1, 2)  # noqa: E731  [B, H, T, ...] -> [B, T, H, ...]
     q, k, v = (to_kernel(x.astype(jnp.float32)) for x in (q, k, v))
-    lr, log_ret = g.lr, g.log_retention if spec.retention != "none" else jnp.zeros_like(g.lr)
+    lr = g.lr
+    log_ret = g.log_retention if parts.retention(spec.retention).gate != "none" else jnp.zeros_like(g.lr)
     if segment_ids is not None:
         valid = (segment_ids > 0)[:, None, :]
         lr, log_ret = jnp.where(valid, lr, 0.0), jnp.where(valid, log_ret, 0.0)
     lr, log_ret = to_kernel(2.0 * lr), to_kernel(log_ret)
-    common = dict(scale=1.0, initial_state=state.weights[0], output_final_state=True, chunk_size=spec.chunk_size,
-                  segment_ids=segment_ids)
+    common = dict(scale=1.0, initial_state=state.weights[0], output_final_state=True, chunk_size=spec.kernel_chunk,
+                  segment_ids=segment_ids, backend=spec.kernel_backends)
     if delta_kernel(spec) == "gated_delta_rule":
         o, w = kernels.gated_delta_rule(q, k, v, lr, log_ret, **common)
         momentum = state.momentum

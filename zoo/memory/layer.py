@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from zoo.layers import GateHead, Projection, ShortConv, constant_param
-from zoo.memory import engine
+from zoo.memory import engine, parts
 from zoo.memory.engine import Gates
 from zoo.memory.spec import MemorySpec
 from zoo.memory.state import MemState, initial_state
@@ -40,13 +40,6 @@ MAMBA2_DT_FLOOR = 1e-4
 
 def logit(p: float) -> float:
     return math.log(p / (1.0 - p))
-
-
-def memory_spec(cfg: MemoryConfig) -> MemorySpec:
-    return MemorySpec(structure=cfg.structure, depth=cfg.depth, expansion=cfg.expansion, residual=cfg.residual,
-                      activation=cfg.activation, objective=cfg.objective, retention=cfg.retention,
-                      learner=cfg.learner, semantics=cfg.semantics, chunk_size=cfg.chunk_size, bilevel=cfg.bilevel,
-                      gradient_at=cfg.gradient_at, max_grad_norm=cfg.max_grad_norm)
 
 
 @struct.dataclass
@@ -79,7 +72,7 @@ class MemoryMixer(nnx.Module):
 
     def __init__(self, d_model: int, num_heads: int, head_dim: int, cfg: MemoryConfig, *, std: float = 0.02,
                  out_std: float = 0.02, dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
-        spec = memory_spec(cfg)
+        spec = MemorySpec.of(cfg)
         self.spec, self.num_heads, self.head_dim, self.dtype = spec, num_heads, head_dim, dtype
         self.remat = remat  # recompute the whole mixer in the backward pass (model.remat = "memory")
         self.lr_max, self.qk_activation, self.retention_gate = cfg.lr_max, cfg.qk_activation, cfg.retention_gate
@@ -92,8 +85,9 @@ class MemoryMixer(nnx.Module):
         lr_bias = logit(cfg.lr_init / cfg.lr_max) if cfg.lr_max > 0 else 0.0
         self.lr_gate = GateHead(d_model, (num_heads,), axes=("heads",), bias_init=lr_bias, **gate)
         forget_gate, decay_rate = None, None
-        if spec.retention != "none":
-            channel = spec.retention == "channel"
+        retention_gate = parts.retention(spec.retention).gate
+        if retention_gate != "none":
+            channel = retention_gate == "channel"
             shape, axes = (hd, ("heads", "kv")) if channel else ((num_heads,), ("heads",))
             if cfg.retention_gate == "mamba2":
                 bias = _mamba2_dt_bias(rngs, num_heads)

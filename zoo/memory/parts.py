@@ -1,14 +1,24 @@
-"""Registered parts of a memory: objectives (Miras' attentional biases) and learners (inner
-optimisers). A part declares what the engine needs to know about it, so the engine decides
+"""Registered parts of a memory: structures (what the fast weights are), objectives (Miras'
+attentional biases), learners (inner optimisers) and retentions (forgetting). A part declares what the engine needs to know about it, so the engine decides
 exactness and the parallel form from these declarations, never from a name:
 
+- a `Structure` gives the memory's layer shapes (every structure is a stack of linear layers with
+  an activation between them, so each token's gradient is an outer product per layer), whether it
+  is one linear layer (what the delta-rule kernels and channel retention need) and whether it
+  honours `residual`;
 - an `Objective` gives the summed per-token loss and whether its gradient depends on the weights
   (if not, even "exact" semantics take every gradient at the chunk anchor: the dual form);
 - a `Learner` gives its per-token step, whether it carries a momentum buffer, and, when its
   update is linear in the token gradients, the in-chunk coefficients (m, n) the dual form uses.
 
-New parts land as new files that call `register_objective` / `register_learner` (and are imported
-once by `zoo/memory/__init__.py`); `MemorySpec` and `model.memory` accept every registered name.
+- a `Retention` gives the per-token gate it reads (none, one per head, one per key channel), its
+  one-token forgetting, and whether that forgetting is multiplicative (W -> l_t W: chunk products
+  of decays have a closed form, so the dual form and the kernels apply; any other retention runs
+  token by token).
+
+New parts land as new files that call `register_objective` / `register_learner` /
+`register_retention` / `register_structure` (and are imported once by `zoo/memory/__init__.py`); `MemorySpec` and
+`model.memory` accept every registered name.
 """
 
 from __future__ import annotations
@@ -50,8 +60,49 @@ class Learner:
         return self.terms is not None
 
 
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """layer_shapes(spec, dk, dv) -> [(d_in, d_out)] per layer, for keys of size dk and values of size dv.
+
+    linear: one layer and no activation, M(z) = z W. residual: `spec.residual` adds z to the output."""
+
+    name: str
+    layer_shapes: Callable
+    linear: bool = False
+    residual: bool = False
+    doc: str = ""
+
+
+RETENTION_GATES = ("none", "scalar", "channel")
+
+
+@dataclasses.dataclass(frozen=True)
+class Retention:
+    """apply(weights, log_retention) -> the retained weights before one token's write (`weights`:
+    one array per layer; `log_retention`: [] for a "scalar" gate, [dk] for a "channel" gate,
+    ignored for "none").
+
+    gate: the per-token gate the mixer computes, log l_t <= 0: "none", "scalar" (one per head) or
+        "channel" (one per key channel: it scales the rows of a matrix memory, `matrix_only`).
+    multiplicative: apply is W -> l_t W (or its per-channel form), so in-chunk products of decays
+        have the closed form the dual form and the delta-rule kernels use."""
+
+    name: str
+    gate: str
+    apply: Callable
+    multiplicative: bool = True
+    matrix_only: bool = False
+    doc: str = ""
+
+    def __post_init__(self):
+        if self.gate not in RETENTION_GATES:
+            raise ValueError(f"retention {self.name!r}: gate {self.gate!r}; allowed: {', '.join(RETENTION_GATES)}")
+
+
+STRUCTURES: dict[str, Structure] = {}
 OBJECTIVES: dict[str, Objective] = {}
 LEARNERS: dict[str, Learner] = {}
+RETENTIONS: dict[str, Retention] = {}
 
 
 def register_objective(objective: Objective) -> Objective:
@@ -66,6 +117,32 @@ def register_learner(learner: Learner) -> Learner:
         raise ValueError(f"learner {learner.name!r} is registered twice")
     LEARNERS[learner.name] = learner
     return learner
+
+
+def register_structure(structure: Structure) -> Structure:
+    if structure.name in STRUCTURES:
+        raise ValueError(f"structure {structure.name!r} is registered twice")
+    STRUCTURES[structure.name] = structure
+    return structure
+
+
+def structure(name: str) -> Structure:
+    if name not in STRUCTURES:
+        raise ValueError(f"unknown memory structure {name!r}; registered: {', '.join(STRUCTURES)}")
+    return STRUCTURES[name]
+
+
+def register_retention(retention: Retention) -> Retention:
+    if retention.name in RETENTIONS:
+        raise ValueError(f"retention {retention.name!r} is registered twice")
+    RETENTIONS[retention.name] = retention
+    return retention
+
+
+def retention(name: str) -> Retention:
+    if name not in RETENTIONS:
+        raise ValueError(f"unknown memory retention {name!r}; registered: {', '.join(RETENTIONS)}")
+    return RETENTIONS[name]
 
 
 def objective(name: str) -> Objective:

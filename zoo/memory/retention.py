@@ -1,4 +1,5 @@
-"""Retention (forgetting): per-token decays as log values, their in-chunk products in log space.
+"""Retention (forgetting) as registered parts (zoo.memory.parts): none, scalar and channel decays;
+per-token decays as log values and their in-chunk products in log space.
 
 log l_t <= 0 is given per token ([T] scalar, or [T, dk] per key channel). Products of decays
 are never formed by dividing cumulative products: beta_r / beta_j = exp(L_r - L_j) with L the
@@ -10,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from zoo.memory.parts import Retention, register_retention, retention
 from zoo.memory.spec import MemorySpec
 
 
@@ -28,11 +30,17 @@ def decay_terms(log_retention: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.exp(cum), masked_exp_diff(cum)
 
 
+register_retention(Retention("none", gate="none", apply=lambda weights, log_retention: weights,
+                             doc="no forgetting"))
+register_retention(Retention(
+    "scalar", gate="scalar", apply=lambda weights, log_retention: tuple(w * jnp.exp(log_retention) for w in weights),
+    doc="W <- l_t W, one l_t per head and token (Titans' 1 - alpha_t)"))
+register_retention(Retention(
+    "channel", gate="channel", matrix_only=True,
+    apply=lambda weights, log_retention: (weights[0] * jnp.exp(log_retention)[:, None],),
+    doc="W <- diag(l_t) W, one l_t per key channel (the rows of a matrix memory)"))
+
+
 def retain(spec: MemorySpec, weights: tuple[jax.Array, ...], log_retention: jax.Array) -> tuple[jax.Array, ...]:
-    """One token's forgetting l_t W (channel decay scales the key rows of a matrix memory)."""
-    if spec.retention == "none":
-        return weights
-    keep = jnp.exp(log_retention)
-    if spec.retention == "channel":
-        return (weights[0] * keep[:, None],)
-    return tuple(w * keep for w in weights)
+    """One token's forgetting (the spec's registered retention)."""
+    return retention(spec.retention).apply(weights, log_retention)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import kernels
 from zoo.memory import parts
 
-STRUCTURES = ("matrix", "mlp")
-RETENTIONS = ("none", "scalar", "channel")
 SEMANTICS = ("exact", "anchored")
 BILEVEL = ("full", "first_order")
 GRADIENT_POINTS = ("previous", "retained")
@@ -24,13 +23,15 @@ ACTIVATIONS = ("gelu", "silu")
 class MemorySpec:
     """Static and hashable, so it can sit in a Flax module and in jit's static arguments.
 
-    structure: "matrix" (W: [dk, dv], M(z) = z W) or "mlp" (`depth` layers, hidden width
+    structure: a registered structure (zoo.memory.parts.STRUCTURES): "matrix" (W: [dk, dv],
+        M(z) = z W) or "mlp" (`depth` layers, hidden width
         `expansion * dk`, `activation` between layers, optional residual z + MLP(z)).
     objective: a registered objective (zoo.memory.parts.OBJECTIVES): "l2" = ||M(k) - v||^2 summed
         over features (Titans Eq. 12); "dot" = -<M(k), v> (Hebbian / linear attention; its gradient
         does not depend on W); "huber" (zoo.memory.huber).
-    retention: "none", "scalar" (one decay per head and token, Titans' 1 - alpha_t) or
-        "channel" (one decay per key channel, matrix memories only).
+    retention: a registered retention (zoo.memory.parts.RETENTIONS): "none", "scalar" (one decay
+        per head and token, Titans' 1 - alpha_t) or "channel" (one decay per key channel, matrix
+        memories only).
     learner: a registered learner (zoo.memory.parts.LEARNERS): "gd" (W_t = l_t W_{t-1} - rho_t u_t),
         "momentum" (S_t = mu_t S_{t-1} - rho_t u_t, W_t = l_t W_{t-1} + S_t; Titans Eq. 13-14) or
         "muon" (zoo.memory.muon: Newton-Schulz on the momentum; runs token by token).
@@ -45,6 +46,11 @@ class MemorySpec:
     max_grad_norm: tau > 0 clips each token's inner gradient to Frobenius norm tau (rho_t is
         scaled by min(1, tau / ||u_t||)); 0 = off. A deep memory's inner gradient grows with
         ||W||^2, so unclipped writes can blow up within one long document (docs/fidelity.md).
+    kernel_chunk: the tile of the `kernels` op an exact memory runs on (`delta_kernel`): how the
+        kernel computes, not what; separate from `chunk_size`, which anchored memories' results
+        depend on.
+    kernel_backend: that op's backend: "auto", a name in its `kernels.IMPLEMENTATIONS` table, or
+        a comma-separated list tried in order (the first available on the platform runs).
     """
 
     structure: str = "mlp"
@@ -60,10 +66,17 @@ class MemorySpec:
     bilevel: str = "full"
     gradient_at: str = "previous"
     max_grad_norm: float = 0.0
+    kernel_chunk: int = 64
+    kernel_backend: str = "auto"
+
+    @classmethod
+    def of(cls, config) -> MemorySpec:
+        """The spec of any object with the spec's fields as attributes (a `model.memory` config)."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
     def __post_init__(self):
-        for name, allowed in [("structure", STRUCTURES), ("objective", tuple(parts.OBJECTIVES)),
-                              ("retention", RETENTIONS), ("learner", tuple(parts.LEARNERS)),
+        for name, allowed in [("structure", tuple(parts.STRUCTURES)), ("objective", tuple(parts.OBJECTIVES)),
+                              ("retention", tuple(parts.RETENTIONS)), ("learner", tuple(parts.LEARNERS)),
                               ("semantics", SEMANTICS), ("bilevel", BILEVEL),
                               ("gradient_at", GRADIENT_POINTS),
                               ("activation", ACTIVATIONS)]:
@@ -72,20 +85,32 @@ class MemorySpec:
                 raise ValueError(f"MemorySpec.{name}={value!r}; allowed: {', '.join(allowed)}")
         if self.max_grad_norm < 0:
             raise ValueError(f"MemorySpec.max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
-        if self.chunk_size < 1:
-            raise ValueError(f"MemorySpec.chunk_size must be >= 1, got {self.chunk_size}")
-        if self.structure == "mlp" and (self.depth < 1 or self.expansion < 1):
+        for name in ("chunk_size", "kernel_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"MemorySpec.{name} must be >= 1, got {getattr(self, name)}")
+        backends = {name for table in kernels.IMPLEMENTATIONS.values() for name in table} | {"auto"}
+        names = [n.strip() for n in self.kernel_backend.split(",") if n.strip()]
+        if not names or any(n not in backends for n in names) or ("auto" in names and len(names) > 1):
+            raise ValueError(f"MemorySpec.kernel_backend={self.kernel_backend!r}: allowed are 'auto', "
+                             f"{', '.join(map(repr, sorted(backends - {'auto'})))}, or a comma-separated list of them")
+        if not parts.structure(self.structure).linear and (self.depth < 1 or self.expansion < 1):
             raise ValueError(f"an mlp memory needs depth >= 1 and expansion >= 1, got {self.depth}, {self.expansion}")
         if self.gradient_at == "retained" and self.semantics != "exact":
             raise ValueError("gradient_at='retained' (the gradient at the decayed weights, Gated DeltaNet) "
                              "needs semantics='exact'")
-        if self.retention == "channel" and self.structure != "matrix":
-            raise ValueError("retention='channel' decays the key channels of a matrix memory; "
+        if parts.retention(self.retention).matrix_only and not parts.structure(self.structure).linear:
+            raise ValueError(f"retention={self.retention!r} decays the key channels of a matrix memory; "
                              "use structure='matrix' or retention='scalar'")
 
     @property
+    def kernel_backends(self) -> str | tuple[str, ...]:
+        """`kernel_backend` as the kernels take it: "auto", or the names in order."""
+        names = tuple(n.strip() for n in self.kernel_backend.split(",") if n.strip())
+        return "auto" if names == ("auto",) else names
+
+    @property
     def num_layers(self) -> int:
-        return 1 if self.structure == "matrix" else self.depth
+        return 1 if parts.structure(self.structure).linear else self.depth
 
     @property
     def has_momentum(self) -> bool:

@@ -1,4 +1,5 @@
-"""What the fast weights are: a matrix or an MLP, as a tuple of per-layer matrices.
+"""What the fast weights are, as registered structures (zoo.memory.parts): a matrix or an MLP, as a
+tuple of per-layer matrices.
 
 Every structure is a stack of linear layers p^l = a^{l-1} W^l with an activation between
 layers (none for the matrix), so each per-token gradient is an outer product a^T delta per layer
@@ -12,20 +13,37 @@ import math
 import jax
 import jax.numpy as jnp
 
+from zoo.memory.parts import Structure, register_structure, structure
 from zoo.memory.spec import MemorySpec
 
 Weights = tuple[jax.Array, ...]  # one matrix per layer, [d_in, d_out]
 
 
-def layer_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
-    """Per-layer [d_in, d_out] of a memory mapping keys of size dk to values of size dv."""
-    if spec.structure == "matrix":
-        return [(dk, dv)]
+def _matrix_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
+    return [(dk, dv)]
+
+
+def _mlp_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
     if spec.residual and dk != dv:
         raise ValueError(f"a residual mlp memory needs key dim == value dim, got {dk} and {dv}")
     hidden = spec.expansion * dk
     dims = [dk] + [hidden] * (spec.depth - 1) + [dv]
     return list(zip(dims[:-1], dims[1:], strict=True))
+
+
+register_structure(Structure("matrix", _matrix_shapes, linear=True, doc="M(z) = z W, W: [dk, dv]"))
+register_structure(Structure("mlp", _mlp_shapes, residual=True,
+                             doc="`depth` layers of hidden width `expansion * dk`, optional z + MLP(z)"))
+
+
+def layer_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
+    """Per-layer [d_in, d_out] of a memory mapping keys of size dk to values of size dv."""
+    return structure(spec.structure).layer_shapes(spec, dk, dv)
+
+
+def has_residual(spec: MemorySpec) -> bool:
+    """Whether the memory's output is z + stack(z)."""
+    return structure(spec.structure).residual and spec.residual
 
 
 def init_weights(spec: MemorySpec, key: jax.Array, dk: int, dv: int, *, first_layer_std: float = 0.5,
@@ -71,6 +89,6 @@ def forward(spec: MemorySpec, weights: Weights, z: jax.Array, probes: Weights | 
         if probes is not None:
             p = p + probes[i]
         a = activation(spec, p) if i < len(weights) - 1 else p
-    if spec.structure == "mlp" and spec.residual:
+    if has_residual(spec):
         a = a + z
     return a, inputs

@@ -52,8 +52,8 @@ def _attention(attn, keys: float) -> float:
 
 def _memory(mixer) -> float:
     spec, heads, d = mixer.spec, mixer.num_heads, mixer.head_dim
-    c = spec.chunk_size if spec.semantics == "anchored" else 64
-    if spec.structure == "matrix":
+    c = spec.chunk_size if spec.semantics == "anchored" else spec.kernel_chunk
+    if spec.num_layers == 1:
         per_head = 2 * 2 * d * d + 2 * c * (d + d)
     else:
         h = spec.expansion * d

@@ -39,8 +39,9 @@ def output_gradient(objective: str, out: np.ndarray, v: np.ndarray) -> np.ndarra
 
 
 def matrix_memory(objective: str, learner: str, semantics: str, chunk: int, w0, q, k, v, lr, log_ret, log_mu,
-                  muon_outer_lr: float = 0.01):
-    """Token by token in float64. Returns (y [T, dv], final W, final S)."""
+                  muon_outer_lr: float = 0.01, retain=None):
+    """Token by token in float64. `retain(W, log l_t)` replaces the scalar decay l_t W when given.
+    Returns (y [T, dv], final W, final S)."""
     w = np.asarray(w0, np.float64)
     s = np.zeros_like(w)
     anchor = w.copy()
@@ -48,7 +49,7 @@ def matrix_memory(objective: str, learner: str, semantics: str, chunk: int, w0, 
     for t in range(q.shape[0]):
         at = w if semantics == "exact" else anchor
         u = np.outer(k[t], output_gradient(objective, k[t] @ at, v[t]))
-        retained = np.exp(log_ret[t]) * w
+        retained = np.exp(log_ret[t]) * w if retain is None else retain(w, log_ret[t])
         if learner == "gd":
             w = retained - lr[t] * u
         else:

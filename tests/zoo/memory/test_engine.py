@@ -332,3 +332,54 @@ def test_matrix_memory_equals_the_numpy_oracle(semantics):
                 close(st.momentum[0], want_s, tol=1e-4)
         except AssertionError as e:
             raise AssertionError(f"{spec}: engine != NumPy oracle") from e
+
+
+def test_a_retention_landed_by_registration_runs_token_by_token():
+    """A retention that is not multiplicative (a soft-threshold shrink after the decay, the shape
+    of an elastic-net penalty) lands by registration alone: the spec accepts it, the engine leaves
+    the dual form and the kernels for the token loop, and the result equals the NumPy oracle."""
+    from numpy_oracle import matrix_memory
+
+    from zoo.memory import parts
+
+    shrink = 0.05
+
+    def soft_threshold(w, log_ret):
+        kept = w * np.exp(log_ret) if isinstance(w, np.ndarray) else w * jnp.exp(log_ret)
+        xp = np if isinstance(w, np.ndarray) else jnp
+        return xp.sign(kept) * xp.maximum(xp.abs(kept) - shrink, 0.0)
+
+    if "test_shrink" not in parts.RETENTIONS:
+        parts.register_retention(parts.Retention("test_shrink", gate="scalar", multiplicative=False,
+                                                 apply=lambda ws, log_ret: tuple(soft_threshold(w, log_ret) for w in ws)))
+    from zoo.config import from_dict  # model.memory's choices are the live registry
+
+    cfg = from_dict(dict(model=dict(name="titans_lmm", memory=dict(structure="matrix", retention="test_shrink"))))
+    assert cfg.model.memory.retention == "test_shrink"
+    for semantics in ("exact", "anchored"):
+        spec = MemorySpec(structure="matrix", retention="test_shrink", semantics=semantics, chunk_size=4)
+        assert not engine.chunk_parallel(spec)
+        init, q, k, v, g = inputs(spec, 11)
+        st, y = engine.chunk(spec, None, q, k, v, g, init=init)
+        want_y, want_w, want_s = matrix_memory("l2", "momentum", semantics, 4, init[0], *map(np.asarray, (
+            q, k, v, g.lr, g.log_retention, g.log_momentum)), retain=soft_threshold)
+        close((y, st.weights[0], st.momentum[0]), (want_y, want_w, want_s), tol=1e-4)
+        _, y_decay_only = engine.chunk(dataclasses.replace(spec, retention="scalar"), None, q, k, v, g, init=init)
+        assert float(jnp.abs(y - y_decay_only).max()) > 1e-2  # the shrink matters
+
+
+def test_exact_kernel_tile_and_backend_are_execution_choices():
+    """kernel_chunk tiles the exact memory's kernels op and kernel_backend picks its implementation
+    (a fallback list too): neither changes the result, and neither is the anchored chunk size."""
+    spec = with_chunk(SPECS["matrix_l2_exact_kernel"], 4)
+    init, q, k, v, g = inputs(spec, 15)
+    seg = jnp.array([1] * 6 + [2] * 9)
+    run = lambda s: engine.chunk(s, None, q, k, v, g, init=init, segment_ids=seg)  # noqa: E731
+    st, y = run(spec)
+    for other in (dataclasses.replace(spec, kernel_chunk=3), dataclasses.replace(spec, kernel_backend="reference"),
+                  dataclasses.replace(spec, kernel_backend="reference, xla")):
+        st2, y2 = run(other)
+        close(y2, y)
+        close(st2.weights, st.weights)
+    with pytest.raises(ValueError, match="kernel_backend='pallas'.*allowed are 'auto', 'reference', 'xla'"):
+        dataclasses.replace(spec, kernel_backend="pallas")
