@@ -131,18 +131,13 @@ def reference_chunked(spec, state, q, k, v, gates, *, init=None, segment_ids=Non
 # Chunk-parallel form.
 
 
-def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Weights,
-                q, k, v, g: Gates, valid):
-    """One chunk of C grid positions (invalid ones are exact no-ops), Titans spec §1.6.
+def gradient_factors(spec: MemorySpec, anchor: Weights, k, v, lr, valid):
+    """Hook 1, the per-token gradient factors at the chunk anchor: u_i = A_i^T delta_i per layer.
 
-    Starts from (W, S) = (w_start, s_start) with inner gradients at `anchor`:
-        W_r = beta_r W_s + f_r S_s - sum_i G[r, i] u_i,   S_r = m_r S_s - sum_i n[r, i] u_i,
-    with u_i = A_i^T delta_i per layer, read through the dual form (no per-token weights). A
-    clipped step (spec.max_grad_norm) scales rho_i by min(1, tau / ||u_i||), known from A_i, delta_i.
-    Returns ((W_C, S_C), Y [C, dv]).
-    """
-    q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
-    vf = valid.astype(jnp.float32)
+    `k: [C, dk]`, `v: [C, dv]` (fp32), `lr: [C]` rho_i, `valid: [C]` bool. Returns (inputs A_l
+    `[C, d_in]`, deltas delta_l `[C, d_out]`, the effective rho_i `[C]`: zero at invalid positions
+    and scaled by min(1, tau / ||u_i||) when spec.max_grad_norm = tau > 0, with
+    ||u_i||^2 = sum over layers of ||A_i||^2 ||delta_i||^2)."""
     w_a = jax.lax.stop_gradient(anchor) if spec.bilevel == "first_order" else anchor
 
     def key_loss(probes):
@@ -152,21 +147,32 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
     probes = tuple(jnp.zeros((k.shape[0], w.shape[1]), jnp.float32) for w in w_a)
     _, vjp, inputs = jax.vjp(key_loss, probes, has_aux=True)
     (deltas,) = vjp(jnp.ones((), jnp.float32))
-    # ||u_i||^2 = sum over layers of ||a_i||^2 ||delta_i||^2 (u_i = a_i^T delta_i per layer)
     squared_norm = sum(jnp.sum(a * a, -1) * jnp.sum(d * d, -1) for a, d in zip(inputs, deltas, strict=True))
-    lr = g.lr * vf * clip_factor(spec, squared_norm)
-    log_ret = jnp.where(valid.reshape(valid.shape + (1,) * (g.log_retention.ndim - 1)), g.log_retention, 0.0)
-    log_mu = jnp.where(valid, g.log_momentum, 0.0)
-    beta, decay = decay_terms(log_ret)  # [C] | [C, dk];  [C, C] | [C, C, dk]
-    m, n = momentum_terms(spec, lr, log_mu)  # [C], [C, C]
-    channel = parts.retention(spec.retention).gate == "channel"
-    if channel:
-        f = jnp.einsum("rjd,j->rd", decay, vf * m)
-        big_g = jnp.einsum("rjd,ji->rid", decay, vf[:, None] * n)
-    else:
-        f = decay @ (vf * m)
-        big_g = decay @ (vf[:, None] * n)
+    return inputs, deltas, lr * valid.astype(jnp.float32) * clip_factor(spec, squared_norm)
 
+
+def decayed_terms(spec: MemorySpec, log_retention, m, n, valid):
+    """Hook 3, retention folded into the learner's terms (hook 2: `momentum_terms` gives m [C] and
+    n [C, C] with S_r = m_r S_s - sum_i n[r, i] u_i). With beta_r = prod_{j<=r} l_j and
+    D[r, j] = beta_r / beta_j (log space, masked before the exp; invalid positions decay by 1):
+
+        W_r = beta_r W_s + f_r S_s - sum_i G[r, i] u_i,   f = D (valid * m),  G = D (valid * n).
+
+    Returns (beta, f, G): `[C]`, `[C]`, `[C, C]`, or with channel retention `[C, dk]`,
+    `[C, dk]`, `[C, C, dk]`."""
+    vf = valid.astype(jnp.float32)
+    log_ret = jnp.where(valid.reshape(valid.shape + (1,) * (log_retention.ndim - 1)), log_retention, 0.0)
+    beta, decay = decay_terms(log_ret)
+    if parts.retention(spec.retention).gate == "channel":
+        return beta, jnp.einsum("rjd,j->rd", decay, vf * m), jnp.einsum("rjd,ji->rid", decay, vf[:, None] * n)
+    return beta, decay @ (vf * m), decay @ (vf[:, None] * n)
+
+
+def dual_read(spec: MemorySpec, w_start: Weights, s_start: Weights, q, inputs, deltas, beta, f, big_g, m, n):
+    """Hook 4, the read and the chunk-end state without per-token weights (the dual form): layer by
+    layer, p_r = beta_r z_r W_s + f_r z_r S_s - sum_i G[r, i] (z_r . A_i) delta_i, z the previous
+    layer's activation of p (z = q at the first layer). Returns ((W_C, S_C), Y [C, dv])."""
+    channel = parts.retention(spec.retention).gate == "channel"
     z = q
     new_w, new_s = [], []
     for layer, (ws, ss, a, d) in enumerate(zip(w_start, s_start, inputs, deltas, strict=True)):
@@ -181,6 +187,18 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
     if has_residual(spec):
         z = z + q
     return (tuple(new_w), tuple(new_s)), z
+
+
+def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Weights,
+               q, k, v, g: Gates, valid):
+    """One chunk of C grid positions (invalid ones are exact no-ops), Titans spec §1.6: starts from
+    (W, S) = (w_start, s_start) with inner gradients at `anchor`, in four hooks: gradient factors
+    -> learner terms -> retention -> the dual read. Returns ((W_C, S_C), Y [C, dv])."""
+    q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
+    inputs, deltas, lr = gradient_factors(spec, anchor, k, v, g.lr, valid)
+    m, n = momentum_terms(spec, lr, jnp.where(valid, g.log_momentum, 0.0))  # [C], [C, C]
+    beta, f, big_g = decayed_terms(spec, g.log_retention, m, n, valid)
+    return dual_read(spec, w_start, s_start, q, inputs, deltas, beta, f, big_g, m, n)
 
 
 def delta_kernel(spec: MemorySpec) -> str | None:

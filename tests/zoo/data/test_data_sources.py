@@ -119,7 +119,6 @@ def test_split_is_deterministic_and_disjoint():
         split_documents(docs, 1.0, seed=0)
 
 
-@pytest.mark.slow  # 13 s: extracts the built-in corpus twice
 def test_builtin_corpus_is_cached_on_disk(tmp_path, monkeypatch):
     from zoo.data import builtin
 

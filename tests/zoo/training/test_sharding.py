@@ -46,7 +46,6 @@ def test_fsdp_tensor_step_matches_single_device(tiny_cfg):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.slow  # 31 s; the transformer's sharded step (above) and the two-process test run by default
 def test_memory_model_sharded_step_matches_single_device():
     """A Titans (MAG) step with the memory states split over data x fsdp and heads over tensor."""
     base = ["model.num_layers=1", "data.seq_len=32", "data.max_documents=40", "data.batch_size=8"]
