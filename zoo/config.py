@@ -67,7 +67,7 @@ class MemoryConfig:
     momentum_init: float = 0.5  # momentum decay mu_t at initialisation (0.9 diverges on long documents)
     retention_gate: str = dataclasses.field(default="sigmoid", metadata=_choices("sigmoid", "mamba2"))
     forget_init: float = 0.01  # sigmoid gate: fraction forgotten alpha_t = 1 - retention at initialisation
-    qk_activation: str = dataclasses.field(default="silu", metadata=_choices("silu", "identity"))
+    qk_activation: str = dataclasses.field(default="silu", metadata=_registered(memory_parts.FEATURE_MAPS))
     output_gate_bias: float = 1.0  # output gate SiLU(x W_G + b): b at initialisation
 
 

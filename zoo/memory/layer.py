@@ -75,7 +75,9 @@ class MemoryMixer(nnx.Module):
         spec = MemorySpec.of(cfg)
         self.spec, self.num_heads, self.head_dim, self.dtype = spec, num_heads, head_dim, dtype
         self.remat = remat  # recompute the whole mixer in the backward pass (model.remat = "memory")
-        self.lr_max, self.qk_activation, self.retention_gate = cfg.lr_max, cfg.qk_activation, cfg.retention_gate
+        self.lr_max, self.retention_gate = cfg.lr_max, cfg.retention_gate
+        self.feature_map = parts.feature_map(cfg.qk_activation)
+        key_dim = self.feature_map.out_dim(head_dim)  # the memory maps keys of key_dim to values of head_dim
         hd = (num_heads, head_dim)
         proj = dict(axes=("embed", "heads", "kv"), std=std, dtype=dtype, rngs=rngs)
         self.q, self.k, self.v = Projection((d_model,), hd, **proj), Projection((d_model,), hd, **proj), \
@@ -88,7 +90,7 @@ class MemoryMixer(nnx.Module):
         retention_gate = parts.retention(spec.retention).gate
         if retention_gate != "none":
             channel = retention_gate == "channel"
-            shape, axes = (hd, ("heads", "kv")) if channel else ((num_heads,), ("heads",))
+            shape, axes = ((num_heads, key_dim), ("heads", "kv")) if channel else ((num_heads,), ("heads",))
             if cfg.retention_gate == "mamba2":
                 bias = _mamba2_dt_bias(rngs, num_heads)
                 bias = jnp.broadcast_to(bias[:, None], shape) if channel else bias
@@ -101,12 +103,12 @@ class MemoryMixer(nnx.Module):
         self.momentum_gate = GateHead(d_model, (num_heads,), axes=("heads",), bias_init=logit(cfg.momentum_init),
                                       **gate) if spec.has_momentum else None
         keys = jax.random.split(rngs.params(), num_heads)
-        per_head = [init_weights(spec, key, head_dim, head_dim, first_layer_std=cfg.mlp_first_layer_std,
+        per_head = [init_weights(spec, key, key_dim, head_dim, first_layer_std=cfg.mlp_first_layer_std,
                                  last_layer_std=cfg.last_layer_std)
                     for key in keys]
         self.init_state = nnx.List([
             constant_param(jnp.stack([w[i] for w in per_head]), ("heads", None, None))
-            for i in range(len(layer_shapes(spec, head_dim, head_dim)))])
+            for i in range(len(layer_shapes(spec, key_dim, head_dim)))])
         self.out_norm = constant_param(jnp.ones(hd), ("heads", "kv"))
         self.out_gate = GateHead(d_model, hd, axes=("heads", "kv"), bias_init=cfg.output_gate_bias, dtype=dtype,
                                  **gate)
@@ -128,8 +130,7 @@ class MemoryMixer(nnx.Module):
         def features(qkv, conv_tail):
             qkv, tail = self.conv(qkv, segment_ids=segment_ids, tail=conv_tail)
             q, k, v = jnp.split(qkv.astype(jnp.float32).reshape(b, t, self.num_heads, 3 * self.head_dim), 3, axis=-1)
-            if self.qk_activation == "silu":
-                q, k = jax.nn.silu(q), jax.nn.silu(k)
+            q, k = self.feature_map.apply(q), self.feature_map.apply(k)  # [B, T, H, key_dim]
             to_heads = lambda a: jnp.moveaxis(a, 2, 1).astype(self.dtype)  # noqa: E731  [B, T, H, d] -> [B, H, T, d]
             return to_heads(_l2_normalize(q)), to_heads(_l2_normalize(k)), to_heads(jax.nn.silu(v)), tail
 

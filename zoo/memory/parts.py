@@ -1,5 +1,6 @@
 """Registered parts of a memory: structures (what the fast weights are), objectives (Miras'
-attentional biases), learners (inner optimisers) and retentions (forgetting). A part declares what the engine needs to know about it, so the engine decides
+attentional biases), learners (inner optimisers), retentions (forgetting) and feature maps (what
+queries and keys become before the memory sees them). A part declares what the engine needs to know about it, so the engine decides
 exactness and the parallel form from these declarations, never from a name:
 
 - a `Structure` gives the memory's layer shapes (every structure is a stack of linear layers with
@@ -16,8 +17,10 @@ exactness and the parallel form from these declarations, never from a name:
   of decays have a closed form, so the dual form and the kernels apply; any other retention runs
   token by token).
 
+- a `FeatureMap` gives phi and its output size (dk = out_dim(head_dim) may differ from dv).
+
 New parts land as new files that call `register_objective` / `register_learner` /
-`register_retention` / `register_structure` (and are imported once by `zoo/memory/__init__.py`); `MemorySpec` and
+`register_retention` / `register_structure` / `register_feature_map` (and are imported once by `zoo/memory/__init__.py`); `MemorySpec` and
 `model.memory` accept every registered name.
 """
 
@@ -73,6 +76,17 @@ class Structure:
     doc: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class FeatureMap:
+    """apply(x) -> phi(x) for queries and keys `x: [..., d]` -> `[..., out_dim(d)]`, before their L2
+    normalisation; the memory's keys then have size out_dim(head_dim), its values head_dim."""
+
+    name: str
+    apply: Callable
+    out_dim: Callable[[int], int] = lambda d: d
+    doc: str = ""
+
+
 RETENTION_GATES = ("none", "scalar", "channel")
 
 
@@ -100,6 +114,7 @@ class Retention:
 
 
 STRUCTURES: dict[str, Structure] = {}
+FEATURE_MAPS: dict[str, FeatureMap] = {}
 OBJECTIVES: dict[str, Objective] = {}
 LEARNERS: dict[str, Learner] = {}
 RETENTIONS: dict[str, Retention] = {}
@@ -130,6 +145,19 @@ def structure(name: str) -> Structure:
     if name not in STRUCTURES:
         raise ValueError(f"unknown memory structure {name!r}; registered: {', '.join(STRUCTURES)}")
     return STRUCTURES[name]
+
+
+def register_feature_map(feature_map: FeatureMap) -> FeatureMap:
+    if feature_map.name in FEATURE_MAPS:
+        raise ValueError(f"feature map {feature_map.name!r} is registered twice")
+    FEATURE_MAPS[feature_map.name] = feature_map
+    return feature_map
+
+
+def feature_map(name: str) -> FeatureMap:
+    if name not in FEATURE_MAPS:
+        raise ValueError(f"unknown feature map {name!r}; registered: {', '.join(FEATURE_MAPS)}")
+    return FEATURE_MAPS[name]
 
 
 def register_retention(retention: Retention) -> Retention:

@@ -44,3 +44,20 @@ def test_mamba2_decay_gate_decodes_exactly_and_starts_in_its_init_range():
     assert ((dt >= layer.MAMBA2_DT_FLOOR) & (dt <= layer.MAMBA2_DT_RANGE[1] * 1.001)).all()
     log_ret = mixer.gates(jnp.zeros((1, 1, 16))).log_retention[0, :, 0]
     np.testing.assert_allclose(log_ret, -a * dt, rtol=1e-5)
+
+
+def test_a_feature_map_landed_by_registration_changes_the_key_size():
+    """A feature map with dk != dv (phi(x) = [x, x^2], twice the head size) lands by registration
+    alone: the exact matrix memory (its kernel, dk != dv) and the anchored MLP memory build with
+    keys of size 2 * head_dim and decode exactly after a mid-chunk prefill."""
+    from zoo.memory import parts
+
+    if "test_square_features" not in parts.FEATURE_MAPS:
+        parts.register_feature_map(parts.FeatureMap("test_square_features", lambda x: jnp.concatenate([x, x * x], -1),
+                                                    out_dim=lambda d: 2 * d))
+    toks = tokens(11)
+    for memory in (dict(structure="matrix", semantics="exact", max_grad_norm=0.0), dict(structure="mlp")):
+        model = build("titans_lmm", qk_activation="test_square_features", **memory)
+        mixer = model.blocks[0].mixer
+        assert mixer.init_state[0].value.shape[:2] == (2, 2 * mixer.head_dim)  # [heads, key_dim, ...]
+        np.testing.assert_allclose(stream(model, toks, list(range(5, 11))), forward(model, toks), atol=1e-5, rtol=1e-5)
