@@ -6,14 +6,10 @@
     logits = model(tokens)                       # [batch, seq] -> [batch, seq, vocab]
 """
 
-from zoo.xla_workarounds import apply_xla_workarounds
-
-apply_xla_workarounds()  # before any backend starts (zoo/xla_workarounds.py)
-
-from zoo import registry  # noqa: E402
-from zoo.config import Config, ConfigError, load_config  # noqa: E402
-from zoo.generation import generate  # noqa: E402
-from zoo.registry import build_model  # noqa: E402
+from zoo import registry
+from zoo.config import Config, ConfigError, load_config
+from zoo.generation import generate
+from zoo.registry import build_model
 
 __all__ = [
     "Config",

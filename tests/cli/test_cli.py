@@ -80,28 +80,3 @@ def test_bad_inputs_give_messages(tmp_path):
     bad_task = run("eval.py", "--workdir", str(tmp_path), "--tasks", "pppl")
     assert bad_task.returncode == 1 and "Did you mean 'ppl'" in bad_task.stderr
 
-
-
-def test_gated_deltanet_trains_with_xla_cpu_optimisations(tmp_path):
-    """jaxlib 0.10's CPU concurrency-optimized scheduler deadlocks this step (batch 8 x 64 tokens;
-    zoo/xla_workarounds.py turns it off): with XLA's default optimisations it must finish."""
-    train = run("train.py", "--config", "configs/synthetic/mqar_tiny.yaml", "--set", "model.name=gated_deltanet",
-                "--set", "data.seq_len=64", "--set", "data.mqar.num_pairs=8", "--set", "model.vocab_size=128",
-                "--set", "data.batch_size=8", "--set", "train.steps=2", "--set", "train.log_every=1",
-                "--workdir", str(tmp_path / "gdn"), timeout=180, optimize=True)
-    assert train.returncode == 0, train.stderr[-3000:]
-    assert "done: step 2" in train.stdout + train.stderr
-
-
-def test_xla_workarounds_keep_the_users_flags():
-    from zoo.xla_workarounds import CPU_SCHEDULER, apply_xla_workarounds
-
-    env = {"XLA_FLAGS": f"--{CPU_SCHEDULER}=true --xla_foo=1"}
-    apply_xla_workarounds(env)
-    assert env["XLA_FLAGS"] == f"--{CPU_SCHEDULER}=true --xla_foo=1"
-    env = {}
-    apply_xla_workarounds(env)
-    import importlib.metadata
-
-    if importlib.metadata.version("jaxlib").startswith("0.10."):
-        assert env["XLA_FLAGS"] == f"--{CPU_SCHEDULER}=false"
