@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Causal attention implementations of `zoo.layers.attend` side by side: forward and forward +
-backward time, and the largest difference from the XLA reference, for full and sliding-window
+backward time (the fastest of --repeats warm calls), and the largest difference from the XLA reference, for full and sliding-window
 attention, with and without packed-document segment ids. Prints a table, writes JSON.
 
     python scripts/bench_attention.py --seq 1024                       # CPU: xla vs blockwise
@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,19 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from bench_memory import best_time  # noqa: E402  (scripts/: the fastest of the warm calls)
 
 from zoo.layers.attend import attend  # noqa: E402
-
-
-def timed(f, *args, repeats: int) -> float:
-    """Median seconds of `repeats` calls after one warm-up (which compiles)."""
-    jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(q, k, v, impl: str, window: int, segment_ids, reference, repeats: int) -> dict:
@@ -52,8 +40,8 @@ def measure(q, k, v, impl: str, window: int, segment_ids, reference, repeats: in
         out = jax.jit(fwd)(q, k, v).astype(jnp.float32)
         half = q.shape[1] // 2
         err = None if reference is None else float(jnp.max(jnp.abs(out[:, :half] - reference[:, :half])))
-        return dict(fwd_ms=1e3 * timed(jax.jit(fwd), q, k, v, repeats=repeats),
-                    fwd_bwd_ms=1e3 * timed(jax.jit(jax.grad(loss, argnums=(0, 1, 2))), q, k, v, repeats=repeats),
+        return dict(fwd_ms=1e3 * best_time(jax.jit(fwd), q, k, v, repeats=repeats),
+                    fwd_bwd_ms=1e3 * best_time(jax.jit(jax.grad(loss, argnums=(0, 1, 2))), q, k, v, repeats=repeats),
                     max_err_vs_xla=err), out
 
 

@@ -113,73 +113,34 @@ class Retention:
             raise ValueError(f"retention {self.name!r}: gate {self.gate!r}; allowed: {', '.join(RETENTION_GATES)}")
 
 
-STRUCTURES: dict[str, Structure] = {}
-FEATURE_MAPS: dict[str, FeatureMap] = {}
-OBJECTIVES: dict[str, Objective] = {}
-LEARNERS: dict[str, Learner] = {}
-RETENTIONS: dict[str, Retention] = {}
+class Registry(dict):
+    """Parts of one kind by name: `register(part)` adds one (a name only once), `get_part(name)`
+    returns it or raises a ValueError that lists the registered names."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+
+    def register(self, part):
+        if part.name in self:
+            raise ValueError(f"{self.kind} {part.name!r} is registered twice")
+        self[part.name] = part
+        return part
+
+    def get_part(self, name: str):
+        if name not in self:
+            raise ValueError(f"unknown memory {self.kind} {name!r}; registered: {', '.join(self)}")
+        return self[name]
 
 
-def register_objective(objective: Objective) -> Objective:
-    if objective.name in OBJECTIVES:
-        raise ValueError(f"objective {objective.name!r} is registered twice")
-    OBJECTIVES[objective.name] = objective
-    return objective
+STRUCTURES = Registry("structure")
+FEATURE_MAPS = Registry("feature map")
+OBJECTIVES = Registry("objective")
+LEARNERS = Registry("learner")
+RETENTIONS = Registry("retention")
 
-
-def register_learner(learner: Learner) -> Learner:
-    if learner.name in LEARNERS:
-        raise ValueError(f"learner {learner.name!r} is registered twice")
-    LEARNERS[learner.name] = learner
-    return learner
-
-
-def register_structure(structure: Structure) -> Structure:
-    if structure.name in STRUCTURES:
-        raise ValueError(f"structure {structure.name!r} is registered twice")
-    STRUCTURES[structure.name] = structure
-    return structure
-
-
-def structure(name: str) -> Structure:
-    if name not in STRUCTURES:
-        raise ValueError(f"unknown memory structure {name!r}; registered: {', '.join(STRUCTURES)}")
-    return STRUCTURES[name]
-
-
-def register_feature_map(feature_map: FeatureMap) -> FeatureMap:
-    if feature_map.name in FEATURE_MAPS:
-        raise ValueError(f"feature map {feature_map.name!r} is registered twice")
-    FEATURE_MAPS[feature_map.name] = feature_map
-    return feature_map
-
-
-def feature_map(name: str) -> FeatureMap:
-    if name not in FEATURE_MAPS:
-        raise ValueError(f"unknown feature map {name!r}; registered: {', '.join(FEATURE_MAPS)}")
-    return FEATURE_MAPS[name]
-
-
-def register_retention(retention: Retention) -> Retention:
-    if retention.name in RETENTIONS:
-        raise ValueError(f"retention {retention.name!r} is registered twice")
-    RETENTIONS[retention.name] = retention
-    return retention
-
-
-def retention(name: str) -> Retention:
-    if name not in RETENTIONS:
-        raise ValueError(f"unknown memory retention {name!r}; registered: {', '.join(RETENTIONS)}")
-    return RETENTIONS[name]
-
-
-def objective(name: str) -> Objective:
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown memory objective {name!r}; registered: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name]
-
-
-def learner(name: str) -> Learner:
-    if name not in LEARNERS:
-        raise ValueError(f"unknown memory learner {name!r}; registered: {', '.join(LEARNERS)}")
-    return LEARNERS[name]
+register_structure, structure = STRUCTURES.register, STRUCTURES.get_part
+register_feature_map, feature_map = FEATURE_MAPS.register, FEATURE_MAPS.get_part
+register_objective, objective = OBJECTIVES.register, OBJECTIVES.get_part
+register_learner, learner = LEARNERS.register, LEARNERS.get_part
+register_retention, retention = RETENTIONS.register, RETENTIONS.get_part

@@ -89,7 +89,8 @@ class MemorySpec:
             if getattr(self, name) < 1:
                 raise ValueError(f"MemorySpec.{name} must be >= 1, got {getattr(self, name)}")
         backends = {name for table in kernels.IMPLEMENTATIONS.values() for name in table} | {"auto"}
-        names = [n.strip() for n in self.kernel_backend.split(",") if n.strip()]
+        names = self.kernel_backends
+        names = (names,) if names == "auto" else names
         if not names or any(n not in backends for n in names) or ("auto" in names and len(names) > 1):
             raise ValueError(f"MemorySpec.kernel_backend={self.kernel_backend!r}: allowed are 'auto', "
                              f"{', '.join(map(repr, sorted(backends - {'auto'})))}, or a comma-separated list of them")
