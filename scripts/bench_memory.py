@@ -31,7 +31,6 @@ import jax.numpy as jnp  # noqa: E402
 from zoo.config import load_config  # noqa: E402
 from zoo.data import make_data  # noqa: E402
 from zoo.memory import engine  # noqa: E402
-from zoo.memory.engine import Gates  # noqa: E402
 from zoo.memory.spec import MemorySpec  # noqa: E402
 from zoo.memory.state import initial_state  # noqa: E402
 from zoo.memory.structures import init_weights  # noqa: E402
@@ -56,9 +55,9 @@ def layer_inputs(batch, heads, t, d, spec, seed=0):
     q = norm(jax.random.normal(ks[0], (batch, heads, t, d)))
     k = norm(jax.random.normal(ks[1], (batch, heads, t, d)))
     v = jax.random.normal(ks[2], (batch, heads, t, d))
-    gates = Gates(lr=0.1 * jax.nn.sigmoid(jax.random.normal(ks[3], (batch, heads, t))),
-                  log_retention=-jax.nn.softplus(jax.random.normal(ks[4], (batch, heads, t)) - 4.0),
-                  log_momentum=-jax.nn.softplus(-(jax.random.normal(ks[5], (batch, heads, t)) + 2.0)))
+    gates = dict(lr=0.1 * jax.nn.sigmoid(jax.random.normal(ks[3], (batch, heads, t))),
+                 log_retention=-jax.nn.softplus(jax.random.normal(ks[4], (batch, heads, t)) - 4.0),
+                 log_momentum=-jax.nn.softplus(-(jax.random.normal(ks[5], (batch, heads, t)) + 2.0)))
     init = jax.vmap(lambda key: init_weights(spec, key, d, d))(jax.random.split(ks[6], heads))
     return init, q, k, v, gates
 
@@ -69,7 +68,7 @@ def layer_fns(spec):
         return jax.vmap(jax.vmap(one), in_axes=(None, 0, 0, 0, 0))(init, q, k, v, g)
 
     def scan(init, q, k, v, g):
-        one = lambda i, q, k, v, g: engine.reference_chunked(spec, initial_state(i), q, k, v, g)[1]  # noqa: E731
+        one = lambda i, q, k, v, g: engine.reference_chunked(spec, initial_state(spec, i), q, k, v, g)[1]  # noqa: E731
         return jax.vmap(jax.vmap(one), in_axes=(None, 0, 0, 0, 0))(init, q, k, v, g)
 
     def with_grad(fn):

@@ -4,7 +4,7 @@ from zoo.layers.attend import attend, attend_at
 from zoo.layers.attention import Attention, KVCache
 from zoo.layers.conv import ShortConv
 from zoo.layers.embedding import Embedding
-from zoo.layers.gates import GateHead
+from zoo.layers.gates import GateHead, logit
 from zoo.layers.linear import Projection
 from zoo.layers.mlp import SwiGLU, swiglu_hidden_dim
 from zoo.layers.norms import RMSNorm
@@ -23,6 +23,7 @@ __all__ = [
     "attend",
     "attend_at",
     "constant_param",
+    "logit",
     "normal_param",
     "swiglu_hidden_dim",
 ]

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from zoo.layers.linear import Projection
 from zoo.layers.param import constant_param
+
+
+def logit(p: float) -> float:
+    """The bias at which a sigmoid gate starts at p (0 < p < 1)."""
+    return math.log(p / (1.0 - p))
 
 
 class GateHead(nnx.Module):

@@ -1,8 +1,10 @@
 """The generic memory engine: exact `step`, chunk-consistent `decode_step`, the anchored
 reference loop, and the chunk-parallel `chunk` (Titans spec §1.6-1.8, DESIGN §3).
 
-All functions here work on ONE sequence of one head: `q, k: [T, dk]`, `v: [T, dv]`, gates
-`[T]` (or `[T, dk]` for channel retention); the mixer vmaps them over [batch, heads].
+All functions here work on ONE sequence of one head: `q, k: [T, dk]`, `v: [T, dv]`, gates a dict
+{name: [T]} of the gates the spec reads (`MemorySpec.gate_names`: "lr" rho_t, "log_retention" log l_t
+(`[T, dk]` for channel retention), the learner's own such as "log_momentum" log mu_t); the mixer
+vmaps them over [batch, heads].
 
 Online rule (neutral names: l retention, mu momentum decay, rho inner learning rate):
     u_t = grad_W l(W*; k_t, v_t)        W* = W_{t-1} (exact) or the chunk anchor W_a (anchored)
@@ -18,12 +20,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import struct
-
 import kernels
 
 from zoo.memory import parts
-from zoo.memory.learners import learner_step, momentum_terms
+from zoo.memory.learners import learner_step, learner_terms
 from zoo.memory.objectives import inner_loss
 from zoo.memory.retention import decay_terms, retain
 from zoo.memory.spec import MemorySpec
@@ -31,20 +31,20 @@ from zoo.memory.state import MemState, initial_state
 from zoo.memory.structures import Weights, activation, forward, has_residual
 
 
-@struct.dataclass
-class Gates:
-    """Per-token gates of one head, in the form the rule uses.
+Gates = dict  # {gate name: per-token values}, the names of `MemorySpec.gate_names`
 
-    lr: [T] rho_t >= 0. log_retention: [T] (or [T, dk] for channel retention) log l_t <= 0.
-    log_momentum: [T] log mu_t <= 0 (ignored by the gd learner).
-    """
 
-    lr: jax.Array
-    log_retention: jax.Array
-    log_momentum: jax.Array
+def gates_at(gates: Gates, t) -> Gates:
+    """The gates of token t."""
+    return jax.tree.map(lambda g: g[t], gates)
 
-    def at(self, t) -> Gates:
-        return jax.tree.map(lambda g: g[t], self)
+
+def check_gates(spec: MemorySpec, gates: Gates) -> None:
+    """Raises a ValueError naming the gates the spec reads that `gates` lacks."""
+    missing = [name for name in spec.gate_names if name not in gates]
+    if missing:
+        raise ValueError(f"the memory ({spec.learner} learner, {spec.retention} retention) reads gates "
+                         f"{', '.join(spec.gate_names)}; missing: {', '.join(missing)}")
 
 
 def token_gradient(spec: MemorySpec, weights: Weights, k: jax.Array, v: jax.Array) -> Weights:
@@ -62,15 +62,15 @@ def clip_factor(spec: MemorySpec, squared_norm: jax.Array) -> jax.Array:
     return jnp.minimum(1.0, spec.max_grad_norm * jax.lax.rsqrt(squared_norm + 1e-12))
 
 
-def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates) -> tuple[Weights, Weights]:
+def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates) -> tuple[Weights, dict]:
     """Retention, then the learner's update with the inner gradient taken at `at` (W_{t-1} or
     the anchor), or at the retained weights l_t W_{t-1} when spec.gradient_at == "retained";
-    the step is clipped to norm spec.max_grad_norm (by scaling rho_t)."""
-    kept = retain(spec, state.weights, g.log_retention)
+    the step is clipped to norm spec.max_grad_norm (by scaling rho_t). Returns (W_t, buffers)."""
+    kept = retain(spec, state.weights, g.get("log_retention"))
     grads = token_gradient(spec, kept if spec.gradient_at == "retained" else at, k, v)
-    lr = g.lr * clip_factor(spec, sum(jnp.sum(u * u) for u in grads))
-    update, momentum = learner_step(spec, state.momentum, grads, lr, g.log_momentum)
-    return tuple(w + d for w, d in zip(kept, update, strict=True)), momentum
+    lr = g["lr"] * clip_factor(spec, sum(jnp.sum(u * u) for u in grads))
+    update, buffers = learner_step(spec, state.buffers, grads, lr, g)
+    return tuple(w + d for w, d in zip(kept, update, strict=True)), buffers
 
 
 def read(spec: MemorySpec, weights: Weights, q: jax.Array) -> jax.Array:
@@ -80,10 +80,14 @@ def read(spec: MemorySpec, weights: Weights, q: jax.Array) -> jax.Array:
 
 def step(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[MemState, jax.Array]:
     """The exact per-token rule: gradient at W_{t-1}, write, then read."""
-    weights, momentum = _apply_update(spec, state, state.weights, k, v, g)
+    return _advance(spec, state, *_apply_update(spec, state, state.weights, k, v, g), q)
+
+
+def _advance(spec: MemorySpec, state: MemState, weights, buffers, q) -> tuple[MemState, jax.Array]:
+    """The state after one token's write (the anchor moves on at the end of a chunk) and its read."""
     pos = (state.pos + 1) % spec.chunk_size
     anchor = jax.tree.map(lambda a, w: jnp.where(pos == 0, w, a), state.anchor, weights)
-    return MemState(weights, momentum, anchor, pos), read(spec, weights, q)
+    return MemState(weights=weights, anchor=anchor, pos=pos, buffers=buffers), read(spec, weights, q)
 
 
 def decode_step(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[MemState, jax.Array]:
@@ -91,10 +95,7 @@ def decode_step(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[M
     anchor (refreshed every chunk_size tokens), exact ones at W_{t-1}. Equals `chunk`."""
     if spec.semantics == "exact":
         return step(spec, state, q, k, v, g)
-    weights, momentum = _apply_update(spec, state, state.anchor, k, v, g)
-    pos = (state.pos + 1) % spec.chunk_size
-    anchor = jax.tree.map(lambda a, w: jnp.where(pos == 0, w, a), state.anchor, weights)
-    return MemState(weights, momentum, anchor, pos), read(spec, weights, q)
+    return _advance(spec, state, *_apply_update(spec, state, state.anchor, k, v, g), q)
 
 
 def _token_loop(spec, state, init, q, k, v, gates, segment_ids, one_token):
@@ -104,7 +105,7 @@ def _token_loop(spec, state, init, q, k, v, gates, segment_ids, one_token):
     seg = jnp.ones((t,), jnp.int32) if segment_ids is None else segment_ids
     prev = jnp.concatenate([seg[:1], seg[:-1]])
     starts = (jnp.arange(t) > 0) & (seg != prev)
-    fresh = initial_state(init)
+    fresh = initial_state(spec, init)
 
     def body(st, xs):
         qt, kt, vt, gt, start, valid = xs
@@ -152,7 +153,7 @@ def gradient_factors(spec: MemorySpec, anchor: Weights, k, v, lr, valid):
 
 
 def decayed_terms(spec: MemorySpec, log_retention, m, n, valid):
-    """Hook 3, retention folded into the learner's terms (hook 2: `momentum_terms` gives m [C] and
+    """Hook 3, retention folded into the learner's terms (hook 2: `learner_terms` gives m [C] and
     n [C, C] with S_r = m_r S_s - sum_i n[r, i] u_i). With beta_r = prod_{j<=r} l_j and
     D[r, j] = beta_r / beta_j (log space, masked before the exp; invalid positions decay by 1):
 
@@ -182,7 +183,7 @@ def dual_read(spec: MemorySpec, w_start: Weights, s_start: Weights, q, inputs, d
         else:
             p = beta[:, None] * (z @ ws) + f[:, None] * (z @ ss) - ((z @ a.T) * big_g) @ d
             new_w.append(beta[-1] * ws + f[-1] * ss - (a * big_g[-1][:, None]).T @ d)
-        new_s.append(m[-1] * ss - (a * n[-1][:, None]).T @ d if spec.has_momentum else ss)
+        new_s.append(m[-1] * ss - (a * n[-1][:, None]).T @ d if _dual_state(spec) else ss)
         z = activation(spec, p) if layer < len(w_start) - 1 else p
     if has_residual(spec):
         z = z + q
@@ -195,10 +196,17 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
     (W, S) = (w_start, s_start) with inner gradients at `anchor`, in four hooks: gradient factors
     -> learner terms -> retention -> the dual read. Returns ((W_C, S_C), Y [C, dv])."""
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
-    inputs, deltas, lr = gradient_factors(spec, anchor, k, v, g.lr, valid)
-    m, n = momentum_terms(spec, lr, jnp.where(valid, g.log_momentum, 0.0))  # [C], [C, C]
-    beta, f, big_g = decayed_terms(spec, g.log_retention, m, n, valid)
+    inputs, deltas, lr = gradient_factors(spec, anchor, k, v, g["lr"], valid)
+    learner_gates = {name: jnp.where(valid, g[name], 0.0) for name in parts.learner(spec.learner).gates}
+    m, n = learner_terms(spec, lr, learner_gates)  # [C], [C, C]
+    log_retention = g.get("log_retention", jnp.zeros_like(lr))
+    beta, f, big_g = decayed_terms(spec, log_retention, m, n, valid)
     return dual_read(spec, w_start, s_start, q, inputs, deltas, beta, f, big_g, m, n)
+
+
+def _dual_state(spec: MemorySpec) -> str | None:
+    """The buffer the chunk form carries as S (the momentum), or None."""
+    return parts.learner(spec.learner).dual_state
 
 
 def delta_kernel(spec: MemorySpec) -> str | None:
@@ -214,7 +222,7 @@ def delta_kernel(spec: MemorySpec) -> str | None:
         return None
     if spec.gradient_at == "previous":
         return "momentum_delta_rule"
-    return None if spec.has_momentum else "gated_delta_rule"
+    return "gated_delta_rule" if spec.learner == "gd" else None
 
 
 def dual_form(spec: MemorySpec) -> bool:
@@ -247,24 +255,25 @@ by `spec.kernel_chunk` on `spec.kernel_backend`.
     """
     to_kernel = lambda x: jnp.moveaxis(x, 1, 2)  # noqa: E731  [B, H, T, ...] -> [B, T, H, ...]
     q, k, v = (to_kernel(x.astype(jnp.float32)) for x in (q, k, v))
-    lr = g.lr
-    log_ret = g.log_retention if parts.retention(spec.retention).gate != "none" else jnp.zeros_like(g.lr)
+    lr = g["lr"]
+    log_ret = g.get("log_retention", jnp.zeros_like(lr))
     if segment_ids is not None:
         valid = (segment_ids > 0)[:, None, :]
         lr, log_ret = jnp.where(valid, lr, 0.0), jnp.where(valid, log_ret, 0.0)
     lr, log_ret = to_kernel(2.0 * lr), to_kernel(log_ret)
     common = dict(scale=1.0, initial_state=state.weights[0], output_final_state=True, chunk_size=spec.kernel_chunk,
                   segment_ids=segment_ids, backend=spec.kernel_backends)
+    momentum = spec.learner == "momentum"
     if delta_kernel(spec) == "gated_delta_rule":
         o, w = kernels.gated_delta_rule(q, k, v, lr, log_ret, **common)
-        momentum = state.momentum
+        buffers = state.buffers
     else:
         o, (w, s) = kernels.momentum_delta_rule(
-            q, k, v, lr, log_ret, to_kernel(g.log_momentum) if spec.has_momentum else None,
-            initial_momentum=state.momentum[0] if spec.has_momentum else None, **common)
-        momentum = (s,) if spec.has_momentum else state.momentum
+            q, k, v, lr, log_ret, to_kernel(g["log_momentum"]) if momentum else None,
+            initial_momentum=state.buffers["momentum"][0] if momentum else None, **common)
+        buffers = {"momentum": (s,)} if momentum else state.buffers
     pos = (state.pos + q.shape[1]) % spec.chunk_size
-    return MemState((w,), momentum, (w,), pos), jnp.moveaxis(o, 2, 1)
+    return MemState(weights=(w,), anchor=(w,), pos=pos, buffers=buffers), jnp.moveaxis(o, 2, 1)
 
 
 def _delta_kernel_chunk(spec: MemorySpec, state: MemState, q, k, v, g: Gates,
@@ -306,6 +315,18 @@ def _chunk_resets(seg_buf: jax.Array, c: int) -> jax.Array:
     return ((jnp.arange(seg_buf.shape[0]) > 0) & (seg_buf != prev) & (seg_buf > 0))[::c]
 
 
+def dual_momentum(spec: MemorySpec, state: MemState) -> Weights:
+    """S of the chunk form from a state: its momentum buffer, or zeros when the learner has none."""
+    name = _dual_state(spec)
+    return state.buffers[name] if name else tuple(jnp.zeros_like(w) for w in state.weights)
+
+
+def dual_buffers(spec: MemorySpec, s: Weights) -> dict:
+    """The state's buffers from the chunk form's S."""
+    name = _dual_state(spec)
+    return {name: s} if name else {}
+
+
 def _fresh_chunks(spec: MemorySpec, init: Weights, q, k, v, gates: Gates, seg) -> tuple[MemState, jax.Array]:
     """The training path: from W_0 at grid position 0, carrying only (W, S) between chunks (the
     anchor of a fresh chunk is its start weights; S only with momentum). The tail chunk (T not a
@@ -317,7 +338,7 @@ def _fresh_chunks(spec: MemorySpec, init: Weights, q, k, v, gates: Gates, seg) -
     seg_buf = pad_to(seg, (full + (tail > 0)) * c)
     resets = _chunk_resets(seg_buf, c)
     valid = (seg_buf > 0).reshape(-1, c)
-    momentum = spec.has_momentum
+    momentum = _dual_state(spec)
 
     def start(carry, reset):
         w, s = carry if momentum else (carry[0], zeros)
@@ -341,7 +362,7 @@ def _fresh_chunks(spec: MemorySpec, init: Weights, q, k, v, gates: Gates, seg) -
         xc = jax.tree.map(lambda x: pad_to(x[full * c:], c), (q, k, v, gates))
         (w, s), y_tail = chunk_step(spec, w, s, w, *xc, valid[full])
         ys.append(y_tail[:tail])
-    final = MemState(weights=w, momentum=s, anchor=anchor, pos=jnp.asarray(tail, jnp.int32))
+    final = MemState(weights=w, anchor=anchor, pos=jnp.asarray(tail, jnp.int32), buffers=dual_buffers(spec, s))
     return final, jnp.concatenate(ys) if len(ys) > 1 else ys[0]
 
 
@@ -367,12 +388,12 @@ def _continued_chunks(spec: MemorySpec, state: MemState, q, k, v, gates: Gates) 
         (w, s), y = chunk_step(spec, w, s, anchor, qc, kc, vc, gc, mask)
         return (w, s, w, result_anchor), y
 
-    carry = (state.weights, state.momentum, state.anchor, state.anchor)
+    carry = (state.weights, dual_momentum(spec, state), state.anchor, state.anchor)
     xs = (jnp.arange(1, n + 1), jax.tree.map(place, (q, k, v, gates)), place(jnp.ones((t,), bool)))
     (w, s, _, result_anchor), ys = grouped_scan(body, carry, xs)
     result_anchor = jax.tree.map(lambda a, b: jnp.where(final_chunk == n, a, b), w, result_anchor)
     y = jax.lax.dynamic_slice_in_dim(ys.reshape((n * c,) + ys.shape[2:]), offset, t)
-    return MemState(weights=w, momentum=s, anchor=result_anchor, pos=(offset + t) % c), y
+    return MemState(weights=w, anchor=result_anchor, pos=(offset + t) % c, buffers=dual_buffers(spec, s)), y
 
 
 def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, init: Weights | None = None,
@@ -389,17 +410,18 @@ def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, in
     """
     if init is None and state is None:
         raise ValueError("chunk needs the initial weights (init=) or a state to continue")
+    check_gates(spec, gates)
     if segment_ids is not None and state is not None:
         raise ValueError("segment_ids resets are supported from a fresh state (state=None) only")
     init = init if init is not None else state.weights
     if not dual_form(spec):  # the dual form casts inside each chunk (inputs may be bfloat16)
         q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     if not chunk_parallel(spec):  # token by token: the exact rule, or gradients at the anchor
-        return reference_chunked(spec, state if state is not None else initial_state(init), q, k, v, gates,
+        return reference_chunked(spec, state if state is not None else initial_state(spec, init), q, k, v, gates,
                                  init=init, segment_ids=segment_ids)
 
     if delta_kernel(spec) is not None:
-        return _delta_kernel_chunk(spec, state if state is not None else initial_state(init), q, k, v, gates,
+        return _delta_kernel_chunk(spec, state if state is not None else initial_state(spec, init), q, k, v, gates,
                                    segment_ids)
     seg = jnp.ones(q.shape[:1], jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
     if state is None:
@@ -407,6 +429,6 @@ def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, in
     else:
         final, y = _continued_chunks(spec, state, q, k, v, gates)
     if segment_ids is not None:  # trailing padding holds the fresh state (as in the token loop)
-        fresh = initial_state(init).replace(pos=final.pos)
+        fresh = initial_state(spec, init).replace(pos=final.pos)
         final = jax.tree.map(lambda a, b: jnp.where(seg[-1] > 0, a, b), final, fresh)
     return final, y

@@ -2,11 +2,14 @@
 
 Input path (Titans §4.4, spec §1.1): q, k, v projections -> causal depthwise conv (width 4)
 -> feature map (SiLU by default) -> L2-normalised q and k per head. Gates per head and token
-from x (spec §1.4), each bias set from the config's initial value (docs/fidelity.md):
-    rho_t = lr_max * sigmoid(z_lr)                  inner learning rate (Titans theta_t)
-    log l_t = -softplus(z_forget)                   retention l = 1 - alpha_t ("sigmoid" gate), or
+from x (spec §1.4), one `GateHead` for each gate the spec reads (`MemorySpec.gate_names`), each
+bias set from the config's initial value (docs/fidelity.md):
+    rho_t = lr_max * sigmoid(z_lr)                  "lr": inner learning rate (Titans theta_t)
+    log l_t = -softplus(z_forget)                   "log_retention": l = 1 - alpha_t ("sigmoid"), or
     log l_t = -exp(A) * softplus(z_forget)          the Mamba-2 / Gated DeltaNet form ("mamba2")
-    log mu_t = -softplus(-z_momentum)               momentum decay (Titans eta_t)
+    log mu_t = -softplus(-z_momentum)               "log_momentum": momentum decay (Titans eta_t)
+The retention gate's shape and form are the retention's (one per head or per key channel); every
+other gate is a registered `parts.Gate` (zoo/memory/learners.py registers "lr" and "log_momentum").
 Output (spec §1.5): (RMSNorm_head(y) * SiLU(x W_G + b_G)) W_O.
 The memory never sees x; every outer parameter (projections, conv, gates, W_0) learns through
 the inner updates (full second-order gradients unless spec.bilevel = "first_order").
@@ -21,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from zoo.layers import GateHead, Projection, ShortConv, constant_param
+from zoo.layers import GateHead, Projection, ShortConv, constant_param, logit
 from zoo.memory import engine, parts
 from zoo.memory.engine import Gates
 from zoo.memory.spec import MemorySpec
@@ -36,10 +39,6 @@ if TYPE_CHECKING:  # zoo.memory never imports zoo.config at run time (the config
 MAMBA2_A_RANGE = (1e-4, 16.0)
 MAMBA2_DT_RANGE = (1e-3, 1e-1)
 MAMBA2_DT_FLOOR = 1e-4
-
-
-def logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
 
 
 @struct.dataclass
@@ -75,7 +74,7 @@ class MemoryMixer(nnx.Module):
         spec = MemorySpec.of(cfg)
         self.spec, self.num_heads, self.head_dim, self.dtype = spec, num_heads, head_dim, dtype
         self.remat = remat  # recompute the whole mixer in the backward pass (model.remat = "memory")
-        self.lr_max, self.retention_gate = cfg.lr_max, cfg.retention_gate
+        self.memory_cfg = cfg  # the gates' forms read their settings (lr_max, ...) from it
         self.feature_map = parts.feature_map(cfg.qk_activation)
         key_dim = self.feature_map.out_dim(head_dim)  # the memory maps keys of key_dim to values of head_dim
         hd = (num_heads, head_dim)
@@ -84,9 +83,9 @@ class MemoryMixer(nnx.Module):
             Projection((d_model,), hd, **proj)
         self.conv = ShortConv(3 * num_heads * head_dim, cfg.conv_width, dtype=dtype, axis_name=None)
         gate = dict(std=std, rngs=rngs)
-        lr_bias = logit(cfg.lr_init / cfg.lr_max) if cfg.lr_max > 0 else 0.0
-        self.lr_gate = GateHead(d_model, (num_heads,), axes=("heads",), bias_init=lr_bias, **gate)
-        forget_gate, decay_rate = None, None
+        heads = {name: GateHead(d_model, (num_heads,), axes=("heads",), bias_init=parts.gate(name).bias(cfg), **gate)
+                 for name in spec.gate_names if name != "log_retention"}
+        decay_rate = None
         retention_gate = parts.retention(spec.retention).gate
         if retention_gate != "none":
             channel = retention_gate == "channel"
@@ -98,10 +97,8 @@ class MemoryMixer(nnx.Module):
                 decay_rate = constant_param(jnp.log(a), ("heads",))  # log A
             else:
                 bias = logit(cfg.forget_init)
-            forget_gate = GateHead(d_model, shape, axes=axes, bias_init=bias, **gate)
-        self.forget_gate, self.decay_rate = forget_gate, decay_rate
-        self.momentum_gate = GateHead(d_model, (num_heads,), axes=("heads",), bias_init=logit(cfg.momentum_init),
-                                      **gate) if spec.has_momentum else None
+            heads["log_retention"] = GateHead(d_model, shape, axes=axes, bias_init=bias, **gate)
+        self.gate_heads, self.decay_rate = nnx.Dict(heads), decay_rate
         keys = jax.random.split(rngs.params(), num_heads)
         per_head = [init_weights(spec, key, key_dim, head_dim, first_layer_std=cfg.mlp_first_layer_std,
                                  last_layer_std=cfg.last_layer_std)
@@ -137,24 +134,22 @@ class MemoryMixer(nnx.Module):
         return features(qkv, conv_tail)
 
     def gates(self, x) -> Gates:
-        """Per-token gates with leading axes [B, H, T] (channel retention: [B, H, T, dh]), float32,
+        """The spec's gates {name: [B, H, T]} (channel retention: [B, H, T, key_dim]), float32,
         recomputed in the backward pass from x."""
         return jax.checkpoint(self._gates)(x)
 
     def _gates(self, x) -> Gates:
-        to_heads = lambda a: jnp.moveaxis(a, 2, 1)  # noqa: E731
-        lr = self.lr_max * jax.nn.sigmoid(self.lr_gate(x))
-        shape = lr.shape
-        if self.forget_gate is None:
-            log_ret = jnp.zeros(shape)
-        elif self.decay_rate is not None:  # Mamba-2 / GDN: -A softplus(z + dt_bias), A per head
-            rate = jnp.exp(self.decay_rate.value)
-            z = self.forget_gate(x)
-            log_ret = -jax.nn.softplus(z) * (rate[:, None] if z.ndim == 4 else rate)
-        else:
-            log_ret = -jax.nn.softplus(self.forget_gate(x))
-        log_mu = jnp.zeros(shape) if self.momentum_gate is None else -jax.nn.softplus(-self.momentum_gate(x))
-        return Gates(lr=to_heads(lr), log_retention=to_heads(log_ret), log_momentum=to_heads(log_mu))
+        gates = {}
+        for name, head in self.gate_heads.items():
+            z = head(x)
+            if name != "log_retention":
+                gates[name] = parts.gate(name).value(z, self.memory_cfg)
+            elif self.decay_rate is not None:  # Mamba-2 / GDN: -A softplus(z + dt_bias), A per head
+                rate = jnp.exp(self.decay_rate.value)
+                gates[name] = -jax.nn.softplus(z) * (rate[:, None] if z.ndim == 4 else rate)
+            else:
+                gates[name] = -jax.nn.softplus(z)
+        return {name: jnp.moveaxis(g, 2, 1) for name, g in gates.items()}  # [B, T, H, ...] -> [B, H, T, ...]
 
     def output(self, x, y):
         """`y: [B, H, T, dh]` -> `[B, T, d_model]`: per-head RMSNorm, SiLU output gate, W_O (the
@@ -171,7 +166,7 @@ class MemoryMixer(nnx.Module):
     # -- the mixer ---------------------------------------------------------------------------
 
     def init_state_for(self, batch_size: int) -> MixerState:
-        per_head = jax.vmap(initial_state)(self._initial_weights())
+        per_head = jax.vmap(lambda w: initial_state(self.spec, w))(self._initial_weights())
         memory = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch_size,) + a.shape), per_head)
         return MixerState(memory=memory, conv_tail=self.conv.init_tail(batch_size))
 
@@ -206,7 +201,7 @@ class MemoryMixer(nnx.Module):
                 q, k, v, g, init, seg)
         elif x.shape[1] == 1:  # one decoding step: O(1) in the chunk size
             def cont(st, q, k, v, g, init):
-                st, y = engine.decode_step(spec, st, q[0], k[0], v[0], g.at(0))
+                st, y = engine.decode_step(spec, st, q[0], k[0], v[0], engine.gates_at(g, 0))
                 return st, y[None]
         else:
             def cont(st, q, k, v, g, init):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from zoo.memory.learners import momentum_update
+from zoo.memory.learners import MOMENTUM, momentum_update
 from zoo.memory.parts import Learner, register_learner
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -39,11 +39,11 @@ def newton_schulz(s, steps: int, eps: float = 1e-7):
 
 
 def muon_learner(name: str, *, steps: int, outer_lr: float) -> Learner:
-    def step(spec, momentum, grads, lr, log_momentum):
-        new_momentum = momentum_update(momentum, grads, lr, log_momentum)
-        return tuple(outer_lr * newton_schulz(s, steps) for s in new_momentum), new_momentum
+    def step(spec, buffers, grads, lr, gates):
+        new_momentum = momentum_update(buffers["momentum"], grads, lr, gates["log_momentum"])
+        return tuple(outer_lr * newton_schulz(s, steps) for s in new_momentum), {"momentum": new_momentum}
 
-    return Learner(name, has_momentum=True, step=step,
+    return Learner(name, step=step, buffers=(MOMENTUM,), gates=("log_momentum",),
                    doc=f"Muon: momentum, then {steps} Newton-Schulz steps, outer step {outer_lr}")
 
 

@@ -9,8 +9,10 @@ exactness and the parallel form from these declarations, never from a name:
   honours `residual`;
 - an `Objective` gives the summed per-token loss and whether its gradient depends on the weights
   (if not, even "exact" semantics take every gradient at the chunk anchor: the dual form);
-- a `Learner` gives its per-token step, whether it carries a momentum buffer, and, when its
-  update is linear in the token gradients, the in-chunk coefficients (m, n) the dual form uses.
+- a `Learner` gives its per-token step, the state buffers it carries (`Buffer`: the momentum, an
+  Omega window, a normaliser), the per-token gates it reads (`Gate`, registered once by name) and,
+  when its update is linear in the token gradients, the in-chunk coefficients (m, n) the dual form
+  uses.
 
 - a `Retention` gives the per-token gate it reads (none, one per head, one per key channel), its
   one-token forgetting, and whether that forgetting is multiplicative (W -> l_t W: chunk products
@@ -20,7 +22,7 @@ exactness and the parallel form from these declarations, never from a name:
 - a `FeatureMap` gives phi and its output size (dk = out_dim(head_dim) may differ from dv).
 
 New parts land as new files that call `register_objective` / `register_learner` /
-`register_retention` / `register_structure` / `register_feature_map` (and are imported once by `zoo/memory/__init__.py`); `MemorySpec` and
+`register_retention` / `register_structure` / `register_feature_map` / `register_gate` (and are imported once by `zoo/memory/__init__.py`); `MemorySpec` and
 `model.memory` accept every registered name.
 """
 
@@ -30,6 +32,7 @@ import dataclasses
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,24 +46,67 @@ class Objective:
     doc: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
-class Learner:
-    """step(spec, momentum, grads, lr, log_momentum) -> (update added to the retained weights, new
-    momentum) for one token (`grads`, `momentum`: one array per layer; `lr`, `log_momentum`: []).
+def like_weights(weights):
+    """Zeros shaped like the weights (one array per layer): a momentum-style buffer's initial value."""
+    return tuple(jnp.zeros_like(w) for w in weights)
 
-    terms(lr, log_momentum) -> (m [C], n [C, C]) with S_r = m_r S_start - sum_i n[r, i] u_i: only
-    for learners whose update is linear in the token gradients (None otherwise: such memories run
-    token by token, with gradients at the anchor when anchored)."""
+
+@dataclasses.dataclass(frozen=True)
+class Buffer:
+    """State a part carries from token to token besides the weights (`MemState.buffers[name]`):
+    init(W_0) -> its value at a document start (default: zeros shaped like the weights)."""
 
     name: str
-    has_momentum: bool
+    init: Callable = like_weights
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """A per-token gate of one value per head that the mixer computes from x (one `GateHead` whose
+    bias starts at bias(cfg)) for the parts that read it: value(z, cfg) maps the logits `z` to the
+    gate (`cfg`: the `model.memory` config). The retention gate ("log_retention") is not one of
+    these: its shape and form come from the retention's own declaration and `retention_gate`."""
+
+    name: str
+    bias: Callable
+    value: Callable
+    doc: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Learner:
+    """step(spec, buffers, grads, lr, gates) -> (update added to the retained weights, new buffers)
+    for one token (`grads`: one array per layer; `buffers`: {name: value} of the buffers it
+    declares; `lr`: [] the effective rho_t; `gates`: the token's gates {name: []}).
+
+    buffers: the state it carries (e.g. the momentum S), in `MemState.buffers`.
+    gates: the registered gates (`GATES`) it reads besides "lr" (which every learner reads).
+    terms(lr, gates) -> (m [C], n [C, C]) with S_r = m_r S_start - sum_i n[r, i] u_i: only for
+    learners whose update is linear in the token gradients (None otherwise: such memories run token
+    by token, with gradients at the anchor when anchored). A linear learner carries at most one
+    buffer, shaped like the weights (S of the dual form); its gates are log values, zeroed (a no-op)
+    at invalid positions."""
+
+    name: str
     step: Callable
+    buffers: tuple[Buffer, ...] = ()
+    gates: tuple[str, ...] = ()
     terms: Callable | None = None
     doc: str = ""
+
+    def __post_init__(self):
+        if self.linear and (len(self.buffers) > 1 or any(b.init is not like_weights for b in self.buffers)):
+            raise ValueError(f"learner {self.name!r} has chunk terms, so its only state is S of the dual form: "
+                             "at most one buffer, shaped like the weights")
 
     @property
     def linear(self) -> bool:
         return self.terms is not None
+
+    @property
+    def dual_state(self) -> str | None:
+        """The buffer the dual form carries as S (linear learners), or None."""
+        return self.buffers[0].name if self.linear and self.buffers else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,12 +181,14 @@ class Registry(dict):
 
 STRUCTURES = Registry("structure")
 FEATURE_MAPS = Registry("feature map")
+GATES = Registry("gate")
 OBJECTIVES = Registry("objective")
 LEARNERS = Registry("learner")
 RETENTIONS = Registry("retention")
 
 register_structure, structure = STRUCTURES.register, STRUCTURES.get_part
 register_feature_map, feature_map = FEATURE_MAPS.register, FEATURE_MAPS.get_part
+register_gate, gate = GATES.register, GATES.get_part
 register_objective, objective = OBJECTIVES.register, OBJECTIVES.get_part
 register_learner, learner = LEARNERS.register, LEARNERS.get_part
 register_retention, retention = RETENTIONS.register, RETENTIONS.get_part

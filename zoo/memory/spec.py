@@ -99,6 +99,10 @@ class MemorySpec:
         if self.gradient_at == "retained" and self.semantics != "exact":
             raise ValueError("gradient_at='retained' (the gradient at the decayed weights, Gated DeltaNet) "
                              "needs semantics='exact'")
+        for name in parts.learner(self.learner).gates:
+            if name not in parts.GATES:
+                raise ValueError(f"learner {self.learner!r} reads gate {name!r}, which is not registered "
+                                 f"(parts.register_gate); registered: {', '.join(parts.GATES)}")
         if parts.retention(self.retention).matrix_only and not parts.structure(self.structure).linear:
             raise ValueError(f"retention={self.retention!r} decays the key channels of a matrix memory; "
                              "use structure='matrix' or retention='scalar'")
@@ -114,5 +118,8 @@ class MemorySpec:
         return 1 if parts.structure(self.structure).linear else self.depth
 
     @property
-    def has_momentum(self) -> bool:
-        return parts.learner(self.learner).has_momentum
+    def gate_names(self) -> tuple[str, ...]:
+        """The per-token gates this memory reads: "lr", the retention's "log_retention" (unless its
+        gate is "none") and the learner's own (`parts.Learner.gates`)."""
+        retention = () if parts.retention(self.retention).gate == "none" else ("log_retention",)
+        return ("lr",) + retention + parts.learner(self.learner).gates

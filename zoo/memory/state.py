@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from zoo.memory import parts
+from zoo.memory.spec import MemorySpec
 from zoo.memory.structures import Weights
 
 
@@ -14,20 +16,22 @@ class MemState:
     """One sequence's memory (the mixer vmaps it to leading axes [batch, heads]).
 
     weights: W_t, the fast weights after the last token (one matrix per layer, fp32).
-    momentum: S_t, the surprise momentum (zeros for plain GD).
     anchor: the weights at the start of the current chunk: anchored tokens take their inner
         gradients there, so a prefill that ends mid-chunk hands over to decoding exactly.
     pos: [] int32, tokens processed since the anchor (position in the chunk grid).
+    buffers: {name: value} the state the spec's learner declares (`parts.Buffer`), e.g.
+        "momentum": S_t, the surprise momentum (one array per layer).
     """
 
     weights: Weights
-    momentum: Weights
     anchor: Weights
     pos: jax.Array
+    buffers: dict
 
 
-def initial_state(init_weights: Weights) -> MemState:
-    """The state before any token: W = anchor = W_0 (learned), S = 0, pos = 0."""
+def initial_state(spec: MemorySpec, init_weights: Weights) -> MemState:
+    """The state before any token: W = anchor = W_0 (learned), pos = 0, every buffer at its
+    declared initial value (momentum S = 0)."""
     w = tuple(jnp.asarray(x, jnp.float32) for x in init_weights)
-    return MemState(weights=w, momentum=tuple(jnp.zeros_like(x) for x in w), anchor=w,
-                    pos=jnp.zeros((), jnp.int32))
+    buffers = {b.name: b.init(w) for b in parts.learner(spec.learner).buffers}
+    return MemState(weights=w, anchor=w, pos=jnp.zeros((), jnp.int32), buffers=buffers)

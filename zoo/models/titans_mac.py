@@ -248,11 +248,13 @@ class MACBlock(Block):
             # Eq. 24-25: write y_n with per-position reads after writing y_{<=i} (dual form).
             qm, km, vm, tail = m.queries_keys_values(y_n, conv_tail=write_tail)
             gates = m.gates(y_n)
-            (w, s), mem_y = write(memory.weights, memory.momentum, memory.anchor, qm, km, vm, gates, ok)
+            (w, s), mem_y = write(memory.weights, engine.dual_momentum(spec, memory), memory.anchor, qm, km, vm,
+                                  gates, ok)
             o = self._gate(y_n, m.output(y_n, mem_y))
             done = here[-1]  # the segment is complete: its end state anchors the next one
             anchor = jax.tree.map(lambda new, old: jnp.where(done, new, old), w, memory.anchor)
-            new = MACCache(memory=MemState(w, s, anchor, memory.pos), retrieve_tail=st.retrieve_tail,
+            memory = MemState(weights=w, anchor=anchor, pos=memory.pos, buffers=engine.dual_buffers(spec, s))
+            new = MACCache(memory=memory, retrieve_tail=st.retrieve_tail,
                            write_tail=jnp.where(done, tail.astype(write_tail.dtype), write_tail), written=y_n,
                            k_mem=k_mem, v_mem=v_mem, k_seg=k_s, v_seg=v_s, pos=st.pos, attn_tail=st.attn_tail)
             return new, o
@@ -290,7 +292,7 @@ class MACBlock(Block):
         gates = m.gates(y_n)
 
         def one(st, qt, kt, vt, gt: Gates):
-            return engine.decode_step(spec, st, qt[0], kt[0], vt[0], gt.at(0))
+            return engine.decode_step(spec, st, qt[0], kt[0], vt[0], engine.gates_at(gt, 0))
 
         memory, mem_y = jax.vmap(jax.vmap(one))(cache.memory, qm, km, vm, gates)
         o = self._gate(y_n, m.output(y_n, mem_y[:, :, None]))

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from zoo.memory import engine
-from zoo.memory.engine import Gates
 from zoo.memory.spec import MemorySpec
 from zoo.memory.state import initial_state
 from zoo.memory.structures import init_weights
@@ -49,8 +48,8 @@ def inputs(spec, t, seed=0):
     log_ret = -jax.nn.softplus(jax.random.normal(ks[3], ret_shape) - 2.0)
     if spec.retention == "none":
         log_ret = jnp.zeros(ret_shape)
-    gates = Gates(lr=0.5 * jax.nn.sigmoid(jax.random.normal(ks[4], (t,))), log_retention=log_ret,
-                  log_momentum=-jax.nn.softplus(-(jax.random.normal(ks[5], (t,)) + 1.0)))
+    gates = dict(lr=0.5 * jax.nn.sigmoid(jax.random.normal(ks[4], (t,))), log_retention=log_ret,
+                 log_momentum=-jax.nn.softplus(-(jax.random.normal(ks[5], (t,)) + 1.0)))
     init = init_weights(spec, ks[6], DK, DV)  # an empty memory: the last layer is zero
     last = init[-1] + 0.3 * jax.random.normal(ks[7], init[-1].shape)
     init = init[:-1] + (last,)  # a non-empty learned initial state
@@ -67,10 +66,10 @@ def test_chunk_size_one_equals_exact_step_loop(name):
     spec = with_chunk(SPECS[name], 1)
     init, q, k, v, g = inputs(spec, 9)
     st_c, y_c = engine.chunk(spec, None, q, k, v, g, init=init)
-    st_s, y_s = engine.step_loop(spec, initial_state(init), q, k, v, g)
+    st_s, y_s = engine.step_loop(spec, initial_state(spec, init), q, k, v, g)
     close(y_c, y_s)
     close(st_c.weights, st_s.weights)
-    close(st_c.momentum, st_s.momentum)
+    close(st_c.buffers, st_s.buffers)
 
 
 @pytest.mark.parametrize("name, t", [(name, 13) for name in SPECS] + [("mlp2_residual_momentum", 3),
@@ -80,9 +79,9 @@ def test_chunk_equals_its_oracle(name, t):
     init, q, k, v, g = inputs(spec, t)
     st_c, y_c = engine.chunk(spec, None, q, k, v, g, init=init)
     oracle = engine.step_loop if spec.semantics == "exact" else engine.reference_chunked
-    st_r, y_r = oracle(spec, initial_state(init), q, k, v, g)
+    st_r, y_r = oracle(spec, initial_state(spec, init), q, k, v, g)
     close(y_c, y_r)
-    close((st_c.weights, st_c.momentum), (st_r.weights, st_r.momentum))
+    close((st_c.weights, st_c.buffers), (st_r.weights, st_r.buffers))
     if spec.semantics == "anchored":  # the anchor only means something for anchored memories
         close(st_c.anchor, st_r.anchor)
     assert int(st_c.pos) == int(st_r.pos) == t % 4
@@ -103,7 +102,7 @@ def test_anchored_differs_from_exact():
     spec = with_chunk(SPECS["mlp2_residual_momentum"], 4)
     init, q, k, v, g = inputs(spec, 12)
     _, y_anchor = engine.chunk(spec, None, q, k, v, g, init=init)
-    _, y_exact = engine.step_loop(spec, initial_state(init), q, k, v, g)
+    _, y_exact = engine.step_loop(spec, initial_state(spec, init), q, k, v, g)
     assert float(jnp.abs(y_anchor - y_exact).max()) > 1e-3
 
 
@@ -118,7 +117,7 @@ def test_pieces_with_carried_state_equal_one_call(name):
         state, y = engine.chunk(spec, state, sl(q), sl(k), sl(v), jax.tree.map(sl, g), init=init)
         ys.append(y)
     close(jnp.concatenate(ys), y_full)
-    close((state.weights, state.momentum, state.anchor), (st_full.weights, st_full.momentum, st_full.anchor))
+    close((state.weights, state.buffers, state.anchor), (st_full.weights, st_full.buffers, st_full.anchor))
     assert int(state.pos) == int(st_full.pos)
 
 
@@ -130,7 +129,7 @@ def test_decode_after_mid_chunk_prefill_equals_chunk(name):
     state, y_pre = engine.chunk(spec, None, q[:6], k[:6], v[:6], jax.tree.map(lambda x: x[:6], g), init=init)
     ys = [y_pre]
     for t in range(6, 14):
-        state, y = engine.decode_step(spec, state, q[t], k[t], v[t], g.at(t))
+        state, y = engine.decode_step(spec, state, q[t], k[t], v[t], engine.gates_at(g, t))
         ys.append(y[None])
     close(jnp.concatenate(ys), y_full)
 
@@ -164,10 +163,10 @@ def test_exact_kernel_runs_with_document_resets_anywhere(name):
     run = lambda q, k, v, g: engine.chunk(spec, None, q, k, v, g, init=init, segment_ids=seg)  # noqa: E731
     assert "triangular_solve" in str(jax.make_jaxpr(run)(q, k, v, g))
     st, y = run(q, k, v, g)
-    st_r, y_r = engine.step_loop(spec, initial_state(init), q, k, v, g, segment_ids=seg)
+    st_r, y_r = engine.step_loop(spec, initial_state(spec, init), q, k, v, g, segment_ids=seg)
     real = np.asarray(seg > 0)
     close(np.asarray(y)[real], np.asarray(y_r)[real])
-    close((st.weights, st.momentum), (st_r.weights, st_r.momentum))  # trailing padding: the fresh state
+    close((st.weights, st.buffers), (st_r.weights, st_r.buffers))  # trailing padding: the fresh state
     close(st.weights, init)
     _, y3 = engine.chunk(spec, None, q[7:13], k[7:13], v[7:13], jax.tree.map(lambda x: x[7:13], g), init=init)
     close(y[7:13], y3)  # a document packed mid-chunk == the document alone
@@ -202,12 +201,12 @@ def test_outer_gradients_equal_the_reference_loop(name):
         return jnp.sum(y * w) + sum(jnp.sum(x) for x in st.weights)
 
     par = lambda i, q, k, v, g: engine.chunk(spec, None, q, k, v, g, init=i)  # noqa: E731
-    ref = lambda i, q, k, v, g: engine.reference_chunked(spec, initial_state(i), q, k, v, g)  # noqa: E731
+    ref = lambda i, q, k, v, g: engine.reference_chunked(spec, initial_state(spec, i), q, k, v, g)  # noqa: E731
     g_par = jax.grad(lambda *a: loss(par, *a), argnums=(0, 1, 2, 3, 4))(init, q, k, v, g)
     g_ref = jax.grad(lambda *a: loss(ref, *a), argnums=(0, 1, 2, 3, 4))(init, q, k, v, g)
     close(g_par, g_ref, tol=5e-5)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(g_par))
-    assert float(jnp.abs(g_par[4].lr).max()) > 0  # the gates learn through the inner loop
+    assert float(jnp.abs(g_par[4]["lr"]).max()) > 0  # the gates learn through the inner loop
 
 
 def test_second_order_gradient_matches_finite_differences():
@@ -234,11 +233,11 @@ def test_clipped_step_bounds_every_write():
     first = engine.token_gradient(spec, init, k[0], v[0])
     assert float(jnp.sqrt(sum(jnp.sum(u * u) for u in first))) > 1.0
     clipped = dataclasses.replace(spec, max_grad_norm=0.5)
-    state = initial_state(init)
+    state = initial_state(spec, init)
     for t in range(6):
-        new, _ = engine.step(clipped, state, q[t], k[t], v[t], g.at(t))
+        new, _ = engine.step(clipped, state, q[t], k[t], v[t], engine.gates_at(g, t))
         moved = jnp.sqrt(sum(jnp.sum((a - b) ** 2) for a, b in zip(new.weights, state.weights, strict=True)))
-        assert float(moved) <= float(g.lr[t]) * 0.5 + 1e-6
+        assert float(moved) <= float(g["lr"][t]) * 0.5 + 1e-6
         state = new
     loose = dataclasses.replace(spec, max_grad_norm=1e9)
     close(engine.chunk(loose, None, q, k, v, g, init=init)[1], engine.chunk(spec, None, q, k, v, g, init=init)[1])
@@ -272,9 +271,9 @@ def test_grid_of_registered_parts_equals_its_oracle():
             continue
         init, q, k, v, g = inputs(spec, 9)
         st_c, y_c = engine.chunk(spec, None, q, k, v, g, init=init)
-        st_r, y_r = engine.reference_chunked(spec, initial_state(init), q, k, v, g)
+        st_r, y_r = engine.reference_chunked(spec, initial_state(spec, init), q, k, v, g)
         try:
-            close((y_c, st_c.weights, st_c.momentum), (y_r, st_r.weights, st_r.momentum))
+            close((y_c, st_c.weights, st_c.buffers), (y_r, st_r.weights, st_r.buffers))
         except AssertionError as e:
             raise AssertionError(f"{spec}: chunk != its oracle") from e
 
@@ -325,11 +324,11 @@ def test_matrix_memory_equals_the_numpy_oracle(semantics):
         init = (3.0 * init[0],)  # residuals beyond Huber's threshold
         st, y = engine.chunk(spec, None, q, k, v, g, init=init)
         want_y, want_w, want_s = matrix_memory(objective, learner, semantics, 4, init[0], *map(np.asarray, (
-            q, k, v, g.lr, g.log_retention, g.log_momentum)))
+            q, k, v, g["lr"], g["log_retention"], g["log_momentum"])))
         try:
             close((y, st.weights[0]), (want_y, want_w), tol=1e-4)
-            if spec.has_momentum:
-                close(st.momentum[0], want_s, tol=1e-4)
+            if spec.learner != "gd":
+                close(st.buffers["momentum"][0], want_s, tol=1e-4)
         except AssertionError as e:
             raise AssertionError(f"{spec}: engine != NumPy oracle") from e
 
@@ -362,8 +361,8 @@ def test_a_retention_landed_by_registration_runs_token_by_token():
         init, q, k, v, g = inputs(spec, 11)
         st, y = engine.chunk(spec, None, q, k, v, g, init=init)
         want_y, want_w, want_s = matrix_memory("l2", "momentum", semantics, 4, init[0], *map(np.asarray, (
-            q, k, v, g.lr, g.log_retention, g.log_momentum)), retain=soft_threshold)
-        close((y, st.weights[0], st.momentum[0]), (want_y, want_w, want_s), tol=1e-4)
+            q, k, v, g["lr"], g["log_retention"], g["log_momentum"])), retain=soft_threshold)
+        close((y, st.weights[0], st.buffers["momentum"][0]), (want_y, want_w, want_s), tol=1e-4)
         _, y_decay_only = engine.chunk(dataclasses.replace(spec, retention="scalar"), None, q, k, v, g, init=init)
         assert float(jnp.abs(y - y_decay_only).max()) > 1e-2  # the shrink matters
 

@@ -40,9 +40,9 @@ def test_mamba2_decay_gate_decodes_exactly_and_starts_in_its_init_range():
     mixer = model.blocks[0].mixer
     a = np.exp(np.asarray(mixer.decay_rate.value))
     assert ((a >= layer.MAMBA2_A_RANGE[0]) & (a <= layer.MAMBA2_A_RANGE[1])).all()
-    dt = np.asarray(jax.nn.softplus(mixer.forget_gate.bias.value))  # z = 0: the decay at the bias
+    dt = np.asarray(jax.nn.softplus(mixer.gate_heads["log_retention"].bias.value))  # z = 0: the decay at the bias
     assert ((dt >= layer.MAMBA2_DT_FLOOR) & (dt <= layer.MAMBA2_DT_RANGE[1] * 1.001)).all()
-    log_ret = mixer.gates(jnp.zeros((1, 1, 16))).log_retention[0, :, 0]
+    log_ret = mixer.gates(jnp.zeros((1, 1, 16)))["log_retention"][0, :, 0]
     np.testing.assert_allclose(log_ret, -a * dt, rtol=1e-5)
 
 
@@ -61,3 +61,61 @@ def test_a_feature_map_landed_by_registration_changes_the_key_size():
         mixer = model.blocks[0].mixer
         assert mixer.init_state[0].value.shape[:2] == (2, 2 * mixer.head_dim)  # [heads, key_dim, ...]
         np.testing.assert_allclose(stream(model, toks, list(range(5, 11))), forward(model, toks), atol=1e-5, rtol=1e-5)
+
+
+def test_a_learner_with_its_own_buffer_and_gate_lands_by_registration():
+    """A learner that carries a state buffer that is not weight-shaped and reads a gate no other
+    part has lands by registration alone: normalised GD, n_t = n_{t-1} + ||u_t||^2 (one scalar per
+    head: `MemState.buffers["norm_sq"]`) and W_t = l_t W_{t-1} - rho_t gamma_t u_t / sqrt(n_t + 1),
+    with gamma_t = sigmoid(z) a new registered gate. The engine's token loop equals a NumPy loop,
+    the mixer grows a gate head for gamma that learns, and decoding after a mid-chunk prefill
+    equals the forward (the buffer is carried through the mixer's state)."""
+    from zoo.memory import engine, parts
+    from zoo.memory.spec import MemorySpec
+
+    def step(spec, buffers, grads, lr, gates):
+        norm_sq = buffers["norm_sq"] + sum(jnp.sum(u * u) for u in grads)
+        scale = lr * gates["test_step_scale"] * jax.lax.rsqrt(norm_sq + 1.0)
+        return tuple(-scale * u for u in grads), {"norm_sq": norm_sq}
+
+    if "test_normalized_gd" not in parts.LEARNERS:
+        parts.register_gate(parts.Gate("test_step_scale", bias=lambda cfg: 0.0, value=lambda z, cfg: jax.nn.sigmoid(z)))
+        parts.register_learner(parts.Learner(
+            "test_normalized_gd", step=step, gates=("test_step_scale",),
+            buffers=(parts.Buffer("norm_sq", init=lambda w: jnp.zeros((), jnp.float32)),)))
+
+    # the engine against NumPy: exact rule, matrix memory, l2 objective (u = 2 k (k W - v)^T)
+    spec = MemorySpec(structure="matrix", learner="test_normalized_gd", retention="scalar", semantics="exact")
+    assert spec.gate_names == ("lr", "log_retention", "test_step_scale") and not engine.chunk_parallel(spec)
+    t, d = 9, 4
+    ks = jax.random.split(jax.random.key(0), 7)
+    q, k = (x / jnp.linalg.norm(x, axis=-1, keepdims=True) for x in jax.random.normal(ks[0], (2, t, d)))
+    v = jax.random.normal(ks[1], (t, d))
+    gates = dict(lr=jax.nn.sigmoid(jax.random.normal(ks[2], (t,))),
+                 log_retention=-jax.nn.softplus(jax.random.normal(ks[3], (t,)) - 2.0),
+                 test_step_scale=jax.nn.sigmoid(jax.random.normal(ks[4], (t,))))
+    w0 = 0.3 * jax.random.normal(ks[5], (d, d))
+    state, y = engine.chunk(spec, None, q, k, v, gates, init=(w0,))
+    w, n, want = np.asarray(w0, np.float64), 0.0, []
+    qn, kn, vn = (np.asarray(x, np.float64) for x in (q, k, v))
+    g = {name: np.asarray(x, np.float64) for name, x in gates.items()}
+    for i in range(t):
+        u = 2.0 * np.outer(kn[i], kn[i] @ w - vn[i])
+        n += float(np.sum(u * u))
+        w = np.exp(g["log_retention"][i]) * w - g["lr"][i] * g["test_step_scale"][i] / np.sqrt(n + 1.0) * u
+        want.append(qn[i] @ w)
+    np.testing.assert_allclose(y, np.stack(want), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(state.weights[0], w, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(state.buffers["norm_sq"], n, rtol=1e-5)
+    with np.testing.assert_raises_regex(ValueError, "missing: test_step_scale"):
+        engine.chunk(spec, None, q, k, v, {name: x for name, x in gates.items() if name != "test_step_scale"}, init=(w0,))
+
+    # the model: a gate head for gamma, gradients into it, decode == forward with the buffer carried
+    model, toks = build("titans_lmm", structure="matrix", learner="test_normalized_gd"), tokens(11)
+    mixer = model.blocks[0].mixer
+    assert set(mixer.gate_heads) == {"lr", "log_retention", "test_step_scale"}
+    np.testing.assert_allclose(stream(model, toks, list(range(5, 11))), forward(model, toks), atol=1e-5, rtol=1e-5)
+    graphdef, params = nnx.split(model)
+    grads = jax.grad(lambda p: jnp.mean(nnx.merge(graphdef, p)(toks) ** 2))(params)
+    gamma = nnx.to_pure_dict(grads)["blocks"][0]["mixer"]["gate_heads"]["test_step_scale"]
+    assert all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(gamma))

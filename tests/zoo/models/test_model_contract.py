@@ -130,11 +130,14 @@ def test_gradients_are_finite_and_reach_the_memory(case):
         if "persistent_k" in block.get("attn", {}):
             assert nonzero(block["attn"]["persistent_k"])
         mixer = block.get("mixer", {})
-        if "lr_gate" not in mixer:
+        if "gate_heads" not in mixer:
             continue
         # the gates, W_Q, W_K, W_V and W_0 learn only through the memory's inner updates
-        for name in ("lr_gate", "forget_gate", "momentum_gate", "q", "k", "v", "init_state"):
-            assert name not in mixer or nonzero(mixer[name]), name
+        assert "lr" in mixer["gate_heads"]
+        for name, gate in mixer["gate_heads"].items():
+            assert nonzero(gate), name
+        for name in ("q", "k", "v", "init_state"):
+            assert nonzero(mixer[name]), name
 
 
 def test_greedy_generation_follows_the_forward_argmax(case):
