@@ -16,7 +16,10 @@ Online rule (neutral names: l retention, mu momentum decay, rho inner learning r
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -276,15 +279,6 @@ by `spec.kernel_chunk` on `spec.kernel_backend`.
     return MemState(weights=(w,), anchor=(w,), pos=pos, buffers=buffers), jnp.moveaxis(o, 2, 1)
 
 
-def _delta_kernel_chunk(spec: MemorySpec, state: MemState, q, k, v, g: Gates,
-                        segment_ids=None) -> tuple[MemState, jax.Array]:
-    """`delta_kernel_heads` for one sequence of one head (`q: [T, dk]`, state without leading axes)."""
-    one = lambda x: x[None, None]  # noqa: E731
-    new, y = delta_kernel_heads(spec, jax.tree.map(one, state), one(q), one(k), one(v), jax.tree.map(one, g),
-                                None if segment_ids is None else segment_ids[None])
-    return jax.tree.map(lambda x: x[0, 0], new), y[0, 0]
-
-
 def grouped_scan(body, carry, xs):
     """`lax.scan(body, carry, xs)` over n chunks with a backward pass that keeps O(sqrt n) carries:
     the chunks run in checkpointed groups of g = ceil(sqrt n), so only the carries at group
@@ -309,10 +303,14 @@ def grouped_scan(body, carry, xs):
     return carry, jax.tree.map(lambda y: y.reshape((groups * group,) + y.shape[2:])[:n], ys)
 
 
-def _chunk_resets(seg_buf: jax.Array, c: int) -> jax.Array:
-    """`seg_buf: [n * C]` segment ids on the grid -> `[n]` whether a document starts at each chunk."""
-    prev = jnp.concatenate([seg_buf[:1], seg_buf[:-1]])
-    return ((jnp.arange(seg_buf.shape[0]) > 0) & (seg_buf != prev) & (seg_buf > 0))[::c]
+def place_on_grid(x: jax.Array, offset, n: int, c: int, axis: int = 0) -> jax.Array:
+    """`x` with T tokens on `axis` -> `[n, ..., C, ...]`: the tokens at grid positions offset ...
+    offset+T-1 of n chunks of C (zeros elsewhere), chunks first (`offset` may be traced)."""
+    shape = x.shape[:axis] + (n * c,) + x.shape[axis + 1:]
+    start = [0] * x.ndim
+    start[axis] = offset
+    buf = jax.lax.dynamic_update_slice(jnp.zeros(shape, x.dtype), x, start)
+    return jnp.moveaxis(buf.reshape(x.shape[:axis] + (n, c) + x.shape[axis + 1:]), axis, 0)
 
 
 def dual_momentum(spec: MemorySpec, state: MemState) -> Weights:
@@ -327,79 +325,161 @@ def dual_buffers(spec: MemorySpec, s: Weights) -> dict:
     return {name: s} if name else {}
 
 
-def _fresh_chunks(spec: MemorySpec, init: Weights, q, k, v, gates: Gates, seg) -> tuple[MemState, jax.Array]:
-    """The training path: from W_0 at grid position 0, carrying only (W, S) between chunks (the
-    anchor of a fresh chunk is its start weights; S only with momentum). The tail chunk (T not a
-    multiple of C) runs after the scan, so its start weights are the state's anchor."""
-    c, t = spec.chunk_size, q.shape[0]
-    full, tail = divmod(t, c)
-    zeros = tuple(jnp.zeros_like(w) for w in init)
-    pad_to = lambda x, size: jnp.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))  # noqa: E731
-    seg_buf = pad_to(seg, (full + (tail > 0)) * c)
-    resets = _chunk_resets(seg_buf, c)
-    valid = (seg_buf > 0).reshape(-1, c)
-    momentum = _dual_state(spec)
+@dataclasses.dataclass(frozen=True)
+class ChunkHooks:
+    """A block's part of each chunk in `scan_chunks` (DESIGN §3's per-chunk prologue):
 
-    def start(carry, reset):
-        w, s = carry if momentum else (carry[0], zeros)
-        return jax.tree.map(lambda a, b: jnp.where(reset, a, b), (init, zeros), (w, s))
+    prologue(anchor, carry, x, here, reset) -> ((q, k, v, gates), carry, aux): the chunk's writes
+        `q, k: [B, H, C, dk]`, `v: [B, H, C, dv]`, gates {name: [B, H, C, ...]}, from the chunk's
+        inputs `x` (the leaves of `xs`, C tokens on their token axis), the weights at the chunk start
+        `anchor` (leaves [B, H, ...]: where anchored reads and inner gradients are taken) and the
+        block's own `carry`; `here: [C]` marks this call's tokens, `reset: [B]` document starts.
+    epilogue(y, aux, carry, done) -> (out, carry): the chunk's output (C tokens on the token axis)
+        from the memory's reads `y: [B, H, C, dv]`; `done`: the chunk's last position is this
+        call's (the chunk is complete).
+    """
 
-    def body(carry, inputs):
-        reset, xc, mask = inputs
-        w, s = start(carry, reset)
-        (w, s), y = chunk_step(spec, w, s, w, *xc, mask)
-        return ((w, s) if momentum else (w,)), y
-
-    carry = (init, zeros) if momentum else (init,)
-    ys = []
-    if full:
-        xs = jax.tree.map(lambda x: x[:full * c].reshape((full, c) + x.shape[1:]), (q, k, v, gates))
-        carry, y_full = grouped_scan(body, carry, (resets[:full], xs, valid[:full]))
-        ys.append(y_full.reshape((full * c,) + y_full.shape[2:]))
-    w, s = start(carry, resets[full] if tail else False)
-    anchor = w
-    if tail:
-        xc = jax.tree.map(lambda x: pad_to(x[full * c:], c), (q, k, v, gates))
-        (w, s), y_tail = chunk_step(spec, w, s, w, *xc, valid[full])
-        ys.append(y_tail[:tail])
-    final = MemState(weights=w, anchor=anchor, pos=jnp.asarray(tail, jnp.int32), buffers=dual_buffers(spec, s))
-    return final, jnp.concatenate(ys) if len(ys) > 1 else ys[0]
+    prologue: Callable
+    epilogue: Callable
 
 
-def _continued_chunks(spec: MemorySpec, state: MemState, q, k, v, gates: Gates) -> tuple[MemState, jax.Array]:
-    """Continues `state` mid-grid (prefill, streaming): the T tokens sit at grid positions
-    pos ... pos+T-1 of ceil((C-1+T)/C) chunks (a traced pos, so the grid is padded for any), and
-    the anchor of the chunk the call ends in is carried out for decoding to continue."""
-    c, t = spec.chunk_size, q.shape[0]
-    offset = state.pos
-    n = math.ceil((c - 1 + t) / c)
+# The plain memory: its writes are its inputs (q, k, v, gates), its output the reads.
+MEMORY_ONLY = ChunkHooks(prologue=lambda anchor, carry, x, here, reset: (x, carry, None),
+                         epilogue=lambda y, aux, carry, done: (y, carry))
 
-    def place(x):  # [T, ...] -> [n, C, ...] with the tokens at grid positions offset ... offset+T-1
-        buf = jnp.zeros((n * c,) + x.shape[1:], x.dtype)
-        return jax.lax.dynamic_update_slice(buf, x, (offset,) + (0,) * (x.ndim - 1)).reshape((n, c) + x.shape[1:])
 
-    final_chunk = (offset + t) // c
+def _select(cond, a, b):
+    """a where `cond` ([B]) else b, for every leaf with leading axis B."""
+    return jax.tree.map(lambda x, y: jnp.where(cond.reshape(cond.shape + (1,) * (y.ndim - 1)), x, y), a, b)
 
-    def body(carry, inputs):
-        w, s, anchor, result_anchor = carry
-        index, (qc, kc, vc, gc), mask = inputs
-        # index counts from 1: the zero-filled padding chunks of grouped_scan never match
-        result_anchor = jax.tree.map(lambda a, b: jnp.where(index == final_chunk + 1, a, b), anchor, result_anchor)
-        (w, s), y = chunk_step(spec, w, s, anchor, qc, kc, vc, gc, mask)
-        return (w, s, w, result_anchor), y
 
-    carry = (state.weights, dual_momentum(spec, state), state.anchor, state.anchor)
-    xs = (jnp.arange(1, n + 1), jax.tree.map(place, (q, k, v, gates)), place(jnp.ones((t,), bool)))
-    (w, s, _, result_anchor), ys = grouped_scan(body, carry, xs)
-    result_anchor = jax.tree.map(lambda a, b: jnp.where(final_chunk == n, a, b), w, result_anchor)
-    y = jax.lax.dynamic_slice_in_dim(ys.reshape((n * c,) + ys.shape[2:]), offset, t)
-    return MemState(weights=w, anchor=result_anchor, pos=(offset + t) % c, buffers=dual_buffers(spec, s)), y
+def scan_chunks(spec: MemorySpec, state: MemState | None, fresh: MemState, carry, xs, hooks: ChunkHooks, *,
+                axis: int, segment_ids: jax.Array | None = None):
+    """The chunk-parallel (dual) form over [batch, heads], for the plain memory (`MEMORY_ONLY`) and
+    for blocks that compute their writes per chunk (Titans MAC retrieves at the chunk anchor and
+    attends within the chunk first). Per chunk of C grid positions: a document start resets the
+    memory to `fresh`; `hooks.prologue` gives the writes; `chunk_step` writes them for every
+    [batch, head] (gradients at the anchor, read after write, invalid positions no-ops);
+    `hooks.epilogue` gives the output. The scan is `grouped_scan` (checkpointed).
+
+    state: None for a fresh sequence (from `fresh` at grid position 0), or the state to continue
+        (leaves [B, H, ...], every [batch, head] at the same `pos`; the grid is padded for any pos).
+    fresh: the state a document starts from (leaves [B, H, ...]).
+    carry: the block's own state between chunks (the hooks' `carry`; returned).
+    xs: per-token inputs, leaves `[B, ..., T, ...]` with the tokens on `axis`.
+    segment_ids: [B, T] (fresh sequences only): documents start on the grid (multiples of C), 0 is
+        padding (never written).
+    A fresh call carries only (W, S) between chunks (W is each chunk's anchor) and runs a partial
+    last chunk after the scan, so its start weights are the returned anchor; a continued call uses
+    the state's anchor in its first chunk and records the start weights of the chunk it ends in.
+    Returns (final state, carry, out: leaves with the T tokens on `axis`).
+    """
+    c = spec.chunk_size
+    lead = jax.tree.leaves(xs)[0]
+    b, t = lead.shape[0], lead.shape[axis]
+    offset = 0 if state is None else state.pos.reshape(-1)[0]
+    n = math.ceil(t / c) if state is None else math.ceil((c - 1 + t) / c)
+    present = place_on_grid(jnp.ones((t,), bool), offset, n, c)  # [n, C]
+    if segment_ids is None:
+        seg = jnp.ones((n, b, c), jnp.int32)
+        resets = jnp.zeros((n, b), bool)
+    else:
+        seg = place_on_grid(segment_ids.astype(jnp.int32), offset, n, c, axis=1)  # [n, B, C]
+        prev = jnp.concatenate([jnp.zeros((1, b), jnp.int32), seg[:-1, :, -1]])
+        resets = (jnp.arange(n)[:, None] > 0) & (seg[:, :, 0] != prev) & (seg[:, :, 0] > 0)
+    inputs = (jax.tree.map(lambda x: place_on_grid(x, offset, n, c, axis), xs), present,
+              present[:, None, :] & (seg > 0), resets)  # chunks first; valid [n, B, C]: positions written
+    write = jax.vmap(jax.vmap(functools.partial(chunk_step, spec), in_axes=(0,) * 7 + (None,)))
+    fresh_s = dual_momentum(spec, fresh)
+    momentum = _dual_state(spec) is not None
+
+    def one_chunk(w, s, anchor, block, chunk_inputs):
+        """-> ((W, S) at the chunk end, the anchor it used, the block carry, the chunk's output)."""
+        x, here, ok, reset = chunk_inputs
+        w, s, anchor = _select(reset, (fresh.weights, fresh_s, fresh.weights), (w, s, anchor))
+        (q, k, v, gates), block, aux = hooks.prologue(anchor, block, x, here, reset)
+        (w, s), y = write(w, s, anchor, q, k, v, gates, ok)
+        out, block = hooks.epilogue(y, aux, block, here[-1])
+        return (w, s), anchor, block, out
+
+    if state is None:
+        full = t // c
+
+        def body(loop, chunk_inputs):  # (W, S) only: a fresh chunk's anchor is its start weights
+            (w, s), block = loop
+            s = s if momentum else fresh_s
+            (w, s), _, block, out = one_chunk(w, s, w, block, chunk_inputs)
+            return ((w, s if momentum else ()), block), out
+
+        ((w, s), carry), outs = grouped_scan(body, ((fresh.weights, fresh_s if momentum else ()), carry),
+                                             jax.tree.map(lambda x: x[:full], inputs))
+        s = s if momentum else fresh_s
+        anchor = w
+        if full < n:  # the partial last chunk: its start weights are the state's anchor
+            (w, s), anchor, carry, tail = one_chunk(w, s, w, carry, jax.tree.map(lambda x: x[full], inputs))
+            outs = jax.tree.map(lambda o, x: jnp.concatenate([o, x[None]]), outs, tail)
+    else:
+        final_chunk = (offset + t) // c  # the chunk the call ends in (n when it ends on the grid)
+
+        def body(loop, indexed):  # index counts from 1: grouped_scan's zero padding never matches
+            (w, s, result_anchor), block = loop
+            index, chunk_inputs = indexed
+            anchor = jax.tree.map(lambda a, x: jnp.where(index == 1, a, x), state.anchor, w)
+            (w, s), anchor, block, out = one_chunk(w, s, anchor, block, chunk_inputs)
+            result_anchor = jax.tree.map(lambda a, r: jnp.where(index == final_chunk + 1, a, r), anchor,
+                                         result_anchor)
+            return ((w, s, result_anchor), block), out
+
+        start = (state.weights, dual_momentum(spec, state), state.anchor)
+        ((w, s, anchor), carry), outs = grouped_scan(body, (start, carry), (jnp.arange(1, n + 1), inputs))
+        anchor = jax.tree.map(lambda x, a: jnp.where(final_chunk == n, x, a), w, anchor)
+    pos = jnp.full(fresh.pos.shape, (offset + t) % c, jnp.int32)
+    final = MemState(weights=w, anchor=anchor, pos=pos, buffers=dual_buffers(spec, s))
+    out = jax.tree.map(lambda o: jax.lax.dynamic_slice_in_dim(
+        jnp.moveaxis(o, 0, axis).reshape(o.shape[1:axis + 1] + (n * c,) + o.shape[axis + 2:]), offset, t, axis=axis),
+        outs)
+    return final, carry, out
+
+
+def initial_heads(spec: MemorySpec, init: Weights, batch: int) -> MemState:
+    """The fresh state of every [batch, head] from the per-head initial weights `init` (leaves [H, ...])."""
+    per_head = jax.vmap(lambda w: initial_state(spec, w))(init)
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape), per_head)
+
+
+def chunk_heads(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, init: Weights,
+                segment_ids: jax.Array | None = None) -> tuple[MemState, jax.Array]:
+    """`chunk` for every [batch, head] at once: `q, k: [B, H, T, dk]`, `v: [B, H, T, dv]`, gates
+    {name: [B, H, T, ...]}, `init` the per-head W_0 (leaves [H, ...]), `state` (leaves [B, H, ...])
+    or None, `segment_ids: [B, T]`. Returns (state, y [B, H, T, dv]). The exact delta-rule kernels
+    and the dual form take all heads in one call; other memories run the token loop per head."""
+    if segment_ids is not None and state is not None:
+        raise ValueError("segment_ids resets are supported from a fresh state (state=None) only")
+    check_gates(spec, gates)
+    fresh = initial_heads(spec, init, q.shape[0])
+    if not dual_form(spec):  # the dual form casts inside each chunk (inputs may be bfloat16)
+        q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
+    if delta_kernel(spec) is not None:
+        return delta_kernel_heads(spec, fresh if state is None else state, q, k, v, gates, segment_ids)
+    if not chunk_parallel(spec):  # token by token: the exact rule, or gradients at the anchor
+        def one(st, q, k, v, g, w0, seg):
+            return reference_chunked(spec, st, q, k, v, g, init=w0, segment_ids=seg)
+
+        per_head = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None))
+        return jax.vmap(per_head, in_axes=(0, 0, 0, 0, 0, None, 0 if segment_ids is not None else None))(
+            fresh if state is None else state, q, k, v, gates, init, segment_ids)
+    final, _, y = scan_chunks(spec, state, fresh, (), (q, k, v, gates), MEMORY_ONLY, axis=2,
+                              segment_ids=segment_ids)
+    if segment_ids is not None:  # trailing padding holds the fresh state (as in the token loop)
+        final = _select(segment_ids[:, -1] > 0, final, fresh.replace(pos=final.pos))
+    return final, y
 
 
 def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, init: Weights | None = None,
           segment_ids: jax.Array | None = None) -> tuple[MemState, jax.Array]:
-    """Runs `q, k: [T, dk]`, `v: [T, dv]` through the memory, chunk-parallel where the spec
-    allows it (`chunk_parallel`), token by token otherwise. Returns (final state, y [T, dv]).
+    """Runs `q, k: [T, dk]`, `v: [T, dv]` of one sequence and head through the memory
+    (`chunk_heads` with one batch row and one head): chunk-parallel where the spec allows it
+    (`chunk_parallel`), token by token otherwise. Returns (final state, y [T, dv]).
 
     state=None starts from `init` (W_0) at position 0; a given state continues its chunk grid
     from `state.pos`, so calls may split a sequence anywhere. segment_ids ([T], only with
@@ -410,25 +490,8 @@ def chunk(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates, *, in
     """
     if init is None and state is None:
         raise ValueError("chunk needs the initial weights (init=) or a state to continue")
-    check_gates(spec, gates)
-    if segment_ids is not None and state is not None:
-        raise ValueError("segment_ids resets are supported from a fresh state (state=None) only")
-    init = init if init is not None else state.weights
-    if not dual_form(spec):  # the dual form casts inside each chunk (inputs may be bfloat16)
-        q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
-    if not chunk_parallel(spec):  # token by token: the exact rule, or gradients at the anchor
-        return reference_chunked(spec, state if state is not None else initial_state(spec, init), q, k, v, gates,
-                                 init=init, segment_ids=segment_ids)
-
-    if delta_kernel(spec) is not None:
-        return _delta_kernel_chunk(spec, state if state is not None else initial_state(spec, init), q, k, v, gates,
-                                   segment_ids)
-    seg = jnp.ones(q.shape[:1], jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
-    if state is None:
-        final, y = _fresh_chunks(spec, init, q, k, v, gates, seg)
-    else:
-        final, y = _continued_chunks(spec, state, q, k, v, gates)
-    if segment_ids is not None:  # trailing padding holds the fresh state (as in the token loop)
-        fresh = initial_state(spec, init).replace(pos=final.pos)
-        final = jax.tree.map(lambda a, b: jnp.where(seg[-1] > 0, a, b), final, fresh)
-    return final, y
+    lift = lambda tree: jax.tree.map(lambda x: x[None, None], tree)  # noqa: E731  one batch row, one head
+    final, y = chunk_heads(spec, None if state is None else lift(state), lift(q), lift(k), lift(v), lift(gates),
+                           init=jax.tree.map(lambda x: x[None], init if init is not None else state.weights),
+                           segment_ids=None if segment_ids is None else segment_ids[None])
+    return jax.tree.map(lambda x: x[0, 0], final), y[0, 0]

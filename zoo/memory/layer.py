@@ -28,7 +28,7 @@ from zoo.layers import GateHead, Projection, ShortConv, constant_param, logit
 from zoo.memory import engine, parts
 from zoo.memory.engine import Gates
 from zoo.memory.spec import MemorySpec
-from zoo.memory.state import MemState, initial_state
+from zoo.memory.state import MemState
 from zoo.memory.structures import init_weights, layer_shapes
 
 if TYPE_CHECKING:  # zoo.memory never imports zoo.config at run time (the config imports the parts)
@@ -166,9 +166,8 @@ class MemoryMixer(nnx.Module):
     # -- the mixer ---------------------------------------------------------------------------
 
     def init_state_for(self, batch_size: int) -> MixerState:
-        per_head = jax.vmap(lambda w: initial_state(self.spec, w))(self._initial_weights())
-        memory = jax.tree.map(lambda a: jnp.broadcast_to(a, (batch_size,) + a.shape), per_head)
-        return MixerState(memory=memory, conv_tail=self.conv.init_tail(batch_size))
+        return MixerState(memory=engine.initial_heads(self.spec, self._initial_weights(), batch_size),
+                          conv_tail=self.conv.init_tail(batch_size))
 
     def __call__(self, x: jax.Array, *, state: MixerState | None = None,
                  segment_ids: jax.Array | None = None) -> tuple[jax.Array, MixerState]:
@@ -184,31 +183,15 @@ class MemoryMixer(nnx.Module):
         q, k, v, tail = self.queries_keys_values(
             x, segment_ids=segment_ids, conv_tail=None if state is None else state.conv_tail)
         g = self.gates(x)
-        init = self._initial_weights()
-        spec = self.spec
-        if engine.delta_kernel(spec) is not None and (state is None or x.shape[1] > 1):
-            # exact delta-rule memories: one [B, T, H, D] kernel call for all heads
-            start = self.init_state_for(x.shape[0]).memory if state is None else state.memory
-            memory, y = engine.delta_kernel_heads(spec, start, q, k, v, g, segment_ids)
-            return self.output(x, y), MixerState(memory=memory, conv_tail=tail)
-        if state is None:
-            def one(q, k, v, g, init, seg):
-                return engine.chunk(spec, None, q, k, v, g, init=init, segment_ids=seg)
-
-            seg = segment_ids
-            per_head = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None))
-            memory, y = jax.vmap(per_head, in_axes=(0, 0, 0, 0, None, 0 if seg is not None else None))(
-                q, k, v, g, init, seg)
-        elif x.shape[1] == 1:  # one decoding step: O(1) in the chunk size
-            def cont(st, q, k, v, g, init):
+        spec, memory = self.spec, None if state is None else state.memory
+        if memory is not None and x.shape[1] == 1:  # one decoding step: O(1) in the chunk size
+            def one(st, q, k, v, g):
                 st, y = engine.decode_step(spec, st, q[0], k[0], v[0], engine.gates_at(g, 0))
                 return st, y[None]
-        else:
-            def cont(st, q, k, v, g, init):
-                return engine.chunk(spec, st, q, k, v, g, init=init)
 
-        if state is not None:
             q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
-            per_head = jax.vmap(cont, in_axes=(0, 0, 0, 0, 0, 0))
-            memory, y = jax.vmap(per_head, in_axes=(0, 0, 0, 0, 0, None))(state.memory, q, k, v, g, init)
+            memory, y = jax.vmap(jax.vmap(one))(memory, q, k, v, g)
+        else:  # every [batch, head] in one engine call (one kernel call for the delta-rule memories)
+            memory, y = engine.chunk_heads(spec, memory, q, k, v, g, init=self._initial_weights(),
+                                           segment_ids=segment_ids)
         return self.output(x, y), MixerState(memory=memory, conv_tail=tail)

@@ -38,14 +38,15 @@ Choices where the paper is silent (see `MACBlock`):
 * `model.sliding_window = W > 0` further limits a query to the last W positions of its segment
   (both the retrieved and the segment block); 0 = the whole causal segment (the paper).
 
-The segment loop is `engine.grouped_scan` (checkpointed segments in checkpointed groups);
+The segment loop is the engine's chunk loop with this block's prologue and epilogue
+(`engine.scan_chunks`: checkpointed segments in checkpointed groups);
 `extend` runs the same segment step over a piece placed at its in-segment offset (any length,
 starting mid-segment), and a one-token step for decoding that costs O(C) attention plus one memory token, independent of the context length.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -187,85 +188,52 @@ class MACBlock(Block):
     # -- segment-parallel path (forward, prefill, streaming) -----------------------------------
 
     def _segments(self, h, cache: MACCache, offset, segment_ids):
-        """Runs `h: [B, T, d]` (starting at in-segment position `offset`) segment by segment.
-        Tokens are placed on a grid of n segments; empty slots are no-ops for the memory and are
-        filled from the cache (the current segment's earlier tokens) for attention and the conv."""
-        m, attn, c, spec = self.mixer, self.attn, self.segment, self.mixer.spec
-        b, t, _ = h.shape
+        """Runs `h: [B, T, d]` (starting at in-segment position `offset`) segment by segment on the
+        engine's chunk loop (`engine.scan_chunks`: the segment is the memory's chunk). This block
+        supplies the prologue (Eq. 21-24's retrieve, attend and write path) and the epilogue (Eq. 25's
+        gate); slots of the current segment that came in earlier calls are filled from the cache."""
+        m, attn, spec = self.mixer, self.attn, self.mixer.spec
         forward = isinstance(offset, int)  # a fresh sequence (static offset 0) or a continued one
-        if forward and offset != 0:
-            raise ValueError("a fresh MAC sequence starts at in-segment offset 0")
-        n = math.ceil(t / c) if forward else math.ceil((c - 1 + t) / c)
-        size = n * c
-
         # Everything that depends only on h, for the whole piece at once.
         q_ret, _, _, retrieve_tail = m.queries_keys_values(
             h, segment_ids=segment_ids, conv_tail=None if forward else cache.retrieve_tail)
-        pos = (offset + jnp.arange(t)) % c
+        pos = (offset + jnp.arange(h.shape[1])) % self.segment
         h_attn, attn_tail = self._attention_input(h, segment_ids, None if forward else cache.attn_tail)
         q = self._rotary(attn.q(h_attn), pos)
         k_seg, v_seg = self._rotary(attn.k(h_attn), pos), attn.v(h_attn)
-
-        def place(x, axis=1):  # [.., T, ..] -> [.., n * C, ..] at grid offset, then segments first
-            shape = x.shape[:axis] + (size,) + x.shape[axis + 1:]
-            start = [0] * x.ndim
-            start[axis] = offset
-            buf = jax.lax.dynamic_update_slice(jnp.zeros(shape, x.dtype), x, start)
-            buf = buf.reshape(x.shape[:axis] + (n, c) + x.shape[axis + 1:])
-            return jnp.moveaxis(buf, axis, 0)
-
-        present = place(jnp.ones((t,), bool), axis=0)  # [n, C]
-        if segment_ids is None:
-            seg = jnp.ones((n, b, c), jnp.int32)
-            resets = jnp.zeros((n, b), bool)
-        else:
-            seg = place(segment_ids.astype(jnp.int32))  # [n, B, C]
-            prev = jnp.concatenate([jnp.zeros((1, b), jnp.int32), seg[:-1, :, -1]])
-            resets = (jnp.arange(n)[:, None] > 0) & (seg[:, :, 0] != prev) & (seg[:, :, 0] > 0)
-        valid = present[:, None, :] & (seg > 0)  # [n, B, C]: tokens the memory writes
-        xs = (place(h), place(q_ret, axis=2), place(q), place(k_seg), place(v_seg), seg, present, valid, resets)
-        slots = jnp.arange(c)
-        fresh = self.init_cache(b)
-
-        def chunk(w, s, a, qc, kc, vc, gc, ok):
-            return engine.chunk_step(spec, w, s, a, qc, kc, vc, gc, ok)
-
-        write = jax.vmap(jax.vmap(chunk, in_axes=(0,) * 7 + (None,)))
-
-        def body(st: MACCache, inputs):  # a no-op on the zero-filled padding of grouped_scan
-            h_s, q_ret_s, q_s, k_s, v_s, seg_s, here, ok, reset = inputs
-            # A document start resets the memory to W_0 and the write conv (the retrieval conv
-            # already respects segment_ids).
-            memory = jax.tree.map(lambda f, x: _where(reset, f, x), fresh.memory, st.memory)
-            write_tail = _where(reset, fresh.write_tail, st.write_tail)
-            # Eq. 21-23: retrieve at the anchor, attend within the segment.
-            k_mem, v_mem = self._retrieve(h_s, q_ret_s, memory.anchor, slots)
-            slot = here[None]  # [1, C]: this call's tokens, the rest from the cache
-            k_mem, v_mem = _where(slot, k_mem, st.k_mem), _where(slot, v_mem, st.v_mem)
-            k_s, v_s = _where(slot, k_s, st.k_seg), _where(slot, v_s, st.v_seg)
-            y = self._attend(q_s, k_mem, v_mem, k_s, v_s, slots, slots, (seg_s, seg_s))
-            y_n = _where(slot, self.attn_out_norm(y), st.written)
-            # Eq. 24-25: write y_n with per-position reads after writing y_{<=i} (dual form).
-            qm, km, vm, tail = m.queries_keys_values(y_n, conv_tail=write_tail)
-            gates = m.gates(y_n)
-            (w, s), mem_y = write(memory.weights, engine.dual_momentum(spec, memory), memory.anchor, qm, km, vm,
-                                  gates, ok)
-            o = self._gate(y_n, m.output(y_n, mem_y))
-            done = here[-1]  # the segment is complete: its end state anchors the next one
-            anchor = jax.tree.map(lambda new, old: jnp.where(done, new, old), w, memory.anchor)
-            memory = MemState(weights=w, anchor=anchor, pos=memory.pos, buffers=engine.dual_buffers(spec, s))
-            new = MACCache(memory=memory, retrieve_tail=st.retrieve_tail,
-                           write_tail=jnp.where(done, tail.astype(write_tail.dtype), write_tail), written=y_n,
-                           k_mem=k_mem, v_mem=v_mem, k_seg=k_s, v_seg=v_s, pos=st.pos, attn_tail=st.attn_tail)
-            return new, o
-
-        st, out = engine.grouped_scan(body, cache, xs)  # checkpointed segments, O(sqrt n) carries kept
-        out = jnp.moveaxis(out, 0, 1).reshape(b, size, -1)
-        out = jax.lax.dynamic_slice_in_dim(out, offset, t, axis=1)
-        new_pos = jnp.asarray((offset + t) % c, jnp.int32)
-        memory = st.memory.replace(pos=jnp.full(st.memory.pos.shape, new_pos, jnp.int32))
+        seg = None if segment_ids is None else segment_ids.astype(jnp.int32)
+        xs = (h, jnp.moveaxis(q_ret, 1, 2), q, k_seg, v_seg, seg)  # all [B, T, ...]
+        fresh = self.init_cache(h.shape[0])
+        hooks = engine.ChunkHooks(prologue=functools.partial(self._prologue, fresh.write_tail), epilogue=self._epilogue)
+        memory, st, out = engine.scan_chunks(spec, None if forward else cache.memory, fresh.memory,
+                                             cache.replace(memory=None), xs, hooks, axis=1, segment_ids=segment_ids)
+        new_pos = jnp.asarray((offset + h.shape[1]) % self.segment, jnp.int32)
         return out, st.replace(memory=memory, retrieve_tail=retrieve_tail.astype(st.retrieve_tail.dtype),
                                pos=new_pos, attn_tail=attn_tail)
+
+    def _prologue(self, fresh_write_tail, anchor, st: MACCache, x, here, reset):
+        """Eq. 21-23 for one segment, then the write path of Eq. 24: retrieve at the anchor, attend
+        within the segment, write y_n. x: the segment's h, retrieval queries, attention q/k/v and
+        segment ids (None without documents), each [B, C, ...]; here [C]: this call's tokens; reset [B]: document starts
+        (which also reset the write conv; the retrieval conv already respects segment_ids)."""
+        m, slots = self.mixer, jnp.arange(self.segment)
+        h_s, q_ret_s, q_s, k_s, v_s, seg_s = x
+        write_tail = _where(reset, fresh_write_tail, st.write_tail)
+        k_mem, v_mem = self._retrieve(h_s, jnp.moveaxis(q_ret_s, 2, 1), anchor, slots)
+        slot = here[None]  # [1, C]: this call's tokens, the rest from the cache
+        k_mem, v_mem = _where(slot, k_mem, st.k_mem), _where(slot, v_mem, st.v_mem)
+        k_s, v_s = _where(slot, k_s, st.k_seg), _where(slot, v_s, st.v_seg)
+        y = self._attend(q_s, k_mem, v_mem, k_s, v_s, slots, slots, None if seg_s is None else (seg_s, seg_s))
+        y_n = _where(slot, self.attn_out_norm(y), st.written)
+        qm, km, vm, tail = m.queries_keys_values(y_n, conv_tail=write_tail)
+        st = st.replace(write_tail=write_tail, written=y_n, k_mem=k_mem, v_mem=v_mem, k_seg=k_s, v_seg=v_s)
+        return (qm, km, vm, m.gates(y_n)), st, (y_n, tail)
+
+    def _epilogue(self, mem_y, aux, st: MACCache, done):
+        """Eq. 25 for one segment; a complete segment's write conv tail starts the next one."""
+        y_n, tail = aux
+        o = self._gate(y_n, self.mixer.output(y_n, mem_y))
+        return o, st.replace(write_tail=jnp.where(done, tail.astype(st.write_tail.dtype), st.write_tail))
 
     # -- one-token path (decoding) ------------------------------------------------------------
 
