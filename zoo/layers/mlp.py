@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zoo.layers.linear import Projection
+from zoo.layers.recompute import recompute
 
 
 def swiglu_hidden_dim(d_model: int, multiple_of: int = 32) -> int:
@@ -28,7 +29,7 @@ class SwiGLU(nnx.Module):
         return self.down(_gated(self.gate(x), self.up(x)))
 
 
-@jax.checkpoint
+@recompute
 def _gated(gate: jax.Array, up: jax.Array) -> jax.Array:
     """silu(gate) * up, recomputed in the backward pass (only the two projections are kept)."""
     return jax.nn.silu(gate) * up

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zoo.layers.param import constant_param
+from zoo.layers.recompute import recompute
 
 
 class RMSNorm(nnx.Module):
@@ -23,7 +24,7 @@ class RMSNorm(nnx.Module):
         return _rms_norm(x, self.scale.value, self.eps, self.dtype)
 
 
-@functools.partial(jax.checkpoint, static_argnums=(2, 3))
+@functools.partial(recompute, static_argnums=(2, 3))
 def _rms_norm(x: jax.Array, scale: jax.Array, eps: float, dtype) -> jax.Array:
     """Checkpointed: the backward pass keeps x (in its own dtype), not float32 copies."""
     xf = x.astype(jnp.float32)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from zoo.layers import GateHead, Projection, ShortConv, constant_param, logit
+from zoo.layers.recompute import recompute
 from zoo.memory import engine, parts
 from zoo.memory.engine import Gates
 from zoo.memory.spec import MemorySpec
@@ -123,20 +124,20 @@ class MemoryMixer(nnx.Module):
         b, t, _ = x.shape
         qkv = jnp.concatenate([self.q(x), self.k(x), self.v(x)], axis=-1).reshape(b, t, -1)
 
-        @jax.checkpoint
-        def features(qkv, conv_tail):
+        @recompute
+        def features(qkv, conv_tail, segment_ids):  # arrays in, not closed over (zoo.layers.recompute)
             qkv, tail = self.conv(qkv, segment_ids=segment_ids, tail=conv_tail)
             q, k, v = jnp.split(qkv.astype(jnp.float32).reshape(b, t, self.num_heads, 3 * self.head_dim), 3, axis=-1)
             q, k = self.feature_map.apply(q), self.feature_map.apply(k)  # [B, T, H, key_dim]
             to_heads = lambda a: jnp.moveaxis(a, 2, 1).astype(self.dtype)  # noqa: E731  [B, T, H, d] -> [B, H, T, d]
             return to_heads(_l2_normalize(q)), to_heads(_l2_normalize(k)), to_heads(jax.nn.silu(v)), tail
 
-        return features(qkv, conv_tail)
+        return features(qkv, conv_tail, segment_ids)
 
     def gates(self, x) -> Gates:
         """The spec's gates {name: [B, H, T]} (channel retention: [B, H, T, key_dim]), float32,
         recomputed in the backward pass from x."""
-        return jax.checkpoint(self._gates)(x)
+        return recompute(self._gates)(x)
 
     def _gates(self, x) -> Gates:
         gates = {}
@@ -155,7 +156,7 @@ class MemoryMixer(nnx.Module):
         """`y: [B, H, T, dh]` -> `[B, T, d_model]`: per-head RMSNorm, SiLU output gate, W_O (the
         normalisation and gate are recomputed in the backward pass)."""
 
-        @jax.checkpoint
+        @recompute
         def gated(y, gate):
             y = jnp.moveaxis(y, 1, 2).astype(jnp.float32)
             y = y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + 1e-6) * self.out_norm.value
