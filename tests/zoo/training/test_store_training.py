@@ -28,9 +28,10 @@ def _corpus(folder: Path, megabytes: int) -> list[str]:
 def test_peak_memory_does_not_grow_with_the_store(tiny_cfg, tmp_path):
     """The same run over stores of 4M and 40M tokens (8 MB and 80 MB of uint16 on disk; the
     in-memory pipeline would hold 16 bytes per token of packed arrays, 640 MB for the large one):
-    the peak resident set may grow by at most 8 MB, a tenth of the large store. Measured at 8M / 80M
-    tokens: 479.7 vs 480.5 MB (a memory map instead of pread grew by 46 MB: its touched pages stay
-    resident)."""
+    the peak resident set may grow by at most 32 MB, under the 46 MB a memory map instead of pread
+    grew by (its touched pages stay resident). The two runs compile side by side, and their peaks
+    differ by up to 20 MB either way with nothing else different (28 MB with glibc's per-thread
+    malloc arenas, so the workers use one)."""
     base = ["train.steps=4", "data.source=files", "data.heldout_fraction=0.01", "data.max_documents=0",
             "eval.max_batches=1"]
     runs = {}
@@ -42,7 +43,9 @@ def test_peak_memory_does_not_grow_with_the_store(tiny_cfg, tmp_path):
         runs[megabytes] = [*base, f"data.paths={files}", f"data.shards_dir={tmp_path / f'store{megabytes}'}"]
     from tests.zoo.training.conftest import TINY
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # one malloc arena per process: with one per thread the peak varied by up to 28 MB between
+    # identical runs
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MALLOC_ARENA_MAX": "1"}
     env.pop("XLA_FLAGS", None)
     procs = {mb: subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / f"run{mb}"), *TINY, *o],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
@@ -54,4 +57,4 @@ def test_peak_memory_does_not_grow_with_the_store(tiny_cfg, tmp_path):
         result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
         assert result["step"] == 4
         peaks[mb] = result["peak_rss_mb"]
-    assert peaks[40] - peaks[4] < 8, peaks
+    assert peaks[40] - peaks[4] < 32, peaks
