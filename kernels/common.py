@@ -235,6 +235,24 @@ def start_state_reads(x: jax.Array, state: jax.Array, initial: jax.Array, last: 
 
 def solve_unit_lower(a: jax.Array, rhs: jax.Array) -> jax.Array:
     """Solves `(I + tril(a, -1)) X = rhs` for X. `a: [..., C, C]`, `rhs: [..., C, d]`; only the
-    strictly lower triangle of `a` is used (the mask also keeps gradients off the rest)."""
-    # unit_diagonal: the solver never reads the diagonal, it takes it as ones.
-    return jax.scipy.linalg.solve_triangular(jnp.tril(a, -1), rhs, lower=True, unit_diagonal=True)
+    strictly lower triangle of `a` is used (the mask also keeps gradients off the rest).
+
+    Accelerators use XLA's triangular solve. CPU uses forward substitution, one row at a time:
+    with jaxlib 0.10.2, training steps whose backward pass holds XLA:CPU's triangular solve
+    deadlocked (every thread waiting; the Gated DeltaNet repro in docs/fidelity.md hung 3 of 3
+    runs, 0 of 3 with this substitution)."""
+    return jax.lax.platform_dependent(jnp.tril(a, -1), rhs, cpu=solve_by_substitution, default=solve_by_xla)
+
+
+def solve_by_substitution(a: jax.Array, rhs: jax.Array) -> jax.Array:
+    """`solve_unit_lower` for a strictly lower `a`, row by row: x_i = rhs_i - sum_{j<i} a_ij x_j."""
+    def row(i, x):  # rows >= i of x are still zero
+        return x.at[..., i, :].set(rhs[..., i, :] - jnp.einsum("...j,...jd->...d", a[..., i, :], x))
+
+    return jax.lax.fori_loop(0, a.shape[-1], row, jnp.zeros_like(rhs))
+
+
+def solve_by_xla(a: jax.Array, rhs: jax.Array) -> jax.Array:
+    """`solve_unit_lower` for a strictly lower `a` by XLA's triangular solve (unit_diagonal: it never
+    reads the diagonal, it takes it as ones)."""
+    return jax.scipy.linalg.solve_triangular(a, rhs, lower=True, unit_diagonal=True)
