@@ -10,16 +10,23 @@ gates `[batch, seq, heads]`, states `[batch, heads, dk, dv]`.
 Pallas kernel, say) is one file that registers an `Implementation` there, plus one test class that
 subclasses `tests/kernels/backend_contract.py`'s `BackendContract`.
 
+`kernels.anchored_memory` (Titans' deep memory with anchored chunk semantics: its chunk size is part
+of the function) follows the same pattern, with per-layer weight states.
+
 `kernels.gated_delta_rule` is the function (it shadows its folder's name); the backends stay
 importable by module path, e.g. `from kernels.gated_delta_rule.chunked import chunk_gated_delta_rule`.
 """
 
+from kernels.anchored_memory import IMPLEMENTATIONS as _AM
+from kernels.anchored_memory import anchored_memory
 from kernels.common import Implementation, Implementations
 from kernels.gated_delta_rule import IMPLEMENTATIONS as _GDR
 from kernels.gated_delta_rule import gated_delta_rule
 from kernels.momentum_delta_rule import IMPLEMENTATIONS as _MDR
 from kernels.momentum_delta_rule import momentum_delta_rule
 
-IMPLEMENTATIONS: dict[str, Implementations] = {"gated_delta_rule": _GDR, "momentum_delta_rule": _MDR}
+IMPLEMENTATIONS: dict[str, Implementations] = {
+    "gated_delta_rule": _GDR, "momentum_delta_rule": _MDR, "anchored_memory": _AM}
 
-__all__ = ["IMPLEMENTATIONS", "Implementation", "Implementations", "gated_delta_rule", "momentum_delta_rule"]
+__all__ = ["IMPLEMENTATIONS", "Implementation", "Implementations", "anchored_memory", "gated_delta_rule",
+           "momentum_delta_rule"]

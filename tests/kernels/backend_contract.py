@@ -44,8 +44,13 @@ GRID = [(1, 4), (5, 4), (5, 16), (16, 4), (16, 16), (37, 4), (37, 16)]
 NO_MOMENTUM_GRID = [(1, 4), (5, 16), (37, 4)]
 # Resets: starts inside chunks, on the grid, back to back and on the last token (kernel_cases.STARTS).
 RESETS_GRID = [(37, 4), (37, 16)]
+# The anchored op compiles a deep memory's second-order gradients (several seconds a shape): below,
+# at and off the grid once each, and one shape per variant.
+ANCHORED_GRID = {"anchored_memory": [(5, 4), (16, 4), (37, 16)], "anchored_memory/resets": RESETS_GRID,
+                 "anchored_memory/no_momentum": [(37, 4)], "anchored_memory/no_momentum/resets": [(37, 16)]}
 GRAD_CASES = [(name, seq, chunk) for name in CASE_NAMES
-              for seq, chunk in (RESETS_GRID if name.endswith("/resets") else
+              for seq, chunk in (ANCHORED_GRID[name] if name in ANCHORED_GRID else
+                                 RESETS_GRID if name.endswith("/resets") else
                                  NO_MOMENTUM_GRID if name.endswith("no_momentum") else GRID)]
 
 
@@ -61,7 +66,7 @@ class BackendContract:
         x = case.inputs(rng, seq)
         # A random linear functional of all outputs and final states.
         cotangents = random_like(rng, case.output_shapes(seq))
-        ref_out, ref_grad = forward_and_vjp(case_name, "reference", 64)(x, cotangents)
+        ref_out, ref_grad = forward_and_vjp(case_name, "reference", case.reference_chunk(chunk_size))(x, cotangents)
         out, grad = forward_and_vjp(case_name, self.backend, chunk_size)(x, cotangents)
         for i, (a, b) in enumerate(zip(out, ref_out)):
             assert_close(a, b, what=f"output {i}")
@@ -76,14 +81,16 @@ class BackendContract:
         case = CASES[case_name]
         x = case.inputs(np.random.default_rng(1), 37)
         whole = forward(case_name, self.backend, 4, x)
-        # 21 is off the chunk grid, so the second call restarts the grid mid-chunk of the first.
-        first = jit(lambda x: case.run(x, self.backend, 4))(case.split(x, 0, 21))
-        second = forward(case_name, self.backend, 4, {**case.split(x, 21, 37), **case.states(first)})
+        # 21 is off the chunk grid, so the second call restarts the grid mid-chunk of the first; an
+        # anchored op's chunks are part of its function, so it continues on the grid (at 20).
+        cut = 20 if case.anchored else 21
+        first = jit(lambda x: case.run(x, self.backend, 4))(case.split(x, 0, cut))
+        second = forward(case_name, self.backend, 4, {**case.split(x, cut, 37), **case.states(first)})
         assert_close(np.concatenate([first[0], second[0]], axis=1), whole[0], what="outputs")
         for i, (a, b) in enumerate(zip(second[1:], whole[1:])):
             assert_close(a, b, what=f"final state {i}")
 
-    @pytest.mark.parametrize("case_name", ["gated_delta_rule", "momentum_delta_rule"])
+    @pytest.mark.parametrize("case_name", ["gated_delta_rule", "momentum_delta_rule", "anchored_memory"])
     def test_bf16_inputs(self, case_name):
         """bf16 in, forward and backward: o (and input gradients) in bf16, states fp32, values close
         to the fp32 computation."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 
 import jax
@@ -15,6 +16,7 @@ import numpy as np
 import kernels
 
 BATCH, HEADS, DK, DV = 2, 2, 8, 6
+HIDDEN = 12  # the anchored memory's hidden width
 
 # Tests check the math of the HLO graph, which LLVM's optimisation level does not change; level 0
 # roughly halves the compile time that dominates this suite on a small CPU.
@@ -77,6 +79,61 @@ def momentum_delta_rule_numpy(q, k, v, lr, log_retention, log_momentum, initial_
     return (o, final_w, final_s) if momentum else (o, final_w)
 
 
+def _activation(name):
+    """(f, f') in float64: exact GELU or SiLU."""
+    if name == "silu":
+        sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+        return (lambda x: x * sig(x)), (lambda x: sig(x) * (1 + x * (1 - sig(x))))
+    erf = np.vectorize(math.erf)
+    cdf = lambda x: 0.5 * (1 + erf(x / math.sqrt(2)))  # noqa: E731
+    return (lambda x: x * cdf(x)), (lambda x: cdf(x) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi))
+
+
+def anchored_memory_numpy(q, k, v, lr, log_retention, log_momentum, weights, momentum, chunk, activation,
+                          segment_ids=None, max_grad_norm=0.0):
+    """A two-layer memory M(z) = act(z W1) W2 token by token in float64 with hand-written backprop:
+    u = grad of ||M(k_t; W_a) - v_t||^2 at the chunk anchor W_a, lr scaled by min(1, tau / ||u||)
+    when tau = max_grad_norm > 0; S = mu S - lr u, W = l W + S (no
+    momentum: W = l W - lr u); y_t = M(q_t; W). A document start (id changes to a non-zero id)
+    resets (W, S, W_a) and the chunk grid; id 0 holds the state. Returns (o, W1, W2[, S1, S2])."""
+    f, df = _activation(activation)
+    q, k, v, lr, log_retention = (np.asarray(x, np.float64) for x in (q, k, v, lr, log_retention))
+    batch, seq, heads, _ = q.shape
+    seg = np.ones((batch, seq), np.int64) if segment_ids is None else segment_ids
+    o = np.zeros(v.shape)
+    finals = [np.zeros(np.shape(w)) for w in weights * (2 if log_momentum is not None else 1)]
+    for b in range(batch):
+        for h in range(heads):
+            w0 = [np.asarray(x[b, h], np.float64) for x in weights]
+            s0 = [np.zeros_like(x) for x in w0] if momentum is None else [np.asarray(x[b, h], np.float64)
+                                                                           for x in momentum]
+            w, s, anchor, pos = [x.copy() for x in w0], [x.copy() for x in s0], [x.copy() for x in w0], 0
+            for t in range(seq):
+                if t > 0 and seg[b, t] != seg[b, t - 1] and seg[b, t] > 0:
+                    w, s, anchor, pos = [x.copy() for x in w0], [x.copy() for x in s0], [x.copy() for x in w0], 0
+                if seg[b, t] > 0:
+                    kt = k[b, t, h]
+                    hidden = kt @ anchor[0]
+                    e = 2 * (f(hidden) @ anchor[1] - v[b, t, h])
+                    u = [np.outer(kt, (anchor[1] @ e) * df(hidden)), np.outer(f(hidden), e)]
+                    keep = np.exp(log_retention[b, t, h])
+                    rate = lr[b, t, h]
+                    if max_grad_norm > 0:
+                        rate *= min(1.0, max_grad_norm / np.sqrt(sum(np.sum(ui * ui) for ui in u)))
+                    if log_momentum is None:
+                        w = [keep * wi - rate * ui for wi, ui in zip(w, u)]
+                    else:
+                        s = [np.exp(log_momentum[b, t, h]) * si - rate * ui for si, ui in zip(s, u)]
+                        w = [keep * wi + si for wi, si in zip(w, s)]
+                    pos += 1
+                    if pos == chunk:
+                        anchor, pos = [x.copy() for x in w], 0
+                o[b, t, h] = f(q[b, t, h] @ w[0]) @ w[1]
+            for i, x in enumerate(w + (s if log_momentum is not None else [])):
+                finals[i][b, h] = x
+    return (o, *finals)
+
+
 def _log_sigmoid(x):
     return -np.logaddexp(0.0, -x)
 
@@ -101,15 +158,19 @@ def _state(rng, std):
 class OpCase:
     """One op variant: `inputs(rng, seq)` -> dict of float32 arrays (every differentiable input,
     initial states included); `run(inputs, backend, chunk_size)` -> (o, *final states);
-    `numpy(inputs)` -> the same tuple from the float64 loop; `split(inputs, t0, t1)` the inputs of
-    tokens t0..t1 without the initial states; `states(outputs)` the final states as the next
-    call's initial-state entries."""
+    `numpy(inputs, chunk_size)` -> the same tuple from the float64 loop; `split(inputs, t0, t1)` the
+    inputs of tokens t0..t1 without the initial states; `states(outputs)` the final states as the
+    next call's initial-state entries. `anchored`: the chunk size is part of the function (the
+    reference runs at the backend's chunk size, documents start on its grid, a continuation starts
+    on it); otherwise it is a tiling choice. `state_shapes`: the final states' shapes."""
 
     name: str
     make: Callable[[np.random.Generator, int], dict[str, np.ndarray]]
     run: Callable[..., tuple]
-    numpy: Callable[[dict], tuple]
+    numpy: Callable[[dict, int], tuple]
     state_keys: tuple[str, ...]
+    anchored: bool = False
+    state_shapes: tuple[tuple[int, ...], ...] | None = None
 
     def inputs(self, rng: np.random.Generator, seq: int) -> dict[str, np.ndarray]:
         return {name: np.asarray(x, np.float32) for name, x in self.make(rng, seq).items()}
@@ -121,7 +182,12 @@ class OpCase:
         return dict(zip(self.state_keys, outputs[1:]))
 
     def output_shapes(self, seq: int) -> tuple[tuple[int, ...], ...]:
-        return ((BATCH, seq, HEADS, DV),) + ((BATCH, HEADS, DK, DV),) * len(self.state_keys)
+        states = self.state_shapes or ((BATCH, HEADS, DK, DV),) * len(self.state_keys)
+        return ((BATCH, seq, HEADS, DV),) + tuple(states)
+
+    def reference_chunk(self, chunk_size: int) -> int:
+        """The chunk size the reference runs at to be the oracle of a backend at `chunk_size`."""
+        return chunk_size if self.anchored else 64
 
 
 # Packed documents for the "/resets" cases: row 0 starts documents at 3, single-token ones at 9 and
@@ -159,7 +225,7 @@ def _gdn_run(resets):
 
 
 def _gdn_numpy(resets):
-    def numpy(x):
+    def numpy(x, chunk_size):
         starts = _starts(x["q"].shape[1]) if resets else None
         return gated_delta_rule_numpy(x["q"], x["k"], x["v"], x["beta"], x["g"], x["initial_state"], DK**-0.5,
                                       starts)
@@ -190,13 +256,69 @@ def _mdr_run(resets):
 
 
 def _mdr_numpy(resets):
-    def numpy(x):
+    def numpy(x, chunk_size):
         starts = _starts(x["q"].shape[1]) if resets else None
         return momentum_delta_rule_numpy(x["q"], x["k"], x["v"], x["lr"], x["log_retention"],
                                          x.get("log_momentum"), x["initial_state"], x.get("initial_momentum"),
                                          DK**-0.5, starts)
 
     return numpy
+
+
+# Packed documents for the anchored "/resets" case: on the grid of chunk 4 and 16, with padding (id 0)
+# before some starts; row 0: documents at 0, 16, 32 (padding 13-15); row 1: at 0, 16 (padding 21-31), 32.
+def anchored_segment_ids(seq):
+    ids = np.ones((BATCH, seq), np.int32)
+    ids[0, 13:16], ids[0, 16:], ids[0, 32:] = 0, 2, 3
+    ids[1, 16:], ids[1, 21:32], ids[1, 32:] = 2, 0, 3
+    return ids
+
+
+def _am_inputs(momentum):
+    def make(rng, seq):
+        x = dict(**_qkv(rng, seq), lr=0.15 / (1 + np.exp(-_gate(rng, seq))),
+                 log_retention=_log_sigmoid(_gate(rng, seq) + 3.0),
+                 w0=0.5 * rng.standard_normal((BATCH, HEADS, DK, HIDDEN)),
+                 w1=0.3 * rng.standard_normal((BATCH, HEADS, HIDDEN, DV)))
+        if momentum:
+            x.update(log_momentum=_log_sigmoid(_gate(rng, seq) + 1.0),
+                     s0=0.05 * rng.standard_normal((BATCH, HEADS, DK, HIDDEN)),
+                     s1=0.05 * rng.standard_normal((BATCH, HEADS, HIDDEN, DV)))
+        return x
+
+    return make
+
+
+# The momentum variant clips its inner steps (Titans' default memory has tau = 4; 1.5 engages here).
+def _am_clip(momentum):
+    return 1.5 if momentum else 0.0
+
+
+def _am_run(resets, activation):
+    def run(x, backend, chunk_size):
+        momentum = x.get("s0") is not None
+        o, (w, s) = kernels.anchored_memory(
+            x["q"], x["k"], x["v"], x["lr"], x["log_retention"], x.get("log_momentum"),
+            initial_weights=(x["w0"], x["w1"]), initial_momentum=(x["s0"], x["s1"]) if momentum else None,
+            chunk_size=chunk_size, activation=activation, max_grad_norm=_am_clip(momentum), output_final_state=True,
+            backend=backend, segment_ids=anchored_segment_ids(x["q"].shape[1]) if resets else None)
+        return (o, *w, *s) if momentum else (o, *w)
+
+    return run
+
+
+def _am_numpy(resets, activation):
+    def numpy(x, chunk_size):
+        momentum = x.get("s0") is not None
+        return anchored_memory_numpy(x["q"], x["k"], x["v"], x["lr"], x["log_retention"], x.get("log_momentum"),
+                                     (x["w0"], x["w1"]), (x["s0"], x["s1"]) if momentum else None, chunk_size,
+                                     activation, anchored_segment_ids(x["q"].shape[1]) if resets else None,
+                                     _am_clip(momentum))
+
+    return numpy
+
+
+_AM_WEIGHTS = ((BATCH, HEADS, DK, HIDDEN), (BATCH, HEADS, HIDDEN, DV))
 
 
 def _cases(resets):
@@ -207,6 +329,10 @@ def _cases(resets):
                ("initial_state", "initial_momentum")),
         OpCase("momentum_delta_rule/no_momentum" + tag, _mdr_inputs(False), _mdr_run(resets), _mdr_numpy(resets),
                ("initial_state",)),
+        OpCase("anchored_memory" + tag, _am_inputs(True), _am_run(resets, "silu"), _am_numpy(resets, "silu"),
+               ("w0", "w1", "s0", "s1"), anchored=True, state_shapes=_AM_WEIGHTS * 2),
+        OpCase("anchored_memory/no_momentum" + tag, _am_inputs(False), _am_run(resets, "gelu"),
+               _am_numpy(resets, "gelu"), ("w0", "w1"), anchored=True, state_shapes=_AM_WEIGHTS),
     ]
     return {case.name: case for case in cases}
 

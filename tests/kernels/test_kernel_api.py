@@ -181,3 +181,33 @@ def test_both_unit_lower_solvers_equal_numpy_values_and_gradients():
         grads[name] = jax.grad(lambda a, r, s=solve: jnp.sum(s(jnp.tril(a, -1), r) * cot), argnums=(0, 1))(a, rhs)
     for g_sub, g_xla in zip(grads["substitution"], grads["xla"], strict=True):
         np.testing.assert_allclose(g_sub, g_xla, atol=1e-5, rtol=1e-5)
+
+
+def _anchored_args(seq=8):
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((B, seq, H, d)).astype(np.float32) for d in (DK, DK, DV))
+    gates = [rng.uniform(-0.5, 0.0, (B, seq, H)).astype(np.float32) for _ in range(3)]
+    weights = (rng.standard_normal((B, H, DK, 5)).astype(np.float32), np.zeros((B, H, 5, DV), np.float32))
+    return (q, k, v, -gates[0], gates[1], gates[2]), weights
+
+
+def test_anchored_memory_table_defaults_and_errors():
+    table = kernels.IMPLEMENTATIONS["anchored_memory"]
+    assert set(table) == {"reference", "xla"} and table.auto == ("xla",)
+    args, weights = _anchored_args()
+    o, (w, s) = kernels.anchored_memory(*args, initial_weights=weights, chunk_size=4, output_final_state=True)
+    assert o.shape == (B, 8, H, DV) and [x.shape for x in w] == [x.shape for x in weights] == [x.shape for x in s]
+    assert kernels.anchored_memory(*args, initial_weights=weights)[1] is None
+    with pytest.raises(ValueError, match=r"initial_weights must chain .* from dk=4 to dv=3"):
+        kernels.anchored_memory(*args, initial_weights=(weights[0],))
+    with pytest.raises(ValueError, match="activation='tanh'; allowed: gelu, silu"):
+        kernels.anchored_memory(*args, initial_weights=weights, activation="tanh")
+    with pytest.raises(ValueError, match="residual memory needs dk == dv"):
+        kernels.anchored_memory(*args, initial_weights=weights, residual=True)
+    with pytest.raises(ValueError, match="initial_momentum was given but log_momentum is None"):
+        kernels.anchored_memory(*args[:5], None, initial_weights=weights, initial_momentum=weights)
+    off_grid = np.array([[1, 1, 1, 2, 2, 2, 2, 2]], np.int32)
+    with pytest.raises(ValueError, match=r"start on the chunk grid .* \(row, token\) \[\(0, 3\)\]"):
+        kernels.anchored_memory(*args, initial_weights=weights, chunk_size=4, segment_ids=off_grid)
+    # the reference takes documents anywhere (each restarts its own chunk grid)
+    kernels.anchored_memory(*args, initial_weights=weights, chunk_size=4, segment_ids=off_grid, backend="reference")

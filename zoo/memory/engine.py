@@ -24,11 +24,13 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import kernels
+from kernels.anchored_memory import chunked as dual
+from kernels.anchored_memory.chunked import grouped_scan
 
 from zoo.memory import parts
 from zoo.memory.learners import learner_step, learner_terms
 from zoo.memory.objectives import inner_loss
-from zoo.memory.retention import decay_terms, retain
+from zoo.memory.retention import retain
 from zoo.memory.spec import MemorySpec
 from zoo.memory.state import MemState, initial_state
 from zoo.memory.structures import Weights, activation, forward, has_residual
@@ -57,21 +59,13 @@ def token_gradient(spec: MemorySpec, weights: Weights, k: jax.Array, v: jax.Arra
     return jax.grad(lambda w: inner_loss(spec, forward(spec, w, k[None])[0], v[None]))(weights)
 
 
-def clip_factor(spec: MemorySpec, squared_norm: jax.Array) -> jax.Array:
-    """min(1, tau / ||u||) for inner gradients of squared Frobenius norm `squared_norm` (any shape);
-    1 when spec.max_grad_norm is 0. The epsilon keeps the factor differentiable at u = 0."""
-    if spec.max_grad_norm <= 0:
-        return jnp.ones_like(squared_norm)
-    return jnp.minimum(1.0, spec.max_grad_norm * jax.lax.rsqrt(squared_norm + 1e-12))
-
-
 def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates) -> tuple[Weights, dict]:
     """Retention, then the learner's update with the inner gradient taken at `at` (W_{t-1} or
     the anchor), or at the retained weights l_t W_{t-1} when spec.gradient_at == "retained";
     the step is clipped to norm spec.max_grad_norm (by scaling rho_t). Returns (W_t, buffers)."""
     kept = retain(spec, state.weights, g.get("log_retention"))
     grads = token_gradient(spec, kept if spec.gradient_at == "retained" else at, k, v)
-    lr = g["lr"] * clip_factor(spec, sum(jnp.sum(u * u) for u in grads))
+    lr = g["lr"] * dual.clip_factor(spec.max_grad_norm, sum(jnp.sum(u * u) for u in grads))
     update, buffers = learner_step(spec, state.buffers, grads, lr, g)
     return tuple(w + d for w, d in zip(kept, update, strict=True)), buffers
 
@@ -135,13 +129,13 @@ def reference_chunked(spec, state, q, k, v, gates, *, init=None, segment_ids=Non
 # Chunk-parallel form.
 
 
-def gradient_factors(spec: MemorySpec, anchor: Weights, k, v, lr, valid):
-    """Hook 1, the per-token gradient factors at the chunk anchor: u_i = A_i^T delta_i per layer.
-
-    `k: [C, dk]`, `v: [C, dv]` (fp32), `lr: [C]` rho_i, `valid: [C]` bool. Returns (inputs A_l
-    `[C, d_in]`, deltas delta_l `[C, d_out]`, the effective rho_i `[C]`: zero at invalid positions
-    and scaled by min(1, tau / ||u_i||) when spec.max_grad_norm = tau > 0, with
-    ||u_i||^2 = sum over layers of ||A_i||^2 ||delta_i||^2)."""
+def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Weights,
+               q, k, v, g: Gates, valid):
+    """One chunk of C grid positions (invalid ones are exact no-ops), Titans spec §1.6: starts from
+    (W, S) = (w_start, s_start) with inner gradients at `anchor`, in four hooks (the shared chunk
+    algebra of `kernels.anchored_memory.chunked`): gradient factors of the spec's objective ->
+    the learner's terms -> retention -> the dual read. Returns ((W_C, S_C), Y [C, dv])."""
+    q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     w_a = jax.lax.stop_gradient(anchor) if spec.bilevel == "first_order" else anchor
 
     def key_loss(probes):
@@ -149,62 +143,15 @@ def gradient_factors(spec: MemorySpec, anchor: Weights, k, v, lr, valid):
         return inner_loss(spec, out, v), inputs
 
     probes = tuple(jnp.zeros((k.shape[0], w.shape[1]), jnp.float32) for w in w_a)
-    _, vjp, inputs = jax.vjp(key_loss, probes, has_aux=True)
-    (deltas,) = vjp(jnp.ones((), jnp.float32))
-    squared_norm = sum(jnp.sum(a * a, -1) * jnp.sum(d * d, -1) for a, d in zip(inputs, deltas, strict=True))
-    return inputs, deltas, lr * valid.astype(jnp.float32) * clip_factor(spec, squared_norm)
-
-
-def decayed_terms(spec: MemorySpec, log_retention, m, n, valid):
-    """Hook 3, retention folded into the learner's terms (hook 2: `learner_terms` gives m [C] and
-    n [C, C] with S_r = m_r S_s - sum_i n[r, i] u_i). With beta_r = prod_{j<=r} l_j and
-    D[r, j] = beta_r / beta_j (log space, masked before the exp; invalid positions decay by 1):
-
-        W_r = beta_r W_s + f_r S_s - sum_i G[r, i] u_i,   f = D (valid * m),  G = D (valid * n).
-
-    Returns (beta, f, G): `[C]`, `[C]`, `[C, C]`, or with channel retention `[C, dk]`,
-    `[C, dk]`, `[C, C, dk]`."""
-    vf = valid.astype(jnp.float32)
-    log_ret = jnp.where(valid.reshape(valid.shape + (1,) * (log_retention.ndim - 1)), log_retention, 0.0)
-    beta, decay = decay_terms(log_ret)
-    if parts.retention(spec.retention).gate == "channel":
-        return beta, jnp.einsum("rjd,j->rd", decay, vf * m), jnp.einsum("rjd,ji->rid", decay, vf[:, None] * n)
-    return beta, decay @ (vf * m), decay @ (vf[:, None] * n)
-
-
-def dual_read(spec: MemorySpec, w_start: Weights, s_start: Weights, q, inputs, deltas, beta, f, big_g, m, n):
-    """Hook 4, the read and the chunk-end state without per-token weights (the dual form): layer by
-    layer, p_r = beta_r z_r W_s + f_r z_r S_s - sum_i G[r, i] (z_r . A_i) delta_i, z the previous
-    layer's activation of p (z = q at the first layer). Returns ((W_C, S_C), Y [C, dv])."""
-    channel = parts.retention(spec.retention).gate == "channel"
-    z = q
-    new_w, new_s = [], []
-    for layer, (ws, ss, a, d) in enumerate(zip(w_start, s_start, inputs, deltas, strict=True)):
-        if channel:
-            p = (z * beta) @ ws + (z * f) @ ss - jnp.einsum("rd,id,rid->ri", z, a, big_g) @ d
-            new_w.append(beta[-1][:, None] * ws + f[-1][:, None] * ss - (a * big_g[-1]).T @ d)
-        else:
-            p = beta[:, None] * (z @ ws) + f[:, None] * (z @ ss) - ((z @ a.T) * big_g) @ d
-            new_w.append(beta[-1] * ws + f[-1] * ss - (a * big_g[-1][:, None]).T @ d)
-        new_s.append(m[-1] * ss - (a * n[-1][:, None]).T @ d if _dual_state(spec) else ss)
-        z = activation(spec, p) if layer < len(w_start) - 1 else p
-    if has_residual(spec):
-        z = z + q
-    return (tuple(new_w), tuple(new_s)), z
-
-
-def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Weights,
-               q, k, v, g: Gates, valid):
-    """One chunk of C grid positions (invalid ones are exact no-ops), Titans spec §1.6: starts from
-    (W, S) = (w_start, s_start) with inner gradients at `anchor`, in four hooks: gradient factors
-    -> learner terms -> retention -> the dual read. Returns ((W_C, S_C), Y [C, dv])."""
-    q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
-    inputs, deltas, lr = gradient_factors(spec, anchor, k, v, g["lr"], valid)
+    clip = functools.partial(dual.clip_factor, spec.max_grad_norm) if spec.max_grad_norm > 0 else None
+    inputs, deltas, lr = dual.gradient_factors(key_loss, probes, g["lr"], valid, clip)
     learner_gates = {name: jnp.where(valid, g[name], 0.0) for name in parts.learner(spec.learner).gates}
     m, n = learner_terms(spec, lr, learner_gates)  # [C], [C, C]
     log_retention = g.get("log_retention", jnp.zeros_like(lr))
-    beta, f, big_g = decayed_terms(spec, log_retention, m, n, valid)
-    return dual_read(spec, w_start, s_start, q, inputs, deltas, beta, f, big_g, m, n)
+    beta, f, big_g = dual.decayed_terms(log_retention, m, n, valid)
+    return dual.dual_read(w_start, s_start, q, inputs, deltas, beta, f, big_g, m, n,
+                          activation=functools.partial(activation, spec), residual=has_residual(spec),
+                          momentum=_dual_state(spec) is not None)
 
 
 def _dual_state(spec: MemorySpec) -> str | None:
@@ -226,6 +173,36 @@ def delta_kernel(spec: MemorySpec) -> str | None:
     if spec.gradient_at == "previous":
         return "momentum_delta_rule"
     return "gated_delta_rule" if spec.learner == "gd" else None
+
+
+def anchored_kernel(spec: MemorySpec) -> bool:
+    """Whether `kernels.anchored_memory` computes this spec's rule (Titans' deep memory): anchored
+    semantics, the l2 objective, gd or momentum, no or scalar retention, a matrix or MLP stack
+    (clipped or not) and full bilevel gradients. Other anchored memories run the same chunk algebra through
+    `scan_chunks` with the spec's registered parts."""
+    return (spec.semantics == "anchored" and spec.objective == "l2" and spec.learner in ("gd", "momentum")
+            and spec.retention in ("none", "scalar") and spec.structure in ("matrix", "mlp")
+            and spec.bilevel == "full")
+
+
+def anchored_kernel_heads(spec: MemorySpec, fresh: MemState, q, k, v, g: Gates,
+                          segment_ids: jax.Array | None = None) -> tuple[MemState, jax.Array]:
+    """A fresh sequence of a whole number of chunks through `kernels.anchored_memory`, all heads in
+    one call on `spec.kernel_backend`. q, k: [B, H, T, dk], v: [B, H, T, dv], gates [B, H, T],
+    `fresh` leaves [B, H, ...]; segment_ids [B, T] (documents on the chunk grid, 0 = padding).
+    Returns (state, y [B, H, T, dv])."""
+    to_kernel = lambda x: jnp.moveaxis(x, 1, 2)  # noqa: E731  [B, H, T, ...] -> [B, T, H, ...]
+    lr = g["lr"]
+    momentum = _dual_state(spec) is not None
+    o, (w, s) = kernels.anchored_memory(
+        to_kernel(q), to_kernel(k), to_kernel(v), to_kernel(lr), to_kernel(g.get("log_retention", jnp.zeros_like(lr))),
+        to_kernel(g["log_momentum"]) if momentum else None, initial_weights=fresh.weights,
+        initial_momentum=dual_momentum(spec, fresh) if momentum else None, chunk_size=spec.chunk_size,
+        activation=spec.activation, residual=has_residual(spec), max_grad_norm=spec.max_grad_norm,
+        output_final_state=True, segment_ids=segment_ids,
+        backend=spec.kernel_backends)
+    state = MemState(weights=w, anchor=w, pos=fresh.pos, buffers=dual_buffers(spec, s) if momentum else {})
+    return state, jnp.moveaxis(o, 2, 1)
 
 
 def dual_form(spec: MemorySpec) -> bool:
@@ -277,30 +254,6 @@ by `spec.kernel_chunk` on `spec.kernel_backend`.
         buffers = {"momentum": (s,)} if momentum else state.buffers
     pos = (state.pos + q.shape[1]) % spec.chunk_size
     return MemState(weights=(w,), anchor=(w,), pos=pos, buffers=buffers), jnp.moveaxis(o, 2, 1)
-
-
-def grouped_scan(body, carry, xs):
-    """`lax.scan(body, carry, xs)` over n chunks with a backward pass that keeps O(sqrt n) carries:
-    the chunks run in checkpointed groups of g = ceil(sqrt n), so only the carries at group
-    boundaries are saved and one group's per-chunk carries are rebuilt at a time (each fast-weight
-    copy is [heads, d, d]-sized, the dominant training memory of a deep memory). `body` must leave
-    the carry unchanged on an all-zero input (padding chunks fill the last group)."""
-    n = jax.tree.leaves(xs)[0].shape[0]
-    group = math.isqrt(n - 1) + 1 if n > 1 else 1
-    chunk_body = jax.checkpoint(body)
-    if group >= n:
-        return jax.lax.scan(chunk_body, carry, xs)
-    groups = -(-n // group)
-    pad = groups * group - n
-    xs = jax.tree.map(lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-                      .reshape((groups, group) + x.shape[1:]), xs)
-
-    @jax.checkpoint
-    def run_group(c, group_xs):
-        return jax.lax.scan(chunk_body, c, group_xs)
-
-    carry, ys = jax.lax.scan(run_group, carry, xs)
-    return carry, jax.tree.map(lambda y: y.reshape((groups * group,) + y.shape[2:])[:n], ys)
 
 
 def place_on_grid(x: jax.Array, offset, n: int, c: int, axis: int = 0) -> jax.Array:
@@ -451,8 +404,9 @@ def chunk_heads(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates,
                 segment_ids: jax.Array | None = None) -> tuple[MemState, jax.Array]:
     """`chunk` for every [batch, head] at once: `q, k: [B, H, T, dk]`, `v: [B, H, T, dv]`, gates
     {name: [B, H, T, ...]}, `init` the per-head W_0 (leaves [H, ...]), `state` (leaves [B, H, ...])
-    or None, `segment_ids: [B, T]`. Returns (state, y [B, H, T, dv]). The exact delta-rule kernels
-    and the dual form take all heads in one call; other memories run the token loop per head."""
+    or None, `segment_ids: [B, T]`. Returns (state, y [B, H, T, dv]). All heads in one call: the exact
+    delta-rule kernels; `kernels.anchored_memory` for Titans' deep memory on fresh sequences of whole
+    chunks (training); `scan_chunks` for the rest of the dual form; the token loop otherwise (per head)."""
     if segment_ids is not None and state is not None:
         raise ValueError("segment_ids resets are supported from a fresh state (state=None) only")
     check_gates(spec, gates)
@@ -468,8 +422,11 @@ def chunk_heads(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates,
         per_head = jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None))
         return jax.vmap(per_head, in_axes=(0, 0, 0, 0, 0, None, 0 if segment_ids is not None else None))(
             fresh if state is None else state, q, k, v, gates, init, segment_ids)
-    final, _, y = scan_chunks(spec, state, fresh, (), (q, k, v, gates), MEMORY_ONLY, axis=2,
-                              segment_ids=segment_ids)
+    if state is None and anchored_kernel(spec) and q.shape[2] % spec.chunk_size == 0:
+        final, y = anchored_kernel_heads(spec, fresh, q, k, v, gates, segment_ids)
+    else:  # continued calls, partial chunks, and anchored memories of other parts
+        final, _, y = scan_chunks(spec, state, fresh, (), (q, k, v, gates), MEMORY_ONLY, axis=2,
+                                  segment_ids=segment_ids)
     if segment_ids is not None:  # trailing padding holds the fresh state (as in the token loop)
         final = _select(segment_ids[:, -1] > 0, final, fresh.replace(pos=final.pos))
     return final, y

@@ -13,9 +13,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from kernels.anchored_memory.chunked import learner_terms as chunk_learner_terms
 from zoo.layers.gates import logit
 from zoo.memory.parts import Buffer, Gate, Learner, learner, register_gate, register_learner
-from zoo.memory.retention import masked_exp_diff
 from zoo.memory.spec import MemorySpec
 
 
@@ -34,7 +34,7 @@ def _gd_step(spec, buffers, grads, lr, gates):
 
 
 def _gd_terms(lr, gates):
-    return jnp.zeros_like(lr), jnp.diag(lr)
+    return chunk_learner_terms(lr, None)
 
 
 def momentum_update(momentum, grads, lr, log_momentum):
@@ -49,8 +49,7 @@ def _momentum_step(spec, buffers, grads, lr, gates):
 
 
 def _momentum_terms(lr, gates):
-    cum = jnp.cumsum(gates["log_momentum"])
-    return jnp.exp(cum), masked_exp_diff(cum) * lr[None, :]
+    return chunk_learner_terms(lr, gates["log_momentum"])
 
 
 register_learner(Learner("gd", step=_gd_step, terms=_gd_terms, doc="W_t = l_t W_{t-1} - rho_t u_t"))

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 
 import kernels
+from kernels.anchored_memory.chunked import ACTIVATIONS as MEMORY_ACTIVATIONS
 from zoo.memory import parts
 
 SEMANTICS = ("exact", "anchored")
 BILEVEL = ("full", "first_order")
 GRADIENT_POINTS = ("previous", "retained")
-ACTIVATIONS = ("gelu", "silu")
+ACTIVATIONS = tuple(MEMORY_ACTIVATIONS)
 
 
 @dataclasses.dataclass(frozen=True)

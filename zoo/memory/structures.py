@@ -13,6 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from kernels.anchored_memory.chunked import ACTIVATIONS, mlp_forward
 from zoo.memory.parts import Structure, register_structure, structure
 from zoo.memory.spec import MemorySpec
 
@@ -71,7 +72,7 @@ def init_weights(spec: MemorySpec, key: jax.Array, dk: int, dv: int, *, first_la
 
 
 def activation(spec: MemorySpec, x: jax.Array) -> jax.Array:
-    return jax.nn.gelu(x, approximate=False) if spec.activation == "gelu" else jax.nn.silu(x)
+    return ACTIVATIONS[spec.activation](x)
 
 
 def forward(spec: MemorySpec, weights: Weights, z: jax.Array, probes: Weights | None = None
@@ -81,14 +82,4 @@ def forward(spec: MemorySpec, weights: Weights, z: jax.Array, probes: Weights | 
     `probes` (one `[n, d_out]` zero array per layer) are added to the pre-activations, so the
     gradient of a loss w.r.t. the probes is each token's delta (Titans spec §1.3, JAX trick).
     """
-    a = z
-    inputs = []
-    for i, w in enumerate(weights):
-        inputs.append(a)
-        p = a @ w
-        if probes is not None:
-            p = p + probes[i]
-        a = activation(spec, p) if i < len(weights) - 1 else p
-    if has_residual(spec):
-        a = a + z
-    return a, inputs
+    return mlp_forward(weights, z, probes, ACTIVATIONS[spec.activation], has_residual(spec))

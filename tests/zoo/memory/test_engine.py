@@ -72,8 +72,9 @@ def test_chunk_size_one_equals_exact_step_loop(name):
     close(st_c.buffers, st_s.buffers)
 
 
-@pytest.mark.parametrize("name, t", [(name, 13) for name in SPECS] + [("mlp2_residual_momentum", 3),
-                                                                     ("matrix_l2_momentum", 16)])
+@pytest.mark.parametrize("name, t", [(name, 13) for name in SPECS] + [
+    ("mlp2_residual_momentum", 3), ("matrix_l2_momentum", 16),  # whole chunks: kernels.anchored_memory
+    ("mlp2_residual_momentum", 16), ("mlp1_gd_no_retention", 12)])
 def test_chunk_equals_its_oracle(name, t):
     spec = with_chunk(SPECS[name], 4)
     init, q, k, v, g = inputs(spec, t)
@@ -365,6 +366,46 @@ def test_a_retention_landed_by_registration_runs_token_by_token():
         close((y, st.weights[0], st.buffers["momentum"][0]), (want_y, want_w, want_s), tol=1e-4)
         _, y_decay_only = engine.chunk(dataclasses.replace(spec, retention="scalar"), None, q, k, v, g, init=init)
         assert float(jnp.abs(y - y_decay_only).max()) > 1e-2  # the shrink matters
+
+
+def test_anchored_deep_memory_runs_its_kernels_op_once_for_all_heads():
+    """Titans' deep memory on a fresh sequence of whole chunks (training) is ONE
+    `kernels.anchored_memory` call on [batch, seq, heads, dim] with the spec's backend, documents
+    and padding included, and equals the engine's anchored token loop per [batch, head]."""
+    import kernels
+    from kernels.common import Implementation
+
+    table = kernels.IMPLEMENTATIONS["anchored_memory"]
+    calls = []
+
+    def probe(q, *args):
+        calls.append(q.shape)
+        return table["xla"].run(q, *args)
+
+    table.register(Implementation("probe_for_test", probe))
+    try:
+        spec = dataclasses.replace(with_chunk(SPECS["mlp2_residual_momentum"], 4), kernel_backend="probe_for_test")
+        assert engine.anchored_kernel(spec) and engine.anchored_kernel(SPECS["mlp2_clipped_momentum"])
+        assert not engine.anchored_kernel(SPECS["mlp2_first_order_silu"]) and not engine.anchored_kernel(
+            SPECS["mlp2_dot_gd"])
+        rows = [inputs(spec, 16, seed) for seed in range(4)]  # [batch 2, heads 2]
+        init = jax.tree.map(lambda *w: jnp.stack(w), *[r[0] for r in rows[:2]])  # per-head W_0
+        stack = lambda i: jax.tree.map(lambda *x: jnp.stack(x).reshape((2, 2) + x[0].shape), *[r[i] for r in rows])  # noqa: E731
+        seg = jnp.array([[1] * 8 + [2] * 6 + [0] * 2, [1] * 5 + [0] * 3 + [2] * 8])
+        st, y = jax.jit(lambda *a: engine.chunk_heads(spec, None, *a, init=init, segment_ids=seg))(
+            stack(1), stack(2), stack(3), stack(4))
+        assert calls == [(2, 16, 2, DK)]
+        for b in range(2):
+            for h in range(2):
+                _, q, k, v, g = rows[2 * b + h]
+                st_r, y_r = engine.reference_chunked(spec, initial_state(spec, rows[h][0]), q, k, v, g,
+                                                     segment_ids=seg[b])
+                close(y[b, h][seg[b] > 0], y_r[seg[b] > 0])
+                if b == 1:  # row 0 ends in padding: the fresh state
+                    close(jax.tree.map(lambda x: x[b, h], (st.weights, st.buffers)), (st_r.weights, st_r.buffers))
+        close(jax.tree.map(lambda x: x[0], st.weights), init)
+    finally:
+        del table["probe_for_test"]
 
 
 def test_exact_kernel_tile_and_backend_are_execution_choices():

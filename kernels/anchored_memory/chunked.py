@@ -1,0 +1,235 @@
+"""The chunk-parallel (dual) form of an anchored deep memory (Titans Eq. 16-18, spec §1.6), and the
+chunk algebra the memory engine shares with it.
+
+Inside a chunk of C positions with start states (W_s, S_s), every token takes its inner gradient at
+the chunk's anchor W_a, so each layer's per-token gradient is an outer product u_i = A_i^T delta_i
+(A_i the layer's input at the anchor, delta_i the loss gradient at its pre-activation) that does
+not depend on the writes before it in the chunk. A learner linear in the gradients gives
+S_r = m_r S_s - sum_{i<=r} n[r, i] u_i; multiplicative retention (beta_r = prod_{j<=r} l_j,
+D[r, j] = beta_r / beta_j) then gives
+
+    W_r = beta_r W_s + f_r S_s - sum_i G[r, i] u_i,     f = D m,  G = D n,
+
+and a read after write never forms W_r: layer by layer, the pre-activation of query r is
+p_r = beta_r z_r W_s + f_r z_r S_s - sum_i G[r, i] (z_r . A_i) delta_i, z the previous layer's
+activation (q at the first layer). Invalid positions (padding, grid slots outside a call) are exact
+no-ops: no gradient, no decay, no momentum step.
+
+The pieces (`gradient_factors`, `learner_terms`, `decayed_terms`, `dual_read`) take plain arrays and
+functions, so the engine's generic chunk step (any registered objective, learner, retention) and
+this op's fixed one (l2, momentum or gd, scalar decay) are the same code.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from kernels.common import decay_ratios
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "silu": jax.nn.silu,
+}
+
+Weights = tuple[jax.Array, ...]  # one [d_in, d_out] matrix per layer
+
+
+def mlp_forward(weights: Weights, z: jax.Array, probes: Weights | None, activation: Callable,
+                residual: bool) -> tuple[jax.Array, list[jax.Array]]:
+    """M(z; W) for `z: [n, dk]` -> (`[n, dv]`, the input activation of every layer): layers
+    p^l = a^{l-1} W^l with `activation` between them (none after the last), plus z when `residual`.
+    `probes` (one `[n, d_out]` zero array per layer) are added to the pre-activations, so a loss's
+    gradient w.r.t. the probes is each token's delta (Titans spec §1.3)."""
+    a = z
+    inputs = []
+    for i, w in enumerate(weights):
+        inputs.append(a)
+        p = a @ w
+        if probes is not None:
+            p = p + probes[i]
+        a = activation(p) if i < len(weights) - 1 else p
+    return (a + z if residual else a), inputs
+
+
+def l2_loss(out: jax.Array, v: jax.Array) -> jax.Array:
+    """||M(k_i) - v_i||^2 summed over features and tokens (Titans Eq. 12)."""
+    return jnp.sum(jnp.square(out - v))
+
+
+def clip_factor(max_grad_norm: float, squared_norm: jax.Array) -> jax.Array:
+    """min(1, tau / ||u||) for inner gradients of squared Frobenius norm `squared_norm` (any shape);
+    1 when tau = `max_grad_norm` is 0. The epsilon keeps the factor differentiable at u = 0."""
+    if max_grad_norm <= 0:
+        return jnp.ones_like(squared_norm)
+    return jnp.minimum(1.0, max_grad_norm * jax.lax.rsqrt(squared_norm + 1e-12))
+
+
+def gradient_factors(key_loss: Callable, probes: Weights, lr: jax.Array, valid: jax.Array,
+                     clip: Callable | None = None) -> tuple[list[jax.Array], Weights, jax.Array]:
+    """The per-token gradient factors at the anchor: u_i = A_i^T delta_i per layer.
+
+    `key_loss(probes) -> (loss summed over the chunk's tokens, the layer inputs A_l [C, d_in])`,
+    `probes`: one zero `[C, d_out]` array per layer, `lr: [C]` rho_i, `valid: [C]` bool, `clip`
+    (optional) maps ||u_i||^2 `[C]` to a factor on rho_i. Returns (A_l, delta_l `[C, d_out]`, the
+    effective rho `[C]`, zero at invalid positions), with ||u_i||^2 = sum_l ||A_i||^2 ||delta_i||^2."""
+    _, vjp, inputs = jax.vjp(key_loss, probes, has_aux=True)
+    (deltas,) = vjp(jnp.ones((), jnp.float32))
+    lr = lr * valid.astype(jnp.float32)
+    if clip is not None:
+        lr = lr * clip(sum(jnp.sum(a * a, -1) * jnp.sum(d * d, -1) for a, d in zip(inputs, deltas, strict=True)))
+    return inputs, deltas, lr
+
+
+def learner_terms(lr: jax.Array, log_momentum: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """(m `[C]`, n `[C, C]`) of S_r = m_r S_s - sum_i n[r, i] u_i. Momentum (Titans Eq. 13-14):
+    m_r = prod_{j<=r} mu_j, n[r, i] = rho_i prod_{j=i+1..r} mu_j; plain gradient descent
+    (`log_momentum` None): m = 0, n = diag(rho) (each update applied once, at its token)."""
+    if log_momentum is None:
+        return jnp.zeros_like(lr), jnp.diag(lr)
+    cum = jnp.cumsum(log_momentum)
+    return jnp.exp(cum), decay_ratios(cum) * lr[None, :]
+
+
+def decayed_terms(log_retention: jax.Array, m: jax.Array, n: jax.Array, valid: jax.Array
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Retention folded into the learner's terms: beta_r = prod_{j<=r} l_j and D[r, j] = beta_r /
+    beta_j (log space, masked before the exp; invalid positions decay by 1), f = D (valid m),
+    G = D (valid n). `log_retention: [C]` (one decay per token) or `[C, dk]` (per key channel of a
+    matrix memory). Returns (beta, f, G): `[C]`, `[C]`, `[C, C]`, or `[C, dk]`, `[C, dk]`, `[C, C, dk]`."""
+    vf = valid.astype(jnp.float32)
+    log_ret = jnp.where(valid.reshape(valid.shape + (1,) * (log_retention.ndim - 1)), log_retention, 0.0)
+    cum = jnp.cumsum(log_ret, axis=0)
+    beta = jnp.exp(cum)
+    if log_retention.ndim == 2:  # per channel: D [C, C, dk]
+        decay = jnp.moveaxis(decay_ratios(cum.T), 0, -1)
+        return beta, jnp.einsum("rjd,j->rd", decay, vf * m), jnp.einsum("rjd,ji->rid", decay, vf[:, None] * n)
+    decay = decay_ratios(cum)
+    return beta, decay @ (vf * m), decay @ (vf[:, None] * n)
+
+
+def dual_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, beta, f, big_g, m, n, *,
+              activation: Callable, residual: bool, momentum: bool) -> tuple[tuple[Weights, Weights], jax.Array]:
+    """The reads and the chunk-end state without per-token weights. Returns ((W_C, S_C), Y [C, dv]);
+    S_C is `s_start` unchanged when the learner carries no momentum (`momentum` False)."""
+    channel = beta.ndim == 2
+    z = q
+    new_w, new_s = [], []
+    for layer, (ws, ss, a, d) in enumerate(zip(w_start, s_start, inputs, deltas, strict=True)):
+        if channel:
+            p = (z * beta) @ ws + (z * f) @ ss - jnp.einsum("rd,id,rid->ri", z, a, big_g) @ d
+            new_w.append(beta[-1][:, None] * ws + f[-1][:, None] * ss - (a * big_g[-1]).T @ d)
+        else:
+            p = beta[:, None] * (z @ ws) + f[:, None] * (z @ ss) - ((z @ a.T) * big_g) @ d
+            new_w.append(beta[-1] * ws + f[-1] * ss - (a * big_g[-1][:, None]).T @ d)
+        new_s.append(m[-1] * ss - (a * n[-1][:, None]).T @ d if momentum else ss)
+        z = activation(p) if layer < len(w_start) - 1 else p
+    if residual:
+        z = z + q
+    return (tuple(new_w), tuple(new_s)), z
+
+
+def grouped_scan(body: Callable, carry, xs):
+    """`lax.scan(body, carry, xs)` over n chunks with a backward pass that keeps O(sqrt n) carries:
+    the chunks run in checkpointed groups of g = ceil(sqrt n), so only the carries at group
+    boundaries are saved and one group's per-chunk carries are rebuilt at a time (each fast-weight
+    copy is [heads, d, d]-sized, the dominant training memory of a deep memory). `body` must leave
+    the carry unchanged on an all-zero input (padding chunks fill the last group)."""
+    n = jax.tree.leaves(xs)[0].shape[0]
+    group = math.isqrt(n - 1) + 1 if n > 1 else 1
+    chunk_body = jax.checkpoint(body)
+    if group >= n:
+        return jax.lax.scan(chunk_body, carry, xs)
+    groups = -(-n // group)
+    pad = groups * group - n
+    xs = jax.tree.map(lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+                      .reshape((groups, group) + x.shape[1:]), xs)
+
+    @jax.checkpoint
+    def run_group(c, group_xs):
+        return jax.lax.scan(chunk_body, c, group_xs)
+
+    carry, ys = jax.lax.scan(run_group, carry, xs)
+    return carry, jax.tree.map(lambda y: y.reshape((groups * group,) + y.shape[2:])[:n], ys)
+
+
+def chunk_step(w: Weights, s: Weights, q, k, v, lr, log_retention, log_momentum, valid, *, activation: Callable,
+               residual: bool, max_grad_norm: float) -> tuple[tuple[Weights, Weights], jax.Array]:
+    """One chunk of one [batch, head] for the op: the l2 objective's gradient factors at the chunk's
+    start weights `w` (the anchor, each step clipped to norm `max_grad_norm` when > 0), the
+    learner's terms, the decays, the dual read. `q, k: [C, dk]`, `v: [C, dv]` (any float dtype;
+    fp32 inside), gates `[C]` (`log_momentum` None: gd), `valid: [C]`."""
+    q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
+    probes = tuple(jnp.zeros((k.shape[0], x.shape[1]), jnp.float32) for x in w)
+
+    def key_loss(p):
+        out, inputs = mlp_forward(w, k, p, activation, residual)
+        return l2_loss(out, v), inputs
+
+    clip = functools.partial(clip_factor, max_grad_norm) if max_grad_norm > 0 else None
+    inputs, deltas, lr = gradient_factors(key_loss, probes, lr, valid, clip)
+    m, n = learner_terms(lr, None if log_momentum is None else jnp.where(valid, log_momentum, 0.0))
+    beta, f, big_g = decayed_terms(log_retention, m, n, valid)
+    return dual_read(w, s, q, inputs, deltas, beta, f, big_g, m, n, activation=activation, residual=residual,
+                     momentum=log_momentum is not None)
+
+
+def chunk_anchored_memory(q, k, v, lr, log_retention, log_momentum, initial_weights: Weights,
+                          initial_momentum: Weights | None, chunk_size: int, activation: str, residual: bool,
+                          max_grad_norm: float, segment_ids: jax.Array | None
+                          ) -> tuple[jax.Array, Weights, Weights | None]:
+    """The op's chunk form over [batch, heads]: chunks of `chunk_size` from token 0 (a ragged tail
+    is padded with invalid positions), `grouped_scan` over the chunks, `chunk_step` vmapped over
+    [batch, heads]. A chunk whose first token starts a document (its id differs from the previous
+    token's and is not 0) restarts from the initial states; id 0 marks padding (no-ops).
+
+    Args (validated): `q, k: [B, T, H, dk]`, `v: [B, T, H, dv]` (any float dtype), gates
+    `[B, T, H]` fp32 (`log_momentum` None: gd), per-layer states `[B, H, d_in, d_out]` fp32,
+    `segment_ids: [B, T]` int or None. Returns (o `[B, T, H, dv]` fp32, W_T, S_T or None)."""
+    b, t, h = q.shape[:3]
+    c = chunk_size
+    n = -(-t // c)
+    pad = n * c - t
+    seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    seg = jnp.pad(seg, [(0, 0), (0, pad)])  # the padded tail is segment 0: invalid
+    valid = jnp.broadcast_to((seg > 0)[:, :, None], (b, n * c, h))
+    prev = jnp.concatenate([seg[:, :1], seg[:, :-1]], axis=1)
+    resets = ((seg != prev) & (seg > 0))[:, ::c].T  # [n, B]: a document starts at the chunk's first token
+
+    def to_chunks(x):  # [B, T or n C, H, ...] -> [n, B, H, C, ...]
+        x = jnp.pad(x, [(0, 0), (0, n * c - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+        x = x.reshape((b, n, c, h) + x.shape[3:])
+        return jnp.moveaxis(jnp.moveaxis(x, 1, 0), 2, 3)
+
+    momentum = log_momentum is not None
+    gates = (lr, log_retention) + ((log_momentum,) if momentum else ())
+    xs = (tuple(to_chunks(x) for x in (q, k, v, valid) + gates), resets)
+    step = functools.partial(_step_heads, momentum, ACTIVATIONS[activation], residual, max_grad_norm)
+    fresh = (initial_weights, initial_momentum if momentum else ())
+
+    def body(carry, chunk):
+        (qc, kc, vc, ok, lr_c, ret_c, *mom_c), reset = chunk
+        w, s = jax.tree.map(lambda f, x: jnp.where(reset.reshape((b,) + (1,) * (x.ndim - 1)), f, x), fresh, carry)
+        return step(w, s, qc, kc, vc, lr_c, ret_c, mom_c[0] if momentum else None, ok)
+
+    (w, s), ys = grouped_scan(body, fresh, xs)
+    o = ys.transpose(1, 0, 3, 2, 4).reshape(b, n * c, h, ys.shape[-1])[:, :t]  # [n, B, H, C, dv] -> [B, T, H, dv]
+    return o, w, (s if momentum else None)
+
+
+def _step_heads(momentum, activation, residual, max_grad_norm, w, s, q, k, v, lr, log_ret, log_mom, valid):
+    """`chunk_step` for every [batch, head] (leaves [B, H, ...]); (W, S) in, (W, S) and Y out."""
+    def one(w, s, q, k, v, lr, log_ret, log_mom, valid):
+        (w, s), y = chunk_step(w, s if momentum else tuple(jnp.zeros_like(x) for x in w), q, k, v, lr, log_ret,
+                               log_mom, valid, activation=activation, residual=residual,
+                               max_grad_norm=max_grad_norm)
+        return (w, s if momentum else ()), y
+
+    mom_axis = 0 if momentum else None
+    per_head = jax.vmap(one, in_axes=(0, 0 if momentum else None, 0, 0, 0, 0, 0, mom_axis, 0))
+    return jax.vmap(per_head, in_axes=(0, 0 if momentum else None, 0, 0, 0, 0, 0, mom_axis, 0))(
+        w, s, q, k, v, lr, log_ret, log_mom, valid)
