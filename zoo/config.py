@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from zoo.layers.attend import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from zoo.memory import parts as memory_parts  # the registered structures, objectives, learners, retentions
 from zoo.memory import spec as memory_spec  # the spec's tables of allowed values
 
@@ -87,8 +88,8 @@ class ModelConfig:
     sliding_window: int = 0  # 0 = full causal attention; W > 0 = each token sees W tokens
     attn_conv_width: int = 0  # 0 = off; K > 0 = causal depthwise conv on q/k/v inputs
     # attention kernel (zoo.layers.attend): auto = cuDNN flash on GPU where it applies, else blockwise
-    # (O(T * 512) memory) past 512 tokens, else xla (dense scores)
-    attention: str = dataclasses.field(default="auto", metadata=_choices("auto", "xla", "blockwise", "cudnn"))
+    # (O(T * 512) memory) past 512 tokens, else xla (dense scores); pallas_triton: opt-in Triton flash
+    attention: str = dataclasses.field(default="auto", metadata=_choices(*ATTENTION_IMPLEMENTATIONS))
     tie_embeddings: bool = True
     norm_eps: float = 1e-6
     init_std: float = 0.02

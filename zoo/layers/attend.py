@@ -13,6 +13,9 @@ persistent key/value slots every query sees (Titans Eq. 19). Implementations:
 - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` (a flash kernel on NVIDIA GPUs):
   causal and sliding windows in bf16/fp16, but no document mask short of a dense T^2 bias and no
   persistent slots, so "auto" takes it only without either.
+- "pallas_triton": Pallas' Triton flash kernel (zoo.layers.flash; Pallas' interpreter on CPU):
+  causal with document masks in O(T) memory, persistent slots merged by log-sum-exp; no sliding
+  window. Opt-in: "auto" does not take it until it has been measured on a GPU.
 - "auto": cudnn where it applies on a GPU, else blockwise for sequences longer than one block,
   else xla.
 """
@@ -24,14 +27,20 @@ import math
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn")
+from zoo.layers import flash
+
+IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "pallas_triton")
 
 
 def choose_implementation(requested: str, *, platform: str, seq: int, block: int, segment_ids, persistent,
-                          dtype) -> str:
+                          dtype, window: int = 0) -> str:
     """The implementation `attend` runs for `requested` ("auto" resolves by platform and features)."""
     if requested not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {requested!r}; allowed: {', '.join(IMPLEMENTATIONS)}")
+    if requested == "pallas_triton" and (window or not flash.available()):
+        why = f"a sliding window ({window})" if window else "this jax, which ships no Pallas GPU attention"
+        raise ValueError(f"attention implementation 'pallas_triton' does not take {why}; use 'blockwise' "
+                         "(or 'auto')")
     cudnn_ok = segment_ids is None and persistent is None and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
     if requested == "cudnn" and not cudnn_ok:
         raise ValueError("attention implementation 'cudnn' takes bf16/fp16 inputs without segment_ids or "
@@ -56,7 +65,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Array |
     if k.shape[:2] != (b, t) or v.shape != k.shape:
         raise ValueError(f"attend is self-attention: q {q.shape}, k {k.shape}, v {v.shape} must share [B, T]")
     impl = choose_implementation(implementation, platform=jax.devices()[0].platform, seq=t, block=block,
-                                 segment_ids=segment_ids, persistent=persistent, dtype=q.dtype)
+                                 segment_ids=segment_ids, persistent=persistent, dtype=q.dtype, window=window)
+    if impl == "pallas_triton":
+        return flash.flash_attention(q, k, v, segment_ids, persistent)
     if impl == "cudnn":
         local = (window - 1, 0) if window else None
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local, implementation="cudnn")

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from zoo.layers import flash
 from zoo.layers.attend import attend, choose_implementation
 
 T, HQ, HKV, D = 37, 4, 2, 8
@@ -66,6 +67,37 @@ def test_matches_naive(impl, window, segments, persist):
         np.testing.assert_allclose(a, b, atol=5e-5, rtol=5e-5)
 
 
+@pytest.mark.skipif(not flash.available(), reason="this jax ships no Pallas GPU attention")
+def test_pallas_triton_flash_with_lse_merged_slots_matches_naive():
+    """The Triton flash kernel (Pallas' interpreter on CPU) with packed documents, grouped-query heads,
+    a T padded to its block, and persistent slots merged by log-sum-exp: outputs and the gradients
+    of q, k, v and the slots equal the naive form. The kernel's own VJP drops the lse cotangent;
+    flash_with_lse supplies it (zeroing its dq term fails this test on 99% of dq's entries)."""
+    q, k, v, seg, persistent = inputs()
+    w = jax.random.normal(jax.random.key(9), (2, T, HQ, D))
+    got_fn = lambda q, k, v, pk, pv: attend(q, k, v, segment_ids=seg, persistent=(pk, pv),  # noqa: E731
+                                            implementation="pallas_triton")
+    want_fn = lambda q, k, v, pk, pv: naive(q, k, v, seg, 0, (pk, pv))  # noqa: E731
+    args = (q, k, v) + persistent
+    np.testing.assert_allclose(got_fn(*args), want_fn(*args), atol=2e-5, rtol=2e-5)
+    grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * w), argnums=tuple(range(5)))(*args) for f in (got_fn, want_fn)]
+    for name, a, b in zip("q k v pk pv".split(), *grads, strict=True):
+        np.testing.assert_allclose(a, b, atol=5e-5, rtol=5e-5, err_msg=name)
+
+
+def test_merge_by_lse_is_attention_over_the_union():
+    q, k, v, _, _ = inputs()
+    scale = D**-0.5
+    k, v = jnp.repeat(k, 2, axis=2), jnp.repeat(v, 2, axis=2)
+    half = [(k[:, :3, :, :].transpose(1, 0, 2, 3).reshape(6, HQ, D)[i::2], v[:, :3].transpose(1, 0, 2, 3)
+             .reshape(6, HQ, D)[i::2]) for i in (0, 1)]  # two disjoint sets of 3 slots
+    (o1, l1), (o2, l2) = (flash.slot_attention(q, pk, pv, scale) for pk, pv in half)
+    both = flash.slot_attention(q, jnp.concatenate([half[0][0], half[1][0]]),
+                                jnp.concatenate([half[0][1], half[1][1]]), scale)
+    np.testing.assert_allclose(flash.merge_by_lse(o1, l1, o2, l2), both[0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(jnp.logaddexp(l1, l2), both[1], atol=1e-5, rtol=1e-5)
+
+
 def test_auto_choice():
     bf16 = jnp.bfloat16
     pick = lambda **kw: choose_implementation("auto", **{**dict(  # noqa: E731
@@ -79,12 +111,15 @@ def test_auto_choice():
 
 
 def test_bad_requests_are_named():
-    with pytest.raises(ValueError, match="allowed: auto, xla, blockwise, cudnn"):
+    with pytest.raises(ValueError, match="allowed: auto, xla, blockwise, cudnn, pallas_triton"):
         choose_implementation("flash", platform="cpu", seq=8, block=8, segment_ids=None, persistent=None,
                               dtype=jnp.float32)
     with pytest.raises(ValueError, match="use 'blockwise'"):
         choose_implementation("cudnn", platform="gpu", seq=8, block=8, segment_ids=jnp.ones((1, 8)),
                               persistent=None, dtype=jnp.bfloat16)
+    with pytest.raises(ValueError, match=r"'pallas_triton' does not take a sliding window \(8\)"):
+        choose_implementation("pallas_triton", platform="gpu", seq=8, block=8, segment_ids=None, persistent=None,
+                              dtype=jnp.bfloat16, window=8)
     q, k, v, _, _ = inputs()
     with pytest.raises(ValueError, match="self-attention"):
         attend(q, k[:, :5], v[:, :5])
