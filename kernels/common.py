@@ -80,6 +80,13 @@ class Implementations(dict):
                          f"({', '.join(f'{n}: {self[n].platforms}' for n in names)}); add 'xla' to the list")
 
 
+def where_leading(cond: jax.Array, a: Any, b: Any) -> Any:
+    """`a` where `cond` else `b`, leaf by leaf: `cond`'s axes are the leading axes of every leaf of `b`
+    (broadcast over the rest); the result keeps b's dtypes."""
+    return jax.tree.map(lambda x, y: jnp.where(jnp.reshape(cond, cond.shape + (1,) * (y.ndim - cond.ndim)),
+                                               jnp.asarray(x).astype(y.dtype), y), a, b)
+
+
 def as_fp32(*xs) -> tuple[jax.Array, ...]:
     """The arrays in fp32 (the XLA and reference backends compute in fp32 whatever comes in)."""
     return tuple(jnp.asarray(x).astype(jnp.float32) for x in xs)

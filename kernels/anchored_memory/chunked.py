@@ -29,7 +29,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from kernels.common import decay_ratios
+from kernels.common import decay_ratios, where_leading
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -213,7 +213,7 @@ def chunk_anchored_memory(q, k, v, lr, log_retention, log_momentum, initial_weig
 
     def body(carry, chunk):
         (qc, kc, vc, ok, lr_c, ret_c, *mom_c), reset = chunk
-        w, s = jax.tree.map(lambda f, x: jnp.where(reset.reshape((b,) + (1,) * (x.ndim - 1)), f, x), fresh, carry)
+        w, s = where_leading(reset, fresh, carry)
         return step(w, s, qc, kc, vc, lr_c, ret_c, mom_c[0] if momentum else None, ok)
 
     (w, s), ys = grouped_scan(body, fresh, xs)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import kernels
 from kernels.anchored_memory import chunked as dual
 from kernels.anchored_memory.chunked import grouped_scan
+from kernels.common import where_leading
 
 from zoo.memory import parts
 from zoo.memory.learners import learner_step, learner_terms
@@ -301,11 +302,6 @@ MEMORY_ONLY = ChunkHooks(prologue=lambda anchor, carry, x, here, reset: (x, carr
                          epilogue=lambda y, aux, carry, done: (y, carry))
 
 
-def _select(cond, a, b):
-    """a where `cond` ([B]) else b, for every leaf with leading axis B."""
-    return jax.tree.map(lambda x, y: jnp.where(cond.reshape(cond.shape + (1,) * (y.ndim - 1)), x, y), a, b)
-
-
 def scan_chunks(spec: MemorySpec, state: MemState | None, fresh: MemState, carry, xs, hooks: ChunkHooks, *,
                 axis: int, segment_ids: jax.Array | None = None):
     """The chunk-parallel (dual) form over [batch, heads], for the plain memory (`MEMORY_ONLY`) and
@@ -349,7 +345,7 @@ def scan_chunks(spec: MemorySpec, state: MemState | None, fresh: MemState, carry
     def one_chunk(w, s, anchor, block, chunk_inputs):
         """-> ((W, S) at the chunk end, the anchor it used, the block carry, the chunk's output)."""
         x, here, ok, reset = chunk_inputs
-        w, s, anchor = _select(reset, (fresh.weights, fresh_s, fresh.weights), (w, s, anchor))
+        w, s, anchor = where_leading(reset, (fresh.weights, fresh_s, fresh.weights), (w, s, anchor))
         (q, k, v, gates), block, aux = hooks.prologue(anchor, block, x, here, reset)
         (w, s), y = write(w, s, anchor, q, k, v, gates, ok)
         out, block = hooks.epilogue(y, aux, block, here[-1])
@@ -428,7 +424,7 @@ def chunk_heads(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates,
         final, _, y = scan_chunks(spec, state, fresh, (), (q, k, v, gates), MEMORY_ONLY, axis=2,
                                   segment_ids=segment_ids)
     if segment_ids is not None:  # trailing padding holds the fresh state (as in the token loop)
-        final = _select(segment_ids[:, -1] > 0, final, fresh.replace(pos=final.pos))
+        final = where_leading(segment_ids[:, -1] > 0, final, fresh.replace(pos=final.pos))
     return final, y
 
 

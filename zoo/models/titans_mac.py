@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from kernels.common import where_leading
 from zoo.config import ModelConfig
 from zoo.layers import apply_rotary, attend_at
 from zoo.memory import engine
@@ -96,12 +97,6 @@ def _read(spec, weights, q):
     """M(q; W) per [batch, head] without update (Eq. 15/21): weights [B, H, ...], q [B, H, T, dk]."""
     per_position = jax.vmap(lambda w, qt: engine.read(spec, w, qt), in_axes=(None, 0))
     return jax.vmap(jax.vmap(per_position))(weights, q)
-
-
-def _where(cond, a, b):
-    """Selects a where `cond` (broadcast over a's trailing axes), else b, in b's dtype."""
-    cond = jnp.reshape(cond, cond.shape + (1,) * (b.ndim - cond.ndim))
-    return jnp.where(cond, a.astype(b.dtype), b)
 
 
 class MACBlock(Block):
@@ -218,13 +213,13 @@ class MACBlock(Block):
         (which also reset the write conv; the retrieval conv already respects segment_ids)."""
         m, slots = self.mixer, jnp.arange(self.segment)
         h_s, q_ret_s, q_s, k_s, v_s, seg_s = x
-        write_tail = _where(reset, fresh_write_tail, st.write_tail)
+        write_tail = where_leading(reset, fresh_write_tail, st.write_tail)
         k_mem, v_mem = self._retrieve(h_s, jnp.moveaxis(q_ret_s, 2, 1), anchor, slots)
         slot = here[None]  # [1, C]: this call's tokens, the rest from the cache
-        k_mem, v_mem = _where(slot, k_mem, st.k_mem), _where(slot, v_mem, st.v_mem)
-        k_s, v_s = _where(slot, k_s, st.k_seg), _where(slot, v_s, st.v_seg)
+        k_mem, v_mem = where_leading(slot, k_mem, st.k_mem), where_leading(slot, v_mem, st.v_mem)
+        k_s, v_s = where_leading(slot, k_s, st.k_seg), where_leading(slot, v_s, st.v_seg)
         y = self._attend(q_s, k_mem, v_mem, k_s, v_s, slots, slots, None if seg_s is None else (seg_s, seg_s))
-        y_n = _where(slot, self.attn_out_norm(y), st.written)
+        y_n = where_leading(slot, self.attn_out_norm(y), st.written)
         qm, km, vm, tail = m.queries_keys_values(y_n, conv_tail=write_tail)
         st = st.replace(write_tail=write_tail, written=y_n, k_mem=k_mem, v_mem=v_mem, k_seg=k_s, v_seg=v_s)
         return (qm, km, vm, m.gates(y_n)), st, (y_n, tail)
