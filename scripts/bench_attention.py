@@ -4,7 +4,7 @@ backward time (the fastest of --repeats warm calls), and the largest difference 
 attention, with and without packed-document segment ids. Prints a table, writes JSON.
 
     python scripts/bench_attention.py --seq 1024                       # CPU: xla vs blockwise
-    python scripts/bench_attention.py --batch 4 --seq 8192 --device    # GPU: + cudnn (bf16)
+    python scripts/bench_attention.py --batch 4 --seq 8192 --device    # GPU: + cudnn (bf16), pallas_triton
 
 Errors are measured on the first half of the sequence, which is one document in every variant
 (the segment-id rows put a second document in the second half), under
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--windows", default="0,512", help="0 = full causal attention")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", action="store_true", help="also time cudnn (bf16 and no segment ids only)")
+    p.add_argument("--device", action="store_true", help="also time cudnn (bf16, no segment ids) and pallas_triton (no window)")
     p.add_argument("--out", default="", help="JSON path (default scripts/results/bench_attention_<platform>.json)")
     args = p.parse_args(argv)
     shape = (args.batch, args.seq, args.heads, args.dim)
@@ -68,6 +68,8 @@ def main(argv=None) -> None:
             variants = [("xla", True), ("blockwise", True), ("blockwise", False)]
             if args.device and dtype in ("bfloat16", "float16"):
                 variants.append(("cudnn", False))
+            if args.device and not window:  # Pallas' Triton flash kernel (opt-in): packed documents, no window
+                variants.append(("pallas_triton", True))
             for impl, with_segments in variants:
                 row = dict(dtype=dtype, window=window, implementation=impl, segment_ids=with_segments)
                 try:

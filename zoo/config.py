@@ -407,6 +407,9 @@ def validate(cfg: Config) -> Config:
             f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads={kv}; "
             "grouped-query attention needs num_heads = k * num_kv_heads"
         )
+    if m.attention == "pallas_triton" and m.sliding_window:
+        raise ConfigError(f"model.attention=pallas_triton has no sliding window (model.sliding_window="
+                          f"{m.sliding_window}); use model.attention=auto or blockwise, or sliding_window=0")
     if (m.head_dim or m.d_model // m.num_heads) % 2:
         raise ConfigError("the attention head dimension must be even for rotary embeddings; "
                           "change model.d_model / model.num_heads or model.head_dim")

@@ -72,6 +72,12 @@ def test_bad_input_messages(override, expected):
         assert text in str(err.value), (text, str(err.value))
 
 
+def test_attention_kernel_without_window_support_is_refused_at_load():
+    with pytest.raises(ConfigError, match="pallas_triton has no sliding window .*sliding_window=8"):
+        load_config(None, overrides=["model.attention=pallas_triton", "model.sliding_window=8"])
+    assert load_config(None, overrides=["model.attention=pallas_triton"]).model.attention == "pallas_triton"
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
