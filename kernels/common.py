@@ -132,10 +132,8 @@ def state_or_zeros(name: str, x: jax.Array | None, shape: tuple[int, ...]) -> ja
     return check_shape(name, x, shape, STATE_LAYOUT)
 
 
-def document_starts(segment_ids: Any, batch: int, seq: int, heads: int) -> jax.Array | None:
-    """`segment_ids: [batch, seq]` integer document ids (or None) -> `[batch, seq, heads]` bool,
-    True where a token's id differs from the previous token's: there the recurrence restarts from
-    the initial states (packed documents never see each other)."""
+def check_segment_ids(segment_ids: Any, batch: int, seq: int) -> jax.Array | None:
+    """`segment_ids` as an integer `[batch, seq]` array (None stays None), or a ValueError naming the problem."""
     if segment_ids is None:
         return None
     segment_ids = jnp.asarray(segment_ids)
@@ -143,6 +141,29 @@ def document_starts(segment_ids: Any, batch: int, seq: int, heads: int) -> jax.A
         raise ValueError(f"segment_ids must be an integer array [batch, seq]; got dtype {segment_ids.dtype}")
     if segment_ids.shape != (batch, seq):
         raise ValueError(f"segment_ids must have shape [batch, seq] = {(batch, seq)}; got {segment_ids.shape}")
+    return segment_ids
+
+
+def momentum_inputs(log_momentum: Any, initial_momentum: Any, gate_shape: tuple[int, ...],
+                    initial: Callable[[Any], Any]) -> tuple[jax.Array | None, Any]:
+    """The validated (log_momentum, S_0) of an op with optional momentum: (None, None) without it
+    (then `initial_momentum` must be None too); else the gate checked against `gate_shape` and
+    `initial(initial_momentum)`, the op's own check of S_0 (zeros when it is None)."""
+    if log_momentum is None:
+        if initial_momentum is not None:
+            raise ValueError("initial_momentum was given but log_momentum is None (no momentum: no "
+                             "momentum state is carried); pass log_momentum or drop initial_momentum")
+        return None, None
+    return check_shape("log_momentum", log_momentum, gate_shape, GATE_LAYOUT), initial(initial_momentum)
+
+
+def document_starts(segment_ids: Any, batch: int, seq: int, heads: int) -> jax.Array | None:
+    """`segment_ids: [batch, seq]` integer document ids (or None) -> `[batch, seq, heads]` bool,
+    True where a token's id differs from the previous token's: there the recurrence restarts from
+    the initial states (packed documents never see each other)."""
+    segment_ids = check_segment_ids(segment_ids, batch, seq)
+    if segment_ids is None:
+        return None
     starts = jnp.concatenate([jnp.zeros((batch, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
     return jnp.broadcast_to(starts[:, :, None], (batch, seq, heads))
 

@@ -16,7 +16,9 @@ from kernels.common import (
     Implementation,
     Implementations,
     check_chunk_size,
+    check_segment_ids,
     check_shape,
+    momentum_inputs,
     validate_qkv,
 )
 
@@ -48,9 +50,12 @@ IMPLEMENTATIONS = Implementations("anchored_memory", [
 
 def _check_documents_on_grid(segment_ids, chunk_size: int) -> None:
     """The dual form restarts documents at chunk boundaries only; checked when the ids are concrete."""
-    if segment_ids is None or isinstance(segment_ids, jax.core.Tracer):
+    if segment_ids is None:
         return
-    seg = np.asarray(segment_ids)
+    try:
+        seg = np.asarray(segment_ids)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):  # traced: not checkable
+        return
     starts = np.argwhere((seg[:, 1:] != seg[:, :-1]) & (seg[:, 1:] > 0))
     off = [(int(b), int(t) + 1) for b, t in starts if (t + 1) % chunk_size]
     if off:
@@ -126,20 +131,9 @@ def anchored_memory(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array, log
     if residual and dk != dv:
         raise ValueError(f"a residual memory needs dk == dv, got dk={dk}, dv={dv}")
     w0 = _check_weights("initial_weights", initial_weights, b, h, dk, dv)
-    if log_momentum is None:
-        if initial_momentum is not None:
-            raise ValueError("initial_momentum was given but log_momentum is None (plain gradient descent carries "
-                             "no momentum); pass log_momentum or drop initial_momentum")
-        s0 = None
-    else:
-        log_momentum = check_shape("log_momentum", log_momentum, (b, t, h), GATE_LAYOUT)
-        s0 = (tuple(jnp.zeros_like(w) for w in w0) if initial_momentum is None
-              else _check_weights("initial_momentum", initial_momentum, b, h, dk, dv))
-    if segment_ids is not None:
-        segment_ids = jnp.asarray(segment_ids)
-        if not jnp.issubdtype(segment_ids.dtype, jnp.integer) or segment_ids.shape != (b, t):
-            raise ValueError(f"segment_ids must be an integer array [batch, seq] = {(b, t)}; got "
-                             f"{segment_ids.dtype} {segment_ids.shape}")
+    log_momentum, s0 = momentum_inputs(log_momentum, initial_momentum, (b, t, h), lambda s0: (
+        tuple(jnp.zeros_like(w) for w in w0) if s0 is None else _check_weights("initial_momentum", s0, b, h, dk, dv)))
+    segment_ids = check_segment_ids(segment_ids, b, t)
     o, w, s = impl.run(q, k, v, lr, log_retention, log_momentum, w0, s0, chunk_size, activation, residual,
                        float(max_grad_norm), segment_ids)
     return o, ((w, s) if output_final_state else None)

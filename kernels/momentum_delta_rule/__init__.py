@@ -17,6 +17,7 @@ from kernels.common import (
     check_shape,
     default_scale,
     document_starts,
+    momentum_inputs,
     state_or_zeros,
     validate_qkv,
 )
@@ -96,14 +97,8 @@ def momentum_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array,
     log_retention = check_shape("log_retention", log_retention, (b, t, h), GATE_LAYOUT)
     chunk_size = check_chunk_size(chunk_size)
     w0 = state_or_zeros("initial_state", initial_state, (b, h, dk, dv))
-    if log_momentum is None:
-        if initial_momentum is not None:
-            raise ValueError("initial_momentum was given but log_momentum is None (no momentum: no "
-                             "momentum state is carried); pass log_momentum or drop initial_momentum")
-        s0 = None
-    else:
-        log_momentum = check_shape("log_momentum", log_momentum, (b, t, h), GATE_LAYOUT)
-        s0 = state_or_zeros("initial_momentum", initial_momentum, (b, h, dk, dv))
+    log_momentum, s0 = momentum_inputs(log_momentum, initial_momentum, (b, t, h),
+                                       lambda s0: state_or_zeros("initial_momentum", s0, (b, h, dk, dv)))
     starts = document_starts(segment_ids, b, t, h)
     o, w, s = impl.run(q, k, v, lr, log_retention, log_momentum, w0, s0, default_scale(scale, dk), chunk_size, starts)
     return o, ((w, s) if output_final_state else None)
