@@ -4,7 +4,7 @@ backward time (the fastest of --repeats warm calls), and the largest difference 
 attention, with and without packed-document segment ids. Prints a table, writes JSON.
 
     python scripts/bench_attention.py --seq 1024                       # CPU: xla vs blockwise
-    python scripts/bench_attention.py --batch 4 --seq 8192 --device    # GPU: + cudnn (bf16), pallas_triton
+    python scripts/bench_attention.py --batch 4 --seq 8192 --device    # GPU: + cudnn (bf16), pallas_triton, tokamax
 
 Errors are measured on the first half of the sequence, which is one document in every variant
 (the segment-id rows put a second document in the second half), under
@@ -26,6 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from bench_memory import best_time  # noqa: E402  (scripts/: the fastest of the warm calls)
 
+from zoo.layers import tokamax_attention  # noqa: E402
 from zoo.layers.attend import attend  # noqa: E402
 
 
@@ -54,7 +55,8 @@ def main(argv=None) -> None:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--windows", default="0,512", help="0 = full causal attention")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", action="store_true", help="also time cudnn (bf16, no segment ids) and pallas_triton (no window)")
+    p.add_argument("--device", action="store_true", help="also time cudnn (bf16, no segment ids), pallas_triton (no window) and tokamax "
+                   "(where installed)")
     p.add_argument("--out", default="", help="JSON path (default scripts/results/bench_attention_<platform>.json)")
     args = p.parse_args(argv)
     shape = (args.batch, args.seq, args.heads, args.dim)
@@ -70,6 +72,8 @@ def main(argv=None) -> None:
                 variants.append(("cudnn", False))
             if args.device and not window:  # Pallas' Triton flash kernel (opt-in): packed documents, no window
                 variants.append(("pallas_triton", True))
+            if args.device and tokamax_attention.available():  # tokamax's own kernel choice; documents as a mask
+                variants += [("tokamax", True), ("tokamax", False)]
             for impl, with_segments in variants:
                 row = dict(dtype=dtype, window=window, implementation=impl, segment_ids=with_segments)
                 try:

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from zoo.layers import tokamax_attention
 from zoo.layers.attend import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from zoo.memory import parts as memory_parts  # the registered structures, objectives, learners, retentions
 from zoo.memory import spec as memory_spec  # the spec's tables of allowed values
@@ -88,7 +89,8 @@ class ModelConfig:
     sliding_window: int = 0  # 0 = full causal attention; W > 0 = each token sees W tokens
     attn_conv_width: int = 0  # 0 = off; K > 0 = causal depthwise conv on q/k/v inputs
     # attention kernel (zoo.layers.attend): auto = cuDNN flash on GPU where it applies, else blockwise
-    # (O(T * 512) memory) past 512 tokens, else xla (dense scores); pallas_triton: opt-in Triton flash
+    # (O(T * 512) memory) past 512 tokens, else xla (dense scores); pallas_triton: opt-in Triton flash;
+    # tokamax: opt-in, tokamax's flash kernels (GPU / TPU), needs `pip install 'memzoo[tokamax]'`
     attention: str = dataclasses.field(default="auto", metadata=_choices(*ATTENTION_IMPLEMENTATIONS))
     tie_embeddings: bool = True
     norm_eps: float = 1e-6
@@ -410,6 +412,9 @@ def validate(cfg: Config) -> Config:
     if m.attention == "pallas_triton" and m.sliding_window:
         raise ConfigError(f"model.attention=pallas_triton has no sliding window (model.sliding_window="
                           f"{m.sliding_window}); use model.attention=auto or blockwise, or sliding_window=0")
+    if m.attention == "tokamax" and not tokamax_attention.available():
+        raise ConfigError("model.attention=tokamax needs the tokamax package: pip install 'memzoo[tokamax]', "
+                          "or use model.attention=auto")
     if (m.head_dim or m.d_model // m.num_heads) % 2:
         raise ConfigError("the attention head dimension must be even for rotary embeddings; "
                           "change model.d_model / model.num_heads or model.head_dim")

@@ -78,6 +78,14 @@ def test_attention_kernel_without_window_support_is_refused_at_load():
     assert load_config(None, overrides=["model.attention=pallas_triton"]).model.attention == "pallas_triton"
 
 
+def test_tokamax_attention_without_the_package_is_refused_at_load(monkeypatch):
+    from zoo.layers import tokamax_attention
+
+    monkeypatch.setattr(tokamax_attention, "available", lambda: False)
+    with pytest.raises(ConfigError, match=r"needs the tokamax package: pip install 'memzoo\[tokamax\]'"):
+        load_config(None, overrides=["model.attention=tokamax"])
+
+
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

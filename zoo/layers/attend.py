@@ -16,6 +16,10 @@ persistent key/value slots every query sees (Titans Eq. 19). Implementations:
 - "pallas_triton": Pallas' Triton flash kernel (zoo.layers.flash; Pallas' interpreter on CPU):
   causal with document masks in O(T) memory, persistent slots merged by log-sum-exp; no sliding
   window. Opt-in: "auto" does not take it until it has been measured on a GPU.
+- "tokamax": tokamax's `dot_product_attention` (zoo.layers.tokamax_attention; an optional
+  dependency): its flash kernels on GPU (Mosaic GPU, Triton) and TPU (Mosaic), its linear-memory
+  `xla_chunked` form on CPU; every feature (documents as a dense boolean mask, persistent slots as
+  keys in front). Opt-in like pallas_triton.
 - "auto": cudnn where it applies on a GPU, else blockwise for sequences longer than one block,
   else xla.
 """
@@ -27,9 +31,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from zoo.layers import flash
+from zoo.layers import flash, tokamax_attention
 
-IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "pallas_triton")
+IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "pallas_triton", "tokamax")
 
 
 def choose_implementation(requested: str, *, platform: str, seq: int, block: int, segment_ids, persistent,
@@ -41,6 +45,9 @@ def choose_implementation(requested: str, *, platform: str, seq: int, block: int
         why = f"a sliding window ({window})" if window else "this jax, which ships no Pallas GPU attention"
         raise ValueError(f"attention implementation 'pallas_triton' does not take {why}; use 'blockwise' "
                          "(or 'auto')")
+    if requested == "tokamax" and not tokamax_attention.available():
+        raise ValueError("attention implementation 'tokamax' needs the tokamax package: pip install 'memzoo[tokamax]' "
+                         "(or pick another implementation, e.g. 'auto')")
     cudnn_ok = segment_ids is None and persistent is None and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
     if requested == "cudnn" and not cudnn_ok:
         raise ValueError("attention implementation 'cudnn' takes bf16/fp16 inputs without segment_ids or "
@@ -68,6 +75,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, segment_ids: jax.Array |
                                  segment_ids=segment_ids, persistent=persistent, dtype=q.dtype, window=window)
     if impl == "pallas_triton":
         return flash.flash_attention(q, k, v, segment_ids, persistent)
+    if impl == "tokamax":
+        return tokamax_attention.tokamax_attention(q, k, v, segment_ids, window, persistent)
     if impl == "cudnn":
         local = (window - 1, 0) if window else None
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=local, implementation="cudnn")

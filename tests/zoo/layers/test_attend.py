@@ -1,4 +1,4 @@
-"""attend(): the blockwise and XLA implementations equal a naive reference (outputs and
+"""attend(): the blockwise, XLA and tokamax implementations equal a naive reference (outputs and
 gradients, fp32) for every feature combination; "auto" picks by platform and features."""
 
 import itertools
@@ -7,8 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from zoo.layers import flash
+from zoo.layers import flash, tokamax_attention
 from zoo.layers.attend import attend, choose_implementation
 
 T, HQ, HKV, D = 37, 4, 2, 8
@@ -49,22 +50,31 @@ def inputs(seed=0):
 # windows: none, inside one block (5), across blocks (13), longer than the sequence (40)
 CASES = [(impl, window, segments, persist) for impl, (window, segments, persist) in itertools.product(
     ["xla", "blockwise"], [(0, False, False), (5, True, False), (13, True, True), (40, True, False)])]
+# tokamax (its xla_chunked form on CPU): slots without a mask, slots with a window only (the window
+# moves into the mask), documents, documents + slots + window
+CASES += [("tokamax", window, segments, persist) for window, segments, persist in [
+    (0, False, False), (0, False, True), (5, False, True), (5, True, False), (13, True, True)]]
 
 
 @pytest.mark.parametrize("impl,window,segments,persist", CASES)
 def test_matches_naive(impl, window, segments, persist):
+    if impl == "tokamax" and not tokamax_attention.available():
+        pytest.skip("tokamax is not installed (pip install 'memzoo[tokamax]')")
     q, k, v, seg, persistent = inputs()
     seg = seg if segments else None
     persistent = persistent if persist else None
 
-    got_fn = lambda q, k, v: attend(q, k, v, segment_ids=seg, window=window, persistent=persistent,  # noqa: E731
-                                    implementation=impl, block=8)
-    want_fn = lambda q, k, v: naive(q, k, v, seg, window, persistent)  # noqa: E731
-    np.testing.assert_allclose(got_fn(q, k, v), want_fn(q, k, v), atol=2e-5, rtol=2e-5)
+    slots = lambda p: tuple(p) or None  # noqa: E731
+    got_fn = lambda q, k, v, *p: attend(q, k, v, segment_ids=seg, window=window, persistent=slots(p),  # noqa: E731
+                                        implementation=impl, block=8)
+    want_fn = lambda q, k, v, *p: naive(q, k, v, seg, window, slots(p))  # noqa: E731
+    args = (q, k, v) + (persistent or ())
+    np.testing.assert_allclose(got_fn(*args), want_fn(*args), atol=2e-5, rtol=2e-5)
     w = jax.random.normal(jax.random.key(9), (2, T, HQ, D))
-    grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * w), argnums=(0, 1, 2))(q, k, v) for f in (got_fn, want_fn)]
-    for a, b in zip(*grads, strict=True):
-        np.testing.assert_allclose(a, b, atol=5e-5, rtol=5e-5)
+    grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * w), argnums=tuple(range(len(args))))(*args)
+             for f in (got_fn, want_fn)]
+    for name, a, b in zip("q k v pk pv".split(), *grads, strict=False):
+        np.testing.assert_allclose(a, b, atol=5e-5, rtol=5e-5, err_msg=name)
 
 
 @pytest.mark.skipif(not flash.available(), reason="this jax ships no Pallas GPU attention")
@@ -83,6 +93,25 @@ def test_pallas_triton_flash_with_lse_merged_slots_matches_naive():
     grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * w), argnums=tuple(range(5)))(*args) for f in (got_fn, want_fn)]
     for name, a, b in zip("q k v pk pv".split(), *grads, strict=True):
         np.testing.assert_allclose(a, b, atol=5e-5, rtol=5e-5, err_msg=name)
+
+
+@pytest.mark.skipif(not tokamax_attention.available(), reason="tokamax is not installed")
+def test_model_attention_config_reaches_every_attention_layer():
+    """`model.attention` flows from the config to a model's attention: Titans MAG (sliding window,
+    persistent slots) on packed documents gives the same logits with tokamax as with xla."""
+    import zoo
+    from zoo.config import ModelConfig
+
+    def logits(implementation):
+        cfg = ModelConfig(name="titans_mag", vocab_size=31, d_model=16, num_layers=1, num_heads=2, sliding_window=5,
+                          persistent_tokens=2, attention=implementation,
+                          memory=zoo.registry.memory_config("titans_mag", chunk_size=4))
+        model = zoo.build_model(cfg, rngs=nnx.Rngs(0))
+        toks = jax.random.randint(jax.random.key(1), (2, 12), 0, 31)
+        seg = jnp.array([[1] * 4 + [2] * 8, [1] * 12])
+        return nnx.jit(lambda m: m(toks, segment_ids=seg))(model)
+
+    np.testing.assert_allclose(logits("tokamax"), logits("xla"), atol=1e-5, rtol=1e-5)
 
 
 def test_merge_by_lse_is_attention_over_the_union():
@@ -111,7 +140,7 @@ def test_auto_choice():
 
 
 def test_bad_requests_are_named():
-    with pytest.raises(ValueError, match="allowed: auto, xla, blockwise, cudnn, pallas_triton"):
+    with pytest.raises(ValueError, match="allowed: auto, xla, blockwise, cudnn, pallas_triton, tokamax"):
         choose_implementation("flash", platform="cpu", seq=8, block=8, segment_ids=None, persistent=None,
                               dtype=jnp.float32)
     with pytest.raises(ValueError, match="use 'blockwise'"):
@@ -129,9 +158,9 @@ def test_blockwise_memory_is_linear_in_length():
     """Loss + gradients: doubling T doubles the blockwise form's memory (one block of scores at a
     time) and quadruples the dense one's; a sliding window makes the blockwise form smaller still."""
 
-    def temp(impl, t, window=0):
+    def temp(impl, t, window=0, segments=True):
         shape = jax.ShapeDtypeStruct((1, t, 4, 32), jnp.float32)
-        seg = jax.ShapeDtypeStruct((1, t), jnp.int32)
+        seg = jax.ShapeDtypeStruct((1, t), jnp.int32) if segments else None
         f = jax.grad(lambda q, k, v, s: attend(q, k, v, segment_ids=s, window=window, implementation=impl).sum(),
                      argnums=(0, 1, 2))
         return jax.jit(f).lower(shape, shape, shape, seg).compile().memory_analysis().temp_size_in_bytes
@@ -139,3 +168,5 @@ def test_blockwise_memory_is_linear_in_length():
     assert temp("xla", 4096) > 3.5 * temp("xla", 2048)
     assert temp("blockwise", 4096) < 2.5 * temp("blockwise", 2048)
     assert temp("blockwise", 4096, window=256) < temp("blockwise", 4096) / 2
+    if tokamax_attention.available():  # tokamax's xla_chunked form, causal without documents: no mask, no T^2
+        assert temp("tokamax", 4096, segments=False) < 2.5 * temp("tokamax", 2048, segments=False)
