@@ -29,7 +29,7 @@ class MemorySpec:
         `expansion * dk`, `activation` between layers, optional residual z + MLP(z)).
     objective: a registered objective (zoo.memory.parts.OBJECTIVES): "l2" = ||M(k) - v||^2 summed
         over features (Titans Eq. 12); "dot" = -<M(k), v> (Hebbian / linear attention; its gradient
-        does not depend on W); "huber" (zoo.memory.huber).
+        does not depend on W); "huber" (zoo.memory.huber); "lp" (zoo.memory.lp, p = 3).
     retention: a registered retention (zoo.memory.parts.RETENTIONS): "none", "scalar" (one decay
         per head and token, Titans' 1 - alpha_t) or "channel" (one decay per key channel, matrix
         memories only).

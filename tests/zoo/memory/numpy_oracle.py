@@ -35,6 +35,8 @@ def output_gradient(objective: str, out: np.ndarray, v: np.ndarray) -> np.ndarra
         return -v
     if objective == "huber":
         return np.where(np.abs(r) <= 1.0, 2 * r, 2 * np.sign(r))
+    if objective == "lp":  # Miras Eq. 11 with p = 3, |r| smoothed as sqrt(r^2 + 1e-6)
+        return 3 * r * np.sqrt(r * r + 1e-6)
     raise ValueError(objective)
 
 

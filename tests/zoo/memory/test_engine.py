@@ -313,13 +313,23 @@ def test_huber_objective_is_l2_inside_the_threshold_and_linear_outside():
     np.testing.assert_allclose(jax.grad(huber_loss)(big, v), [[2.0, -2.0, 1.0]], rtol=1e-6)
 
 
+def test_lp_objective_gradient_is_the_smoothed_p_power():
+    """Miras Eq. 11 at p = 3: the gradient p sign(r) |r|^(p-1), smoothed only within sqrt(eps) of 0."""
+    from zoo.memory.lp import lp_loss
+
+    v = jnp.zeros((1, 4))
+    out = jnp.array([[2.0, -0.5, 0.1, 0.0]])
+    np.testing.assert_allclose(jax.grad(lp_loss)(out, v), 3 * jnp.sign(out) * jnp.abs(out) ** 2, atol=1e-5)
+    np.testing.assert_allclose(lp_loss(out, v), jnp.sum(jnp.abs(out) ** 3), rtol=1e-4)
+
+
 @pytest.mark.parametrize("semantics", ["exact", "anchored"])
 def test_matrix_memory_equals_the_numpy_oracle(semantics):
     """The engine (dual form, delta-rule kernels or token loop, whichever it picks) against an
     oracle written from the equations in NumPy, for every objective x learner it knows."""
     from numpy_oracle import matrix_memory
 
-    for objective, learner in itertools.product(("l2", "dot", "huber"), ("gd", "momentum", "muon")):
+    for objective, learner in itertools.product(("l2", "dot", "huber", "lp"), ("gd", "momentum", "muon")):
         spec = MemorySpec(structure="matrix", objective=objective, learner=learner, semantics=semantics, chunk_size=4)
         init, q, k, v, g = inputs(spec, 11)
         init = (3.0 * init[0],)  # residuals beyond Huber's threshold
