@@ -67,6 +67,7 @@ class MemoryConfig:
     lr_max: float = 0.1  # inner learning rate rho_t = lr_max * sigmoid(x w + b)
     lr_init: float = 0.01  # rho_t at initialisation (sets the gate bias b)
     momentum_init: float = 0.5  # momentum decay mu_t at initialisation (0.9 diverges on long documents)
+    huber_delta_init: float = 1.0  # objective=huber (Yaad): the threshold delta_t at initialisation (> 0)
     retention_gate: str = dataclasses.field(default="sigmoid", metadata=_choices("sigmoid", "mamba2"))
     forget_init: float = 0.01  # sigmoid gate: fraction forgotten alpha_t = 1 - retention at initialisation
     qk_activation: str = dataclasses.field(default="silu", metadata=_registered(memory_parts.FEATURE_MAPS))
@@ -489,6 +490,9 @@ def _validate_memory(cfg: Config) -> None:
         if not 0 < getattr(mem, key) < 1:
             raise ConfigError(f"model.memory.{key} must lie strictly between 0 and 1 (a sigmoid gate's "
                               f"initial value), got {getattr(mem, key)}")
+    if mem.huber_delta_init <= 0:
+        raise ConfigError(f"model.memory.huber_delta_init must be > 0 (a softplus gate's initial value), "
+                          f"got {mem.huber_delta_init}")
     if mem.conv_width < 1:
         raise ConfigError(f"model.memory.conv_width must be >= 1, got {mem.conv_width}")
     if mem.max_grad_norm > 0 and delta_kernel(dataclasses.replace(spec, max_grad_norm=0.0)) is not None:

@@ -53,11 +53,12 @@ def check_gates(spec: MemorySpec, gates: Gates) -> None:
                          f"{', '.join(spec.gate_names)}; missing: {', '.join(missing)}")
 
 
-def token_gradient(spec: MemorySpec, weights: Weights, k: jax.Array, v: jax.Array) -> Weights:
-    """u = grad_W l(W; k, v) for one token (`k: [dk]`, `v: [dv]`)."""
+def token_gradient(spec: MemorySpec, weights: Weights, k: jax.Array, v: jax.Array, g: Gates) -> Weights:
+    """u = grad_W l(W; k, v) for one token (`k: [dk]`, `v: [dv]`, `g`: its gates {name: []})."""
     if spec.bilevel == "first_order":
         weights = jax.lax.stop_gradient(weights)
-    return jax.grad(lambda w: inner_loss(spec, forward(spec, w, k[None])[0], v[None]))(weights)
+    one = {name: g[name][None] for name in parts.objective(spec.objective).gates}
+    return jax.grad(lambda w: inner_loss(spec, forward(spec, w, k[None])[0], v[None], one))(weights)
 
 
 def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates) -> tuple[Weights, dict]:
@@ -65,7 +66,7 @@ def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates
     the anchor), or at the retained weights l_t W_{t-1} when spec.gradient_at == "retained";
     the step is clipped to norm spec.max_grad_norm (by scaling rho_t). Returns (W_t, buffers)."""
     kept = retain(spec, state.weights, g.get("log_retention"))
-    grads = token_gradient(spec, kept if spec.gradient_at == "retained" else at, k, v)
+    grads = token_gradient(spec, kept if spec.gradient_at == "retained" else at, k, v, g)
     lr = g["lr"] * dual.clip_factor(spec.max_grad_norm, sum(jnp.sum(u * u) for u in grads))
     update, buffers = learner_step(spec, state.buffers, grads, lr, g)
     return tuple(w + d for w, d in zip(kept, update, strict=True)), buffers
@@ -139,9 +140,11 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     w_a = jax.lax.stop_gradient(anchor) if spec.bilevel == "first_order" else anchor
 
+    objective_gates = {name: g[name] for name in parts.objective(spec.objective).gates}
+
     def key_loss(probes):
         out, inputs = forward(spec, w_a, k, probes)
-        return inner_loss(spec, out, v), inputs
+        return inner_loss(spec, out, v, objective_gates), inputs
 
     probes = tuple(jnp.zeros((k.shape[0], w.shape[1]), jnp.float32) for w in w_a)
     clip = functools.partial(dual.clip_factor, spec.max_grad_norm) if spec.max_grad_norm > 0 else None

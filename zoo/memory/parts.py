@@ -37,12 +37,14 @@ import jax.numpy as jnp
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """loss(out, v) -> sum over tokens of l_i, for `out, v: [n, dv]` (the memory's outputs at the
-    keys and the values)."""
+    """loss(out, v, gates) -> sum over tokens of l_i, for `out, v: [n, dv]` (the memory's outputs at
+    the keys and the values) and `gates`: {name: [n]}, the token's values of the registered gates
+    (`GATES`) it declares in `gates` (e.g. Yaad's learned Huber threshold)."""
 
     name: str
-    loss: Callable[[jax.Array, jax.Array], jax.Array]
+    loss: Callable[[jax.Array, jax.Array, dict], jax.Array]
     gradient_depends_on_weights: bool
+    gates: tuple[str, ...] = ()
     doc: str = ""
 
 

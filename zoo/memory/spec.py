@@ -29,7 +29,7 @@ class MemorySpec:
         `expansion * dk`, `activation` between layers, optional residual z + MLP(z)).
     objective: a registered objective (zoo.memory.parts.OBJECTIVES): "l2" = ||M(k) - v||^2 summed
         over features (Titans Eq. 12); "dot" = -<M(k), v> (Hebbian / linear attention; its gradient
-        does not depend on W); "huber" (zoo.memory.huber); "lp" (zoo.memory.lp, p = 3).
+        does not depend on W); "huber" (zoo.memory.huber: Yaad's, with a learned threshold gate); "lp" (zoo.memory.lp, p = 3).
     retention: a registered retention (zoo.memory.parts.RETENTIONS): "none", "scalar" (one decay
         per head and token, Titans' 1 - alpha_t) or "channel" (one decay per key channel, matrix
         memories only).
@@ -100,10 +100,11 @@ class MemorySpec:
         if self.gradient_at == "retained" and self.semantics != "exact":
             raise ValueError("gradient_at='retained' (the gradient at the decayed weights, Gated DeltaNet) "
                              "needs semantics='exact'")
-        for name in parts.learner(self.learner).gates:
-            if name not in parts.GATES:
-                raise ValueError(f"learner {self.learner!r} reads gate {name!r}, which is not registered "
-                                 f"(parts.register_gate); registered: {', '.join(parts.GATES)}")
+        for kind, part in (("learner", parts.learner(self.learner)), ("objective", parts.objective(self.objective))):
+            for name in part.gates:
+                if name not in parts.GATES:
+                    raise ValueError(f"{kind} {part.name!r} reads gate {name!r}, which is not registered "
+                                     f"(parts.register_gate); registered: {', '.join(parts.GATES)}")
         if parts.retention(self.retention).matrix_only and not parts.structure(self.structure).linear:
             raise ValueError(f"retention={self.retention!r} decays the key channels of a matrix memory; "
                              "use structure='matrix' or retention='scalar'")
@@ -121,6 +122,7 @@ class MemorySpec:
     @property
     def gate_names(self) -> tuple[str, ...]:
         """The per-token gates this memory reads: "lr", the retention's "log_retention" (unless its
-        gate is "none") and the learner's own (`parts.Learner.gates`)."""
+        gate is "none"), the learner's own (`parts.Learner.gates`) and the objective's
+        (`parts.Objective.gates`)."""
         retention = () if parts.retention(self.retention).gate == "none" else ("log_retention",)
-        return ("lr",) + retention + parts.learner(self.learner).gates
+        return ("lr",) + retention + parts.learner(self.learner).gates + parts.objective(self.objective).gates

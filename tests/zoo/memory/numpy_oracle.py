@@ -2,7 +2,8 @@
 (Titans Eq. 12-15, Miras' Huber bias, ATLAS App. D.4 for Muon), not from the engine's code.
 
     out = k W*        W* = W_{t-1} (exact) or the weights at the chunk start (anchored)
-    u   = outer(k, dl/dout)       l2: 2 (out - v); dot: -v; huber: 2r for |r| <= 1, else 2 sign(r)
+    u   = outer(k, dl/dout)       l2: 2r (r = out - v); dot: -v; lp: 3 r |r|;
+                                  huber: 2r if ||r|| <= delta_t, else 2 delta_t tanh(10 r)
     retained = l_t W_{t-1}
     gd:       W = retained - rho u
     momentum: S = mu S - rho u;  W = retained + S
@@ -27,30 +28,31 @@ def newton_schulz(s: np.ndarray, steps: int = 5, eps: float = 1e-7) -> np.ndarra
     return x.T if s.shape[0] > s.shape[1] else x
 
 
-def output_gradient(objective: str, out: np.ndarray, v: np.ndarray) -> np.ndarray:
+def output_gradient(objective: str, out: np.ndarray, v: np.ndarray, delta: float = 1.0) -> np.ndarray:
     r = out - v
     if objective == "l2":
         return 2 * r
     if objective == "dot":
         return -v
-    if objective == "huber":
-        return np.where(np.abs(r) <= 1.0, 2 * r, 2 * np.sign(r))
+    if objective == "huber":  # Miras Eq. 16 (Yaad), sign(r) smoothed as tanh(10 r), our l2 scale (2 r)
+        return 2 * r if np.linalg.norm(r) <= delta else 2 * delta * np.tanh(10 * r)
     if objective == "lp":  # Miras Eq. 11 with p = 3, |r| smoothed as sqrt(r^2 + 1e-6)
         return 3 * r * np.sqrt(r * r + 1e-6)
     raise ValueError(objective)
 
 
 def matrix_memory(objective: str, learner: str, semantics: str, chunk: int, w0, q, k, v, lr, log_ret, log_mu,
-                  muon_outer_lr: float = 0.01, retain=None):
-    """Token by token in float64. `retain(W, log l_t)` replaces the scalar decay l_t W when given.
-    Returns (y [T, dv], final W, final S)."""
+                  muon_outer_lr: float = 0.01, retain=None, huber_delta=None):
+    """Token by token in float64. `retain(W, log l_t)` replaces the scalar decay l_t W when given;
+    `huber_delta [T]`: Huber's per-token threshold. Returns (y [T, dv], final W, final S)."""
     w = np.asarray(w0, np.float64)
     s = np.zeros_like(w)
     anchor = w.copy()
     ys = []
     for t in range(q.shape[0]):
         at = w if semantics == "exact" else anchor
-        u = np.outer(k[t], output_gradient(objective, k[t] @ at, v[t]))
+        delta = 1.0 if huber_delta is None else huber_delta[t]
+        u = np.outer(k[t], output_gradient(objective, k[t] @ at, v[t], delta))
         retained = np.exp(log_ret[t]) * w if retain is None else retain(w, log_ret[t])
         if learner == "gd":
             w = retained - lr[t] * u

@@ -49,7 +49,8 @@ def inputs(spec, t, seed=0):
     if spec.retention == "none":
         log_ret = jnp.zeros(ret_shape)
     gates = dict(lr=0.5 * jax.nn.sigmoid(jax.random.normal(ks[4], (t,))), log_retention=log_ret,
-                 log_momentum=-jax.nn.softplus(-(jax.random.normal(ks[5], (t,)) + 1.0)))
+                 log_momentum=-jax.nn.softplus(-(jax.random.normal(ks[5], (t,)) + 1.0)),
+                 huber_delta=jax.nn.softplus(2.0 * jax.random.normal(ks[5], (t,))))  # both Huber branches
     init = init_weights(spec, ks[6], DK, DV)  # an empty memory: the last layer is zero
     last = init[-1] + 0.3 * jax.random.normal(ks[7], init[-1].shape)
     init = init[:-1] + (last,)  # a non-empty learned initial state
@@ -186,7 +187,7 @@ def test_causal_within_chunk(name):
 def test_token_gradient_matches_closed_form():
     spec = SPECS["matrix_l2_momentum"]
     init, q, k, v, g = inputs(spec, 2)
-    (u,) = engine.token_gradient(spec, init, k[0], v[0])
+    (u,) = engine.token_gradient(spec, init, k[0], v[0], {})
     np.testing.assert_allclose(u, 2 * jnp.outer(k[0], k[0] @ init[0] - v[0]), atol=1e-6)
 
 
@@ -231,7 +232,7 @@ def test_clipped_step_bounds_every_write():
     gradients are larger than tau, so the clip is active), and tau = inf equals no clipping."""
     spec = MemorySpec(structure="mlp", depth=2, expansion=2, learner="gd", retention="none", chunk_size=1)
     init, q, k, v, g = inputs(spec, 6)
-    first = engine.token_gradient(spec, init, k[0], v[0])
+    first = engine.token_gradient(spec, init, k[0], v[0], {})
     assert float(jnp.sqrt(sum(jnp.sum(u * u) for u in first))) > 1.0
     clipped = dataclasses.replace(spec, max_grad_norm=0.5)
     state = initial_state(spec, init)
@@ -304,13 +305,18 @@ def test_newton_schulz_pushes_singular_values_towards_one():
         np.testing.assert_array_equal(newton_schulz(s, 0), s)
 
 
-def test_huber_objective_is_l2_inside_the_threshold_and_linear_outside():
+def test_huber_objective_is_l2_inside_the_threshold_and_a_delta_step_outside():
+    """Miras Eq. 16 (Yaad) per token: the l2 gradient 2r while ||r|| <= delta_t, else 2 delta_t
+    tanh(10 r) (the smoothed l1 step); delta gets an outer gradient only outside."""
     from zoo.memory.huber import huber_loss
 
-    v = jnp.zeros((1, 3))
-    small, big = jnp.array([[0.5, -0.2, 0.9]]), jnp.array([[3.0, -2.0, 0.5]])
-    np.testing.assert_allclose(huber_loss(small, v), jnp.sum(small ** 2), rtol=1e-6)
-    np.testing.assert_allclose(jax.grad(huber_loss)(big, v), [[2.0, -2.0, 1.0]], rtol=1e-6)
+    v = jnp.zeros((2, 3))
+    out = jnp.array([[0.5, -0.2, 0.4], [3.0, -2.0, 0.05]])  # ||r|| 0.67 and 3.6
+    delta = jnp.array([1.0, 0.5])
+    np.testing.assert_allclose(jax.grad(huber_loss)(out, v, {"huber_delta": delta}),
+                               [[1.0, -0.4, 0.8], [1.0, -1.0, np.tanh(0.5)]], rtol=1e-5)
+    d_delta = jax.grad(lambda d: huber_loss(out, v, {"huber_delta": d}))(delta)
+    assert d_delta[0] == 0 and d_delta[1] > 0
 
 
 def test_lp_objective_gradient_is_the_smoothed_p_power():
@@ -335,7 +341,7 @@ def test_matrix_memory_equals_the_numpy_oracle(semantics):
         init = (3.0 * init[0],)  # residuals beyond Huber's threshold
         st, y = engine.chunk(spec, None, q, k, v, g, init=init)
         want_y, want_w, want_s = matrix_memory(objective, learner, semantics, 4, init[0], *map(np.asarray, (
-            q, k, v, g["lr"], g["log_retention"], g["log_momentum"])))
+            q, k, v, g["lr"], g["log_retention"], g["log_momentum"])), huber_delta=np.asarray(g["huber_delta"]))
         try:
             close((y, st.weights[0]), (want_y, want_w), tol=1e-4)
             if spec.learner != "gd":

@@ -119,3 +119,18 @@ def test_a_learner_with_its_own_buffer_and_gate_lands_by_registration():
     grads = jax.grad(lambda p: jnp.mean(nnx.merge(graphdef, p)(toks) ** 2))(params)
     gamma = nnx.to_pure_dict(grads)["blocks"][0]["mixer"]["gate_heads"]["test_step_scale"]
     assert all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(gamma))
+
+
+def test_huber_objective_grows_a_learned_threshold_gate():
+    """Yaad's Huber bias reads its threshold delta_t from a gate of its own (an objective's declared
+    gate): the mixer grows its head, starting at huber_delta_init; decoding after a mid-chunk prefill
+    equals the forward, and the threshold learns through the inner updates."""
+    model, toks = build("titans_lmm", objective="huber", huber_delta_init=0.05), tokens(11)
+    mixer = model.blocks[0].mixer
+    assert "huber_delta" in mixer.gate_heads
+    np.testing.assert_allclose(jax.nn.softplus(mixer.gate_heads["huber_delta"].bias.value), 0.05, rtol=1e-5)
+    np.testing.assert_allclose(stream(model, toks, list(range(5, 11))), forward(model, toks), atol=1e-5, rtol=1e-5)
+    graphdef, params = nnx.split(model)
+    grads = nnx.jit(jax.grad(lambda p: jnp.mean(nnx.merge(graphdef, p)(toks) ** 2)))(params)
+    delta = nnx.to_pure_dict(grads)["blocks"][0]["mixer"]["gate_heads"]["huber_delta"]
+    assert all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(delta))
