@@ -48,6 +48,7 @@ class MemoryConfig:
     depth: int = 2
     expansion: int = 4
     residual: bool = False  # M(z) = z + MLP(z) (ATLAS); off: stored values reach the read at init
+    output_norm: bool = False  # M(z) = [z +] LN(MLP(z)), a parameter-free LayerNorm (Miras §1.5.1)
     mlp_first_layer_std: float = 0.5  # std of W_0's first MLP layer (its inputs are unit-norm keys)
     last_layer_std: float = 0.0  # std of W_0's last layer (the matrix itself); 0 = an empty memory
     activation: str = dataclasses.field(default="gelu", metadata=_choices(*memory_spec.ACTIVATIONS))

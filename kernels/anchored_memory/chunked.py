@@ -39,10 +39,25 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 Weights = tuple[jax.Array, ...]  # one [d_in, d_out] matrix per layer
 
 
+def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Parameter-free LayerNorm over the last axis (the Miras memory's output norm)."""
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    return centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
+
+
+def finish(out: jax.Array, z: jax.Array, residual: bool, output_norm: bool) -> jax.Array:
+    """The memory's output from its last layer's `out`: LN(out) when `output_norm`, plus the input
+    `z` when `residual` (Miras §1.5.1: M(z) = z + LN(W1 GELU(W2 z)))."""
+    out = layer_norm(out) if output_norm else out
+    return out + z if residual else out
+
+
 def mlp_forward(weights: Weights, z: jax.Array, probes: Weights | None, activation: Callable,
-                residual: bool) -> tuple[jax.Array, list[jax.Array]]:
+                residual: bool, output_norm: bool = False) -> tuple[jax.Array, list[jax.Array]]:
     """M(z; W) for `z: [n, dk]` -> (`[n, dv]`, the input activation of every layer): layers
-    p^l = a^{l-1} W^l with `activation` between them (none after the last), plus z when `residual`.
+    p^l = a^{l-1} W^l with `activation` between them (none after the last), then `finish`
+    (an optional LayerNorm, plus z when `residual`).
     `probes` (one `[n, d_out]` zero array per layer) are added to the pre-activations, so a loss's
     gradient w.r.t. the probes is each token's delta (Titans spec §1.3)."""
     a = z
@@ -53,7 +68,7 @@ def mlp_forward(weights: Weights, z: jax.Array, probes: Weights | None, activati
         if probes is not None:
             p = p + probes[i]
         a = activation(p) if i < len(weights) - 1 else p
-    return (a + z if residual else a), inputs
+    return finish(a, z, residual, output_norm), inputs
 
 
 def l2_loss(out: jax.Array, v: jax.Array) -> jax.Array:
@@ -113,7 +128,8 @@ def decayed_terms(log_retention: jax.Array, m: jax.Array, n: jax.Array, valid: j
 
 
 def dual_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, beta, f, big_g, m, n, *,
-              activation: Callable, residual: bool, momentum: bool) -> tuple[tuple[Weights, Weights], jax.Array]:
+              activation: Callable, residual: bool, momentum: bool, output_norm: bool = False
+              ) -> tuple[tuple[Weights, Weights], jax.Array]:
     """The reads and the chunk-end state without per-token weights. Returns ((W_C, S_C), Y [C, dv]);
     S_C is `s_start` unchanged when the learner carries no momentum (`momentum` False)."""
     channel = beta.ndim == 2
@@ -128,9 +144,7 @@ def dual_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, 
             new_w.append(beta[-1] * ws + f[-1] * ss - (a * big_g[-1][:, None]).T @ d)
         new_s.append(m[-1] * ss - (a * n[-1][:, None]).T @ d if momentum else ss)
         z = activation(p) if layer < len(w_start) - 1 else p
-    if residual:
-        z = z + q
-    return (tuple(new_w), tuple(new_s)), z
+    return (tuple(new_w), tuple(new_s)), finish(z, q, residual, output_norm)
 
 
 def grouped_scan(body: Callable, carry, xs):

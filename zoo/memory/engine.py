@@ -155,6 +155,7 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
     beta, f, big_g = dual.decayed_terms(log_retention, m, n, valid)
     return dual.dual_read(w_start, s_start, q, inputs, deltas, beta, f, big_g, m, n,
                           activation=functools.partial(activation, spec), residual=has_residual(spec),
+                          output_norm=spec.output_norm,
                           momentum=_dual_state(spec) is not None)
 
 
@@ -182,11 +183,11 @@ def delta_kernel(spec: MemorySpec) -> str | None:
 def anchored_kernel(spec: MemorySpec) -> bool:
     """Whether `kernels.anchored_memory` computes this spec's rule (Titans' deep memory): anchored
     semantics, the l2 objective, gd or momentum, no or scalar retention, a matrix or MLP stack
-    (clipped or not) and full bilevel gradients. Other anchored memories run the same chunk algebra through
+    (clipped or not, no output norm) and full bilevel gradients. Other anchored memories run the same chunk algebra through
     `scan_chunks` with the spec's registered parts."""
     return (spec.semantics == "anchored" and spec.objective == "l2" and spec.learner in ("gd", "momentum")
             and spec.retention in ("none", "scalar") and spec.structure in ("matrix", "mlp")
-            and spec.bilevel == "full")
+            and spec.bilevel == "full" and not spec.output_norm)
 
 
 def anchored_kernel_heads(spec: MemorySpec, fresh: MemState, q, k, v, g: Gates,

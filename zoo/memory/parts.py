@@ -115,7 +115,8 @@ class Learner:
 class Structure:
     """layer_shapes(spec, dk, dv) -> [(d_in, d_out)] per layer, for keys of size dk and values of size dv.
 
-    linear: one layer and no activation, M(z) = z W. residual: `spec.residual` adds z to the output."""
+    linear: one layer and no activation, M(z) = z W. residual: `spec.residual` adds z to the output
+    and `spec.output_norm` puts a LayerNorm before it."""
 
     name: str
     layer_shapes: Callable

@@ -26,7 +26,8 @@ class MemorySpec:
 
     structure: a registered structure (zoo.memory.parts.STRUCTURES): "matrix" (W: [dk, dv],
         M(z) = z W) or "mlp" (`depth` layers, hidden width
-        `expansion * dk`, `activation` between layers, optional residual z + MLP(z)).
+        `expansion * dk`, `activation` between layers, optional residual z + MLP(z), optional
+        `output_norm`: a parameter-free LayerNorm on the MLP's output, z + LN(MLP(z)) (Miras §1.5.1)).
     objective: a registered objective (zoo.memory.parts.OBJECTIVES): "l2" = ||M(k) - v||^2 summed
         over features (Titans Eq. 12); "dot" = -<M(k), v> (Hebbian / linear attention; its gradient
         does not depend on W); "huber" (zoo.memory.huber: Yaad's, with a learned threshold gate); "lp" (zoo.memory.lp, p = 3).
@@ -58,6 +59,7 @@ class MemorySpec:
     depth: int = 2
     expansion: int = 4
     residual: bool = False
+    output_norm: bool = False
     activation: str = "gelu"
     objective: str = "l2"
     retention: str = "scalar"
@@ -97,6 +99,9 @@ class MemorySpec:
                              f"{', '.join(map(repr, sorted(backends - {'auto'})))}, or a comma-separated list of them")
         if not parts.structure(self.structure).linear and (self.depth < 1 or self.expansion < 1):
             raise ValueError(f"an mlp memory needs depth >= 1 and expansion >= 1, got {self.depth}, {self.expansion}")
+        if self.output_norm and not parts.structure(self.structure).residual:
+            raise ValueError(f"output_norm (LayerNorm on the memory's output) needs an mlp-like structure, "
+                             f"not {self.structure!r}")
         if self.gradient_at == "retained" and self.semantics != "exact":
             raise ValueError("gradient_at='retained' (the gradient at the decayed weights, Gated DeltaNet) "
                              "needs semantics='exact'")

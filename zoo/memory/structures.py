@@ -34,7 +34,7 @@ def _mlp_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
 
 register_structure(Structure("matrix", _matrix_shapes, linear=True, doc="M(z) = z W, W: [dk, dv]"))
 register_structure(Structure("mlp", _mlp_shapes, residual=True,
-                             doc="`depth` layers of hidden width `expansion * dk`, optional z + MLP(z)"))
+                             doc="`depth` layers of hidden width `expansion * dk`, optional z + [LN] MLP(z)"))
 
 
 def layer_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
@@ -82,4 +82,4 @@ def forward(spec: MemorySpec, weights: Weights, z: jax.Array, probes: Weights | 
     `probes` (one `[n, d_out]` zero array per layer) are added to the pre-activations, so the
     gradient of a loss w.r.t. the probes is each token's delta (Titans spec §1.3, JAX trick).
     """
-    return mlp_forward(weights, z, probes, ACTIVATIONS[spec.activation], has_residual(spec))
+    return mlp_forward(weights, z, probes, ACTIVATIONS[spec.activation], has_residual(spec), spec.output_norm)

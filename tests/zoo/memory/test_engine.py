@@ -31,6 +31,8 @@ SPECS = {
     "mlp2_first_order_silu": MemorySpec(structure="mlp", depth=2, expansion=2, bilevel="first_order",
                                         activation="silu"),
     "mlp2_clipped_momentum": MemorySpec(structure="mlp", depth=2, expansion=2, max_grad_norm=1.0),
+    "mlp2_ln_huber_gd": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, output_norm=True,
+                                   objective="huber", learner="gd"),  # the Miras (Yaad) memory
 }  # every registered objective and learner: test_grid_of_registered_parts_equals_its_oracle
 
 
