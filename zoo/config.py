@@ -47,6 +47,8 @@ class MemoryConfig:
     structure: str = dataclasses.field(default="mlp", metadata=_registered(memory_parts.STRUCTURES))
     depth: int = 2
     expansion: int = 4
+    lp_p: float = 3.0  # objective=lp: the exponent p of the l_p bias (Moneta: 3)
+    lq_q: float = 4.0  # retention=lq: the exponent q of Moneta's normaliser ||A||_q^(q-2)
     residual: bool = False  # M(z) = z + MLP(z) (ATLAS); off: stored values reach the read at init
     output_norm: bool = False  # M(z) = [z +] LN(MLP(z)), a parameter-free LayerNorm (Miras §1.5.1)
     mlp_first_layer_std: float = 0.5  # std of W_0's first MLP layer (its inputs are unit-norm keys)
@@ -491,6 +493,10 @@ def _validate_memory(cfg: Config) -> None:
         if not 0 < getattr(mem, key) < 1:
             raise ConfigError(f"model.memory.{key} must lie strictly between 0 and 1 (a sigmoid gate's "
                               f"initial value), got {getattr(mem, key)}")
+    if mem.retention == "lq" and mem.last_layer_std == 0 and not 2 <= mem.lq_q < 3:
+        raise ConfigError(f"model.memory.retention=lq with lq_q={mem.lq_q} starts its accumulator at "
+                          "A_0 = W_0 ||W_0||_q^((q-2)/(3-q)), singular at W_0 = 0: set model.memory.last_layer_std > 0 "
+                          "(Moneta's default 0.3)")
     if mem.huber_delta_init <= 0:
         raise ConfigError(f"model.memory.huber_delta_init must be > 0 (a softplus gate's initial value), "
                           f"got {mem.huber_delta_init}")

@@ -126,6 +126,7 @@ def test_registered_memory_defaults_sit_under_the_files_own_values():
     ("model.memory.lr_init=0.2", ["model.memory.lr_init=0.2", "lr_max=0.1"]),
     ("model.memory.momentum_init=1.0", ["model.memory.momentum_init", "between 0 and 1"]),
     ("model.memory.huber_delta_init=0", ["model.memory.huber_delta_init must be > 0"]),
+    ("model.memory.retention=lq", ["retention=lq with lq_q=4.0", "set model.memory.last_layer_std > 0"]),
     ("model.memory.gradient_at=retained", ["gradient_at='retained'", "semantics='exact'"]),
     ("model.memory.last_layer_std=-1", ["model.memory.last_layer_std", ">= 0"]),
     ("model.memory.retention_gate=mamba", ["model.memory.retention_gate", "Did you mean 'mamba2'"]),

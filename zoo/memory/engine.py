@@ -66,15 +66,30 @@ def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates
     the anchor), or at the retained weights l_t W_{t-1} when spec.gradient_at == "retained";
     the step is clipped to norm spec.max_grad_norm (by scaling rho_t). Returns (W_t, buffers)."""
     kept = retain(spec, state.weights, g.get("log_retention"))
-    grads = token_gradient(spec, kept if spec.gradient_at == "retained" else at, k, v, g)
+    grads = token_gradient(spec, view(spec, kept if spec.gradient_at == "retained" else at), k, v, g)
     lr = g["lr"] * dual.clip_factor(spec.max_grad_norm, sum(jnp.sum(u * u) for u in grads))
     update, buffers = learner_step(spec, state.buffers, grads, lr, g)
     return tuple(w + d for w, d in zip(kept, update, strict=True)), buffers
 
 
 def read(spec: MemorySpec, weights: Weights, q: jax.Array) -> jax.Array:
-    """y = M(q; W) for one query `q: [dk] -> [dv]` (Titans Eq. 15: no weight update)."""
-    return forward(spec, weights, q[None])[0][0]
+    """y = M(q; W) for one query `q: [dk] -> [dv]` (Titans Eq. 15: no weight update), through the
+    retention's view of the state (`view`)."""
+    return forward(spec, view(spec, weights), q[None])[0][0]
+
+
+def view(spec: MemorySpec, state_weights: Weights) -> Weights:
+    """The weights a memory's state reads as: the state itself, or its retention's view (Moneta's
+    A / ||A||_q^(q-2)). One head's matrices."""
+    part = parts.retention(spec.retention)
+    return state_weights if part.view is None else part.view(spec, state_weights)
+
+
+def state_of_weights(spec: MemorySpec, weights: Weights) -> Weights:
+    """The state whose view is `weights` (a learned W_0 -> the state a document starts from).
+    One head's matrices."""
+    part = parts.retention(spec.retention)
+    return weights if part.of_weights is None else part.of_weights(spec, weights)
 
 
 def step(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[MemState, jax.Array]:
@@ -173,7 +188,8 @@ def delta_kernel(spec: MemorySpec) -> str | None:
     forget = parts.retention(spec.retention)
     if not (spec.semantics == "exact" and parts.structure(spec.structure).linear and spec.objective == "l2"
             and spec.learner in ("gd", "momentum")  # the two learners the kernels implement
-            and forget.multiplicative and forget.gate != "channel" and spec.max_grad_norm == 0):
+            and forget.multiplicative and forget.view is None and forget.gate != "channel"
+            and spec.max_grad_norm == 0):
         return None
     if spec.gradient_at == "previous":
         return "momentum_delta_rule"
@@ -215,7 +231,8 @@ def dual_form(spec: MemorySpec) -> bool:
     learner is linear in the gradients and whose retention is multiplicative (zoo.memory.parts), when
     anchored, or exact with an objective whose gradient does not depend on W on a single linear layer
     (a deeper MLP's first-layer delta depends on the later layers)."""
-    if not (parts.learner(spec.learner).linear and parts.retention(spec.retention).multiplicative):
+    forget = parts.retention(spec.retention)
+    if not (parts.learner(spec.learner).linear and forget.multiplicative and forget.view is None):
         return False
     weight_free = not parts.objective(spec.objective).gradient_depends_on_weights
     return spec.semantics == "anchored" or (weight_free and spec.num_layers == 1)

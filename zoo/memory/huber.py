@@ -23,7 +23,7 @@ from zoo.memory.parts import Gate, Objective, register_gate, register_objective
 NU = 10.0  # slope of the smoothed sign, tanh(nu r) (spec §1.9: "large", value unstated)
 
 
-def huber_loss(out, v, gates):
+def huber_loss(out, v, gates, spec=None):
     """`out, v: [n, dv]`, `gates["huber_delta"]: [n]` -> sum over tokens of Yaad's Huber bias."""
     r = out - v
     delta = gates["huber_delta"]

@@ -115,7 +115,10 @@ class MemoryMixer(nnx.Module):
     # -- pieces ----------------------------------------------------------------------------
 
     def _initial_weights(self) -> tuple[jax.Array, ...]:
-        return tuple(p.value for p in self.init_state)  # each [heads, d_in, d_out]
+        """The state every document starts from, per head: W_0 (the learned `init_state`, each
+        [heads, d_in, d_out]), or the state whose view is W_0 (`engine.state_of_weights`)."""
+        w0 = tuple(p.value for p in self.init_state)
+        return jax.vmap(lambda w: engine.state_of_weights(self.spec, w))(w0)
 
     def queries_keys_values(self, x, *, segment_ids=None, conv_tail=None):
         """`x: [B, T, d_model]` -> q, k, v `[B, H, T, dh]` in the compute dtype (the engine computes

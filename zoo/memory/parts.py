@@ -37,12 +37,13 @@ import jax.numpy as jnp
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """loss(out, v, gates) -> sum over tokens of l_i, for `out, v: [n, dv]` (the memory's outputs at
-    the keys and the values) and `gates`: {name: [n]}, the token's values of the registered gates
-    (`GATES`) it declares in `gates` (e.g. Yaad's learned Huber threshold)."""
+    """loss(out, v, gates, spec) -> sum over tokens of l_i, for `out, v: [n, dv]` (the memory's
+    outputs at the keys and the values), `gates`: {name: [n]}, the token's values of the registered
+    gates (`GATES`) it declares in `gates` (e.g. Yaad's learned Huber threshold), and the
+    `MemorySpec` (for its own fields, e.g. l_p's `lp_p`)."""
 
     name: str
-    loss: Callable[[jax.Array, jax.Array, dict], jax.Array]
+    loss: Callable[..., jax.Array]
     gradient_depends_on_weights: bool
     gates: tuple[str, ...] = ()
     doc: str = ""
@@ -148,18 +149,26 @@ class Retention:
     gate: the per-token gate the mixer computes, log l_t <= 0: "none", "scalar" (one per head) or
         "channel" (one per key channel: it scales the rows of a matrix memory, `matrix_only`).
     multiplicative: apply is W -> l_t W (or its per-channel form), so in-chunk products of decays
-        have the closed form the dual form and the delta-rule kernels use."""
+        have the closed form the dual form and the delta-rule kernels use.
+    view(spec, state) -> the weights the memory reads and takes its gradients at, when the state
+        is not the weights themselves (Moneta's accumulator A, read as W = A / ||A||_q^(q-2));
+        `of_weights(spec, W)` is its inverse, the state a learned W_0 starts from. None: the state
+        is W. Memories with a view run token by token (no dual form yet)."""
 
     name: str
     gate: str
     apply: Callable
     multiplicative: bool = True
     matrix_only: bool = False
+    view: Callable | None = None
+    of_weights: Callable | None = None
     doc: str = ""
 
     def __post_init__(self):
         if self.gate not in RETENTION_GATES:
             raise ValueError(f"retention {self.name!r}: gate {self.gate!r}; allowed: {', '.join(RETENTION_GATES)}")
+        if (self.view is None) != (self.of_weights is None):
+            raise ValueError(f"retention {self.name!r}: a view needs its inverse (view and of_weights together)")
 
 
 class Registry(dict):

@@ -30,10 +30,12 @@ class MemorySpec:
         `output_norm`: a parameter-free LayerNorm on the MLP's output, z + LN(MLP(z)) (Miras §1.5.1)).
     objective: a registered objective (zoo.memory.parts.OBJECTIVES): "l2" = ||M(k) - v||^2 summed
         over features (Titans Eq. 12); "dot" = -<M(k), v> (Hebbian / linear attention; its gradient
-        does not depend on W); "huber" (zoo.memory.huber: Yaad's, with a learned threshold gate); "lp" (zoo.memory.lp, p = 3).
+        does not depend on W); "huber" (zoo.memory.huber: Yaad's, with a learned threshold gate); "lp"
+        (zoo.memory.lp: the smoothed l_p bias with p = `lp_p`).
     retention: a registered retention (zoo.memory.parts.RETENTIONS): "none", "scalar" (one decay
         per head and token, Titans' 1 - alpha_t) or "channel" (one decay per key channel, matrix
-        memories only).
+        memories only) or "lq" (zoo.memory.lq, Moneta: a scalar decay on an accumulator A read as
+        W = A / ||A||_q^(q-2), q = `lq_q`).
     learner: a registered learner (zoo.memory.parts.LEARNERS): "gd" (W_t = l_t W_{t-1} - rho_t u_t),
         "momentum" (S_t = mu_t S_{t-1} - rho_t u_t, W_t = l_t W_{t-1} + S_t; Titans Eq. 13-14) or
         "muon" (zoo.memory.muon: Newton-Schulz on the momentum; runs token by token).
@@ -62,7 +64,9 @@ class MemorySpec:
     output_norm: bool = False
     activation: str = "gelu"
     objective: str = "l2"
+    lp_p: float = 3.0
     retention: str = "scalar"
+    lq_q: float = 4.0
     learner: str = "momentum"
     semantics: str = "anchored"
     chunk_size: int = 16
@@ -86,6 +90,11 @@ class MemorySpec:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"MemorySpec.{name}={value!r}; allowed: {', '.join(allowed)}")
+        if self.lp_p < 1:
+            raise ValueError(f"MemorySpec.lp_p must be >= 1 (the l_p bias), got {self.lp_p}")
+        if self.lq_q <= 1 or self.lq_q == 3:
+            raise ValueError(f"MemorySpec.lq_q must be > 1 and not 3 (Moneta's W_0 = A_0 / ||A_0||_q^(q-2) has no "
+                             f"inverse at q = 3), got {self.lq_q}")
         if self.max_grad_norm < 0:
             raise ValueError(f"MemorySpec.max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
         for name in ("chunk_size", "kernel_chunk"):

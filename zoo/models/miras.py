@@ -1,6 +1,9 @@
 """Miras (Behrouz, Razaviyayn, Zhong, Mirrokni 2025, arXiv:2504.13173): memories named by their
 attentional bias and retention, each a registration on the shared memory engine.
 
+Moneta (Miras §5.3, Eq. 24-25) is the l_p bias (zoo.memory.lp, p = 3) with the l_q retention on
+an accumulator read as W = A / ||A||_q^(q-2) (zoo.memory.lq, q = 4) and the forget gate; it runs
+token by token (gradients at the chunk start) until the dual form takes a per-token normaliser.
 Yaad (Miras §5.3, Eq. 26) is the Huber bias with a learned threshold (zoo.memory.huber, Eq. 16),
 the Titans forget gate as retention, plain gradient descent (no momentum), and the Miras memory
 M(z) = z + LN(W1 GELU(W2 z)) (§1.5.1 of the spec: a 2-layer residual MLP, expansion 4, with a
@@ -27,9 +30,14 @@ MIRAS_MEMORY = dict(structure="mlp", depth=2, expansion=4, residual=True, output
 # outer gradients (docs/fidelity.md "Miras": 0.02 gave a gradient norm of 93 at init and held-out
 # perplexity 58.7 after the tiny config's 50 steps; 0.1: 1.2 and 29.6; 0.3: 0.82 and 28.9)
 YAAD_MEMORY = dict(MIRAS_MEMORY, objective="huber")
+MONETA_MEMORY = dict(MIRAS_MEMORY, objective="lp", lp_p=3.0, retention="lq", lq_q=4.0)
 
 
-@register("yaad", family="Miras", paper=PAPER, tiny_config="configs/miras/yaad_tiny.yaml", uses_memory=True,
-          memory_defaults=YAAD_MEMORY)
-def build_yaad(cfg: ModelConfig, rngs: nnx.Rngs) -> LanguageModel:
+def build_miras(cfg: ModelConfig, rngs: nnx.Rngs) -> LanguageModel:
     return LanguageModel(cfg, lambda i, r: MemoryBlock(cfg, r), rngs=rngs)
+
+
+register("yaad", family="Miras", paper=PAPER, tiny_config="configs/miras/yaad_tiny.yaml", uses_memory=True,
+         memory_defaults=YAAD_MEMORY)(build_miras)
+register("moneta", family="Miras", paper=PAPER, tiny_config="configs/miras/moneta_tiny.yaml", uses_memory=True,
+         memory_defaults=MONETA_MEMORY)(build_miras)

@@ -42,9 +42,11 @@ def output_gradient(objective: str, out: np.ndarray, v: np.ndarray, delta: float
 
 
 def matrix_memory(objective: str, learner: str, semantics: str, chunk: int, w0, q, k, v, lr, log_ret, log_mu,
-                  muon_outer_lr: float = 0.01, retain=None, huber_delta=None):
+                  muon_outer_lr: float = 0.01, retain=None, huber_delta=None, view=None):
     """Token by token in float64. `retain(W, log l_t)` replaces the scalar decay l_t W when given;
-    `huber_delta [T]`: Huber's per-token threshold. Returns (y [T, dv], final W, final S)."""
+    `huber_delta [T]`: Huber's per-token threshold; `view(W)`: the weights the state reads as and
+    takes gradients at (Moneta's A / ||A||_q^(q-2)). Returns (y [T, dv], final W, final S)."""
+    view = view or (lambda x: x)
     w = np.asarray(w0, np.float64)
     s = np.zeros_like(w)
     anchor = w.copy()
@@ -52,7 +54,7 @@ def matrix_memory(objective: str, learner: str, semantics: str, chunk: int, w0, 
     for t in range(q.shape[0]):
         at = w if semantics == "exact" else anchor
         delta = 1.0 if huber_delta is None else huber_delta[t]
-        u = np.outer(k[t], output_gradient(objective, k[t] @ at, v[t], delta))
+        u = np.outer(k[t], output_gradient(objective, k[t] @ view(at), v[t], delta))
         retained = np.exp(log_ret[t]) * w if retain is None else retain(w, log_ret[t])
         if learner == "gd":
             w = retained - lr[t] * u
@@ -61,5 +63,5 @@ def matrix_memory(objective: str, learner: str, semantics: str, chunk: int, w0, 
             w = retained + (s if learner == "momentum" else muon_outer_lr * newton_schulz(s))
         if (t + 1) % chunk == 0:
             anchor = w.copy()
-        ys.append(q[t] @ w)
+        ys.append(q[t] @ view(w))
     return np.stack(ys), w, s

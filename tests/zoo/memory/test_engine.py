@@ -33,6 +33,8 @@ SPECS = {
     "mlp2_clipped_momentum": MemorySpec(structure="mlp", depth=2, expansion=2, max_grad_norm=1.0),
     "mlp2_ln_huber_gd": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, output_norm=True,
                                    objective="huber", learner="gd"),  # the Miras (Yaad) memory
+    "mlp2_moneta": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, output_norm=True,
+                              objective="lp", retention="lq", learner="gd"),  # token by token
 }  # every registered objective and learner: test_grid_of_registered_parts_equals_its_oracle
 
 
@@ -329,6 +331,8 @@ def test_lp_objective_gradient_is_the_smoothed_p_power():
     out = jnp.array([[2.0, -0.5, 0.1, 0.0]])
     np.testing.assert_allclose(jax.grad(lp_loss)(out, v), 3 * jnp.sign(out) * jnp.abs(out) ** 2, atol=1e-5)
     np.testing.assert_allclose(lp_loss(out, v), jnp.sum(jnp.abs(out) ** 3), rtol=1e-4)
+    p4 = MemorySpec(objective="lp", lp_p=4.0)
+    np.testing.assert_allclose(jax.grad(lp_loss)(out, v, None, p4), 4 * out ** 3, atol=1e-5)
 
 
 @pytest.mark.parametrize("semantics", ["exact", "anchored"])
@@ -350,6 +354,46 @@ def test_matrix_memory_equals_the_numpy_oracle(semantics):
                 close(st.buffers["momentum"][0], want_s, tol=1e-4)
         except AssertionError as e:
             raise AssertionError(f"{spec}: engine != NumPy oracle") from e
+
+
+@pytest.mark.parametrize("semantics", ["exact", "anchored"])
+def test_moneta_lq_retention_equals_the_numpy_oracle(semantics):
+    """Miras Eq. 24-25: the accumulator A_t = l_t A_{t-1} - rho_t grad l_p(W), read and
+    differentiated as W = A / ||A||_4^2 (q = 4, p = 3), token by token against NumPy."""
+    from numpy_oracle import matrix_memory
+
+    spec = MemorySpec(structure="matrix", objective="lp", retention="lq", learner="gd", semantics=semantics,
+                      chunk_size=4)
+    assert not engine.chunk_parallel(spec)  # no per-token normaliser in the dual form yet
+    init, q, k, v, g = inputs(spec, 11)
+    st, y = engine.chunk(spec, None, q, k, v, g, init=init)
+    view = lambda a: a / max(np.sum(a ** 4) ** 0.5, 1e-6)  # noqa: E731
+    want_y, want_a, _ = matrix_memory("lp", "gd", semantics, 4, init[0], *map(np.asarray, (
+        q, k, v, g["lr"], g["log_retention"], g["log_momentum"])), view=view)
+    close((y, st.weights[0]), (want_y, want_a), tol=1e-4)
+
+
+def test_moneta_with_p2_q2_on_a_matrix_is_the_delta_rule():
+    """The spec's degenerate reduction: l_p at p = 2 is l2 (up to eps, which has no gradient) and
+    the l_q view at q = 2 is the identity, so Moneta's rule on a matrix is the delta rule the
+    kernel computes."""
+    moneta = MemorySpec(structure="matrix", objective="lp", lp_p=2.0, retention="lq", lq_q=2.0, learner="gd",
+                        semantics="exact")
+    delta = MemorySpec(structure="matrix", objective="l2", retention="scalar", learner="gd", semantics="exact")
+    assert engine.delta_kernel(delta) is not None and engine.delta_kernel(moneta) is None
+    init, q, k, v, g = inputs(delta, 13)
+    (st_m, y_m), (st_d, y_d) = (engine.chunk(spec, None, q, k, v, g, init=init) for spec in (moneta, delta))
+    close((y_m, st_m.weights), (y_d, st_d.weights), tol=1e-5)
+
+
+def test_lq_view_of_a_learned_w0_is_w0():
+    """Moneta starts its accumulator at A_0 = W_0 ||W_0||_q^((q-2)/(3-q)), whose view is W_0 (spec M6)."""
+    w0 = (0.3 * jax.random.normal(jax.random.key(0), (6, 12)),)
+    for q in (4.0, 2.5, 1.5):
+        spec = MemorySpec(structure="matrix", retention="lq", lq_q=q)
+        close(engine.view(spec, engine.state_of_weights(spec, w0)), w0, tol=1e-5)
+    with pytest.raises(ValueError, match="lq_q must be > 1 and not 3"):
+        MemorySpec(retention="lq", lq_q=3.0)
 
 
 def test_a_retention_landed_by_registration_runs_token_by_token():
