@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from zoo.memory.parts import Retention, register_retention
+from zoo.memory.retention import scalar_decay
 
 FLOOR = 1e-6
 
@@ -41,6 +42,6 @@ def lq_of_weights(spec, weights):
 
 
 register_retention(Retention(
-    "lq", gate="scalar", apply=lambda weights, log_retention: tuple(a * jnp.exp(log_retention) for a in weights),
+    "lq", gate="scalar", apply=scalar_decay,
     view=lq_view, of_weights=lq_of_weights,
     doc="Moneta: A <- l_t A on an accumulator read as W = A / ||A||_q^(q-2), q = lq_q"))

@@ -18,9 +18,13 @@ from zoo.memory.spec import MemorySpec
 
 register_retention(Retention("none", gate="none", apply=lambda weights, log_retention: weights,
                              doc="no forgetting"))
-register_retention(Retention(
-    "scalar", gate="scalar", apply=lambda weights, log_retention: tuple(w * jnp.exp(log_retention) for w in weights),
-    doc="W <- l_t W, one l_t per head and token (Titans' 1 - alpha_t)"))
+def scalar_decay(weights: tuple[jax.Array, ...], log_retention: jax.Array) -> tuple[jax.Array, ...]:
+    """W <- l_t W for every layer, `log_retention`: [] (one decay per head and token)."""
+    return tuple(w * jnp.exp(log_retention) for w in weights)
+
+
+register_retention(Retention("scalar", gate="scalar", apply=scalar_decay,
+                             doc="W <- l_t W, one l_t per head and token (Titans' 1 - alpha_t)"))
 register_retention(Retention(
     "channel", gate="channel", matrix_only=True,
     apply=lambda weights, log_retention: (weights[0] * jnp.exp(log_retention)[:, None],),
