@@ -61,6 +61,8 @@ class MemoryConfig:
     chunk_size: int = 16
     bilevel: str = dataclasses.field(default="full", metadata=_choices(*memory_spec.BILEVEL))
     gradient_at: str = dataclasses.field(default="previous", metadata=_choices(*memory_spec.GRADIENT_POINTS))
+    window: int = 1  # the Omega rule's window c (ATLAS Eq. 9): each write descends the last c tokens' loss
+    window_gate_init: float = 0.9  # window > 1: each token's weight gamma_i in the window at initialisation
     max_grad_norm: float = 4.0  # clip each token's inner gradient to this norm (0 = off; docs/fidelity.md)
     kernel_chunk: int = 64  # tile of an exact memory's kernels op (how it computes, not what)
     kernel_backend: str = "auto"  # that op's backend: auto, a kernels.IMPLEMENTATIONS name, or "a,b" tried in order
@@ -489,7 +491,7 @@ def _validate_memory(cfg: Config) -> None:
     for key in ("mlp_first_layer_std", "last_layer_std"):
         if getattr(mem, key) < 0:
             raise ConfigError(f"model.memory.{key} must be >= 0 (a standard deviation), got {getattr(mem, key)}")
-    for key in ("momentum_init", "forget_init"):
+    for key in ("momentum_init", "forget_init", "window_gate_init"):
         if not 0 < getattr(mem, key) < 1:
             raise ConfigError(f"model.memory.{key} must lie strictly between 0 and 1 (a sigmoid gate's "
                               f"initial value), got {getattr(mem, key)}")

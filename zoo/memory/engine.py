@@ -12,6 +12,8 @@ Online rule (neutral names: l retention, mu momentum decay, rho inner learning r
     S_t = mu_t S_{t-1} - rho_t u_t,     W_t = l_t W_{t-1} + S_t      (momentum; Titans Eq. 13-14)
     W_t = l_t W_{t-1} - rho_t u_t                                     (gd)
     y_t = M(q_t; W_t)                                                 (read after write, Eq. 15)
+With an Omega window (spec.window = c > 1, zoo.memory.window) u_t is the gamma-weighted sum of the
+last c tokens' gradients at W*, each clipped to tau instead of their sum.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from kernels.anchored_memory import chunked as dual
 from kernels.anchored_memory.chunked import grouped_scan
 from kernels.common import where_leading
 
-from zoo.memory import parts
+from zoo.memory import parts, window
 from zoo.memory.learners import learner_step, learner_terms
 from zoo.memory.objectives import inner_loss
 from zoo.memory.retention import retain
@@ -61,15 +63,33 @@ def token_gradient(spec: MemorySpec, weights: Weights, k: jax.Array, v: jax.Arra
     return jax.grad(lambda w: inner_loss(spec, forward(spec, w, k[None])[0], v[None], one))(weights)
 
 
-def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates) -> tuple[Weights, dict]:
+def window_gradient(spec: MemorySpec, weights: Weights, ext: window.Window) -> Weights:
+    """u = sum_j omega_j grad l(W; k_j, v_j) over Omega window entries (`ext` leaves [n, ...]),
+    each token's gradient clipped to spec.max_grad_norm (zoo.memory.window)."""
+    grads = jax.vmap(lambda k, v, g: token_gradient(spec, weights, k, v, g))(ext["k"], ext["v"], ext["gates"])
+    norms = sum(jnp.sum(u * u, axis=tuple(range(1, u.ndim))) for u in grads)
+    omega = window.weights(ext, norms, spec.max_grad_norm)
+    return tuple(jnp.tensordot(omega, u, axes=1) for u in grads)
+
+
+def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates) -> tuple[Weights, dict, dict]:
     """Retention, then the learner's update with the inner gradient taken at `at` (W_{t-1} or
     the anchor), or at the retained weights l_t W_{t-1} when spec.gradient_at == "retained";
-    the step is clipped to norm spec.max_grad_norm (by scaling rho_t). Returns (W_t, buffers)."""
+    the step is clipped to norm spec.max_grad_norm (by scaling rho_t), or, with an Omega window,
+    the window's gradients each. Returns (W_t, buffers, window)."""
     kept = retain(spec, state.weights, g.get("log_retention"))
-    grads = token_gradient(spec, view(spec, kept if spec.gradient_at == "retained" else at), k, v, g)
-    lr = g["lr"] * dual.clip_factor(spec.max_grad_norm, sum(jnp.sum(u * u) for u in grads))
+    point = view(spec, kept if spec.gradient_at == "retained" else at)
+    if spec.window == 1:
+        grads = token_gradient(spec, point, k, v, g)
+        lr = g["lr"] * dual.clip_factor(spec.max_grad_norm, sum(jnp.sum(u * u) for u in grads))
+        new_window = state.window
+    else:
+        token = window.entries(spec, k[None], v[None], jax.tree.map(lambda x: x[None], g), jnp.ones((1,), bool))
+        ext = window.extend(state.window, token)
+        grads, lr = window_gradient(spec, point, ext), g["lr"]
+        new_window = window.tail(ext, 1, spec.window - 1)
     update, buffers = learner_step(spec, state.buffers, grads, lr, g)
-    return tuple(w + d for w, d in zip(kept, update, strict=True)), buffers
+    return tuple(w + d for w, d in zip(kept, update, strict=True)), buffers, new_window
 
 
 def read(spec: MemorySpec, weights: Weights, q: jax.Array) -> jax.Array:
@@ -97,11 +117,12 @@ def step(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[MemState
     return _advance(spec, state, *_apply_update(spec, state, state.weights, k, v, g), q)
 
 
-def _advance(spec: MemorySpec, state: MemState, weights, buffers, q) -> tuple[MemState, jax.Array]:
+def _advance(spec: MemorySpec, state: MemState, weights, buffers, new_window, q) -> tuple[MemState, jax.Array]:
     """The state after one token's write (the anchor moves on at the end of a chunk) and its read."""
     pos = (state.pos + 1) % spec.chunk_size
     anchor = jax.tree.map(lambda a, w: jnp.where(pos == 0, w, a), state.anchor, weights)
-    return MemState(weights=weights, anchor=anchor, pos=pos, buffers=buffers), read(spec, weights, q)
+    return (MemState(weights=weights, anchor=anchor, pos=pos, buffers=buffers, window=new_window),
+            read(spec, weights, q))
 
 
 def decode_step(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[MemState, jax.Array]:
@@ -147,31 +168,50 @@ def reference_chunked(spec, state, q, k, v, gates, *, init=None, segment_ids=Non
 
 
 def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Weights,
-               q, k, v, g: Gates, valid):
+               q, k, v, g: Gates, valid, halo: window.Window, place_at, end):
     """One chunk of C grid positions (invalid ones are exact no-ops), Titans spec §1.6: starts from
     (W, S) = (w_start, s_start) with inner gradients at `anchor`, in four hooks (the shared chunk
     algebra of `kernels.anchored_memory.chunked`): gradient factors of the spec's objective ->
-    the learner's terms -> retention -> the dual read. Returns ((W_C, S_C), Y [C, dv])."""
+    the learner's terms -> retention -> the dual read.
+
+    With an Omega window (spec.window > 1; ATLAS spec §3.6) the gradient factors run over the
+    halo-extended keys (the window entries `halo` before the chunk, placed before slot `place_at`
+    of a call continuing mid-chunk, then the chunk's own) and the band Gamma of window weights
+    folds into the learner's terms (n -> n Gamma). `end`: the slot after the call's last token in
+    this chunk (C for a chunk it fills, 0 past its end), where the returned window is cut.
+    Returns ((W_C, S_C), Y [C, dv], the window after the chunk: {} without one)."""
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     w_a = jax.lax.stop_gradient(anchor) if spec.bilevel == "first_order" else anchor
-
-    objective_gates = {name: g[name] for name in parts.objective(spec.objective).gates}
+    clip = functools.partial(dual.clip_factor, spec.max_grad_norm) if spec.max_grad_norm > 0 else None
+    if spec.window > 1:
+        ext = window.extend(halo, window.entries(spec, k, v, g, valid), place_at)
+        keys, values, loss_gates = ext["k"], ext["v"], ext["gates"]
+    else:
+        keys, values, loss_gates = k, v, g
+    objective_gates = {name: loss_gates[name] for name in parts.objective(spec.objective).gates}
 
     def key_loss(probes):
-        out, inputs = forward(spec, w_a, k, probes)
-        return inner_loss(spec, out, v, objective_gates), inputs
+        out, inputs = forward(spec, w_a, keys, probes)
+        return inner_loss(spec, out, values, objective_gates), inputs
 
-    probes = tuple(jnp.zeros((k.shape[0], w.shape[1]), jnp.float32) for w in w_a)
-    clip = functools.partial(dual.clip_factor, spec.max_grad_norm) if spec.max_grad_norm > 0 else None
-    inputs, deltas, lr = dual.gradient_factors(key_loss, probes, g["lr"], valid, clip)
+    probes = tuple(jnp.zeros((keys.shape[0], w.shape[1]), jnp.float32) for w in w_a)
     learner_gates = {name: jnp.where(valid, g[name], 0.0) for name in parts.learner(spec.learner).gates}
-    m, n = learner_terms(spec, lr, learner_gates)  # [C], [C, C]
+    if spec.window > 1:  # omega_j = gamma_j valid_j kappa_j on the extended index, Gamma the band
+        inputs, deltas, omega = dual.gradient_factors(key_loss, probes, ext["gates"]["window_weight"],
+                                                      ext["valid"] > 0, clip)
+        lr = g["lr"] * valid.astype(jnp.float32)
+        m, n = learner_terms(spec, lr, learner_gates)  # [C], [C, C]
+        n = n @ window.band(omega, k.shape[0])  # [C, P + C]
+        halo = window.tail(ext, end, spec.window - 1)
+    else:
+        inputs, deltas, lr = dual.gradient_factors(key_loss, probes, g["lr"], valid, clip)
+        m, n = learner_terms(spec, lr, learner_gates)  # [C], [C, C]
     log_retention = g.get("log_retention", jnp.zeros_like(lr))
     beta, f, big_g = dual.decayed_terms(log_retention, m, n, valid)
-    return dual.dual_read(w_start, s_start, q, inputs, deltas, beta, f, big_g, m, n,
-                          activation=functools.partial(activation, spec), residual=has_residual(spec),
-                          output_norm=spec.output_norm,
-                          momentum=_dual_state(spec) is not None)
+    state, y = dual.dual_read(w_start, s_start, q, inputs, deltas, beta, f, big_g, m, n,
+                              activation=functools.partial(activation, spec), residual=has_residual(spec),
+                              output_norm=spec.output_norm, momentum=_dual_state(spec) is not None)
+    return state, y, halo
 
 
 def _dual_state(spec: MemorySpec) -> str | None:
@@ -189,7 +229,7 @@ def delta_kernel(spec: MemorySpec) -> str | None:
     if not (spec.semantics == "exact" and parts.structure(spec.structure).linear and spec.objective == "l2"
             and spec.learner in ("gd", "momentum")  # the two learners the kernels implement
             and forget.multiplicative and forget.view is None and forget.gate != "channel"
-            and spec.max_grad_norm == 0):
+            and spec.max_grad_norm == 0 and spec.window == 1):
         return None
     if spec.gradient_at == "previous":
         return "momentum_delta_rule"
@@ -203,7 +243,7 @@ def anchored_kernel(spec: MemorySpec) -> bool:
     `scan_chunks` with the spec's registered parts."""
     return (spec.semantics == "anchored" and spec.objective == "l2" and spec.learner in ("gd", "momentum")
             and spec.retention in ("none", "scalar") and spec.structure in ("matrix", "mlp")
-            and spec.bilevel == "full" and not spec.output_norm)
+            and spec.bilevel == "full" and not spec.output_norm and spec.window == 1)
 
 
 def anchored_kernel_heads(spec: MemorySpec, fresh: MemState, q, k, v, g: Gates,
@@ -357,54 +397,63 @@ def scan_chunks(spec: MemorySpec, state: MemState | None, fresh: MemState, carry
         seg = place_on_grid(segment_ids.astype(jnp.int32), offset, n, c, axis=1)  # [n, B, C]
         prev = jnp.concatenate([jnp.zeros((1, b), jnp.int32), seg[:-1, :, -1]])
         resets = (jnp.arange(n)[:, None] > 0) & (seg[:, :, 0] != prev) & (seg[:, :, 0] > 0)
+    # per chunk: the slot after the call's last token (C before it, 0 past it: the Omega window's
+    # cut) and where a continued call's window sits (before its first token, in its first chunk)
+    ends = jnp.clip(offset + t - c * jnp.arange(n), 0, c)
+    places = jnp.zeros((n,), jnp.int32).at[0].set(offset)
     inputs = (jax.tree.map(lambda x: place_on_grid(x, offset, n, c, axis), xs), present,
-              present[:, None, :] & (seg > 0), resets)  # chunks first; valid [n, B, C]: positions written
-    write = jax.vmap(jax.vmap(functools.partial(chunk_step, spec), in_axes=(0,) * 7 + (None,)))
+              present[:, None, :] & (seg > 0), resets, ends, places)  # chunks first; valid [n, B, C]: written
+    write = jax.vmap(jax.vmap(functools.partial(chunk_step, spec), in_axes=(0,) * 7 + (None, 0, None, None)),
+                     in_axes=(0,) * 9 + (None, None))
     fresh_s = dual_momentum(spec, fresh)
     momentum = _dual_state(spec) is not None
 
-    def one_chunk(w, s, anchor, block, chunk_inputs):
-        """-> ((W, S) at the chunk end, the anchor it used, the block carry, the chunk's output)."""
-        x, here, ok, reset = chunk_inputs
-        w, s, anchor = where_leading(reset, (fresh.weights, fresh_s, fresh.weights), (w, s, anchor))
+    def one_chunk(w, s, anchor, halo, block, chunk_inputs):
+        """-> ((W, S) at the chunk end, the anchor it used, the Omega window after it, the block
+        carry, the chunk's output)."""
+        x, here, ok, reset, end, place_at = chunk_inputs
+        w, s, anchor, halo = where_leading(reset, (fresh.weights, fresh_s, fresh.weights, fresh.window),
+                                           (w, s, anchor, halo))
         (q, k, v, gates), block, aux = hooks.prologue(anchor, block, x, here, reset)
-        (w, s), y = write(w, s, anchor, q, k, v, gates, ok)
+        (w, s), y, halo = write(w, s, anchor, q, k, v, gates, ok, halo, place_at, end)
         out, block = hooks.epilogue(y, aux, block, here[-1])
-        return (w, s), anchor, block, out
+        return (w, s), anchor, halo, block, out
 
     if state is None:
         full = t // c
 
         def body(loop, chunk_inputs):  # (W, S) only: a fresh chunk's anchor is its start weights
-            (w, s), block = loop
+            (w, s, halo), block = loop
             s = s if momentum else fresh_s
-            (w, s), _, block, out = one_chunk(w, s, w, block, chunk_inputs)
-            return ((w, s if momentum else ()), block), out
+            (w, s), _, halo, block, out = one_chunk(w, s, w, halo, block, chunk_inputs)
+            return ((w, s if momentum else (), halo), block), out
 
-        ((w, s), carry), outs = grouped_scan(body, ((fresh.weights, fresh_s if momentum else ()), carry),
-                                             jax.tree.map(lambda x: x[:full], inputs))
+        ((w, s, halo), carry), outs = grouped_scan(
+            body, ((fresh.weights, fresh_s if momentum else (), fresh.window), carry),
+            jax.tree.map(lambda x: x[:full], inputs))
         s = s if momentum else fresh_s
         anchor = w
         if full < n:  # the partial last chunk: its start weights are the state's anchor
-            (w, s), anchor, carry, tail = one_chunk(w, s, w, carry, jax.tree.map(lambda x: x[full], inputs))
+            (w, s), anchor, halo, carry, tail = one_chunk(w, s, w, halo, carry,
+                                                          jax.tree.map(lambda x: x[full], inputs))
             outs = jax.tree.map(lambda o, x: jnp.concatenate([o, x[None]]), outs, tail)
     else:
         final_chunk = (offset + t) // c  # the chunk the call ends in (n when it ends on the grid)
 
         def body(loop, indexed):  # index counts from 1: grouped_scan's zero padding never matches
-            (w, s, result_anchor), block = loop
+            (w, s, result_anchor, halo), block = loop
             index, chunk_inputs = indexed
             anchor = jax.tree.map(lambda a, x: jnp.where(index == 1, a, x), state.anchor, w)
-            (w, s), anchor, block, out = one_chunk(w, s, anchor, block, chunk_inputs)
+            (w, s), anchor, halo, block, out = one_chunk(w, s, anchor, halo, block, chunk_inputs)
             result_anchor = jax.tree.map(lambda a, r: jnp.where(index == final_chunk + 1, a, r), anchor,
                                          result_anchor)
-            return ((w, s, result_anchor), block), out
+            return ((w, s, result_anchor, halo), block), out
 
-        start = (state.weights, dual_momentum(spec, state), state.anchor)
-        ((w, s, anchor), carry), outs = grouped_scan(body, (start, carry), (jnp.arange(1, n + 1), inputs))
+        start = (state.weights, dual_momentum(spec, state), state.anchor, state.window)
+        ((w, s, anchor, halo), carry), outs = grouped_scan(body, (start, carry), (jnp.arange(1, n + 1), inputs))
         anchor = jax.tree.map(lambda x, a: jnp.where(final_chunk == n, x, a), w, anchor)
     pos = jnp.full(fresh.pos.shape, (offset + t) % c, jnp.int32)
-    final = MemState(weights=w, anchor=anchor, pos=pos, buffers=dual_buffers(spec, s))
+    final = MemState(weights=w, anchor=anchor, pos=pos, buffers=dual_buffers(spec, s), window=halo)
     out = jax.tree.map(lambda o: jax.lax.dynamic_slice_in_dim(
         jnp.moveaxis(o, 0, axis).reshape(o.shape[1:axis + 1] + (n * c,) + o.shape[axis + 2:]), offset, t, axis=axis),
         outs)

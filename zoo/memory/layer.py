@@ -78,6 +78,9 @@ class MemoryMixer(nnx.Module):
         self.memory_cfg = cfg  # the gates' forms read their settings (lr_max, ...) from it
         self.feature_map = parts.feature_map(cfg.qk_activation)
         key_dim = self.feature_map.out_dim(head_dim)  # the memory maps keys of key_dim to values of head_dim
+        coefficients = jnp.log(jnp.expm1(jnp.asarray(self.feature_map.coefficients, jnp.float32)))  # softplus^-1
+        self.feature_coefficients = (constant_param(jnp.tile(coefficients, (num_heads, 1)), ("heads", None))
+                                     if self.feature_map.coefficients else None)  # [heads, n]: the map's a_i
         hd = (num_heads, head_dim)
         proj = dict(axes=("embed", "heads", "kv"), std=std, dtype=dtype, rngs=rngs)
         self.q, self.k, self.v = Projection((d_model,), hd, **proj), Projection((d_model,), hd, **proj), \
@@ -131,7 +134,8 @@ class MemoryMixer(nnx.Module):
         def features(qkv, conv_tail, segment_ids):  # arrays in, not closed over (zoo.layers.recompute)
             qkv, tail = self.conv(qkv, segment_ids=segment_ids, tail=conv_tail)
             q, k, v = jnp.split(qkv.astype(jnp.float32).reshape(b, t, self.num_heads, 3 * self.head_dim), 3, axis=-1)
-            q, k = self.feature_map.apply(q), self.feature_map.apply(k)  # [B, T, H, key_dim]
+            coefficients = None if self.feature_coefficients is None else self.feature_coefficients.value
+            q, k = self.feature_map(q, coefficients), self.feature_map(k, coefficients)  # [B, T, H, key_dim]
             to_heads = lambda a: jnp.moveaxis(a, 2, 1).astype(self.dtype)  # noqa: E731  [B, T, H, d] -> [B, H, T, d]
             return to_heads(_l2_normalize(q)), to_heads(_l2_normalize(k)), to_heads(jax.nn.silu(v)), tail
 

@@ -129,12 +129,20 @@ class Structure:
 @dataclasses.dataclass(frozen=True)
 class FeatureMap:
     """apply(x) -> phi(x) for queries and keys `x: [..., d]` -> `[..., out_dim(d)]`, before their L2
-    normalisation; the memory's keys then have size out_dim(head_dim), its values head_dim."""
+    normalisation; the memory's keys then have size out_dim(head_dim), its values head_dim.
+
+    coefficients: the initial values of the map's learned coefficients (ATLAS's polynomial a_i),
+    or () for a map without parameters. The mixer keeps them per head as `[heads, n]` and the map
+    is then called as apply(x, coefficients) (`__call__` picks the form)."""
 
     name: str
     apply: Callable
     out_dim: Callable[[int], int] = lambda d: d
+    coefficients: tuple[float, ...] = ()
     doc: str = ""
+
+    def __call__(self, x: jax.Array, coefficients: jax.Array | None = None) -> jax.Array:
+        return self.apply(x, coefficients) if self.coefficients else self.apply(x)
 
 
 RETENTION_GATES = ("none", "scalar", "channel")

@@ -26,7 +26,7 @@ class MemorySpec:
 
     structure: a registered structure (zoo.memory.parts.STRUCTURES): "matrix" (W: [dk, dv],
         M(z) = z W) or "mlp" (`depth` layers, hidden width
-        `expansion * dk`, `activation` between layers, optional residual z + MLP(z), optional
+        `expansion * dv` (the value size), `activation` between layers, optional residual z + MLP(z), optional
         `output_norm`: a parameter-free LayerNorm on the MLP's output, z + LN(MLP(z)) (Miras §1.5.1)).
     objective: a registered objective (zoo.memory.parts.OBJECTIVES): "l2" = ||M(k) - v||^2 summed
         over features (Titans Eq. 12); "dot" = -<M(k), v> (Hebbian / linear attention; its gradient
@@ -47,6 +47,8 @@ class MemorySpec:
     gradient_at: where the inner gradient is taken: "previous" (Titans Eq. 13-14: at W_{t-1},
         or at the chunk anchor when anchored) or "retained" (Gated DeltaNet: at the forgotten
         weights l_t W_{t-1}, so the delta step acts on the decayed state; exact semantics only).
+    window: the Omega rule's window c (ATLAS Eq. 9; zoo.memory.window): each write descends the
+        loss of the last c tokens, each weighted by its "window_weight" gate; 1 = the token alone.
     max_grad_norm: tau > 0 clips each token's inner gradient to Frobenius norm tau (rho_t is
         scaled by min(1, tau / ||u_t||)); 0 = off. A deep memory's inner gradient grows with
         ||W||^2, so unclipped writes can blow up within one long document (docs/fidelity.md).
@@ -72,6 +74,7 @@ class MemorySpec:
     chunk_size: int = 16
     bilevel: str = "full"
     gradient_at: str = "previous"
+    window: int = 1
     max_grad_norm: float = 0.0
     kernel_chunk: int = 64
     kernel_backend: str = "auto"
@@ -97,7 +100,7 @@ class MemorySpec:
                              f"inverse at q = 3), got {self.lq_q}")
         if self.max_grad_norm < 0:
             raise ValueError(f"MemorySpec.max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
-        for name in ("chunk_size", "kernel_chunk"):
+        for name in ("chunk_size", "kernel_chunk", "window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MemorySpec.{name} must be >= 1, got {getattr(self, name)}")
         backends = {name for table in kernels.IMPLEMENTATIONS.values() for name in table} | {"auto"}
@@ -111,6 +114,9 @@ class MemorySpec:
         if self.output_norm and not parts.structure(self.structure).residual:
             raise ValueError(f"output_norm (LayerNorm on the memory's output) needs an mlp-like structure, "
                              f"not {self.structure!r}")
+        if self.window > 1 and (self.gradient_at == "retained" or parts.retention(self.retention).view is not None):
+            raise ValueError(f"window={self.window} (the Omega rule) takes its gradients at W_t-1 or the chunk anchor "
+                             "of the weights themselves: not with gradient_at='retained' or a retention view (lq)")
         if self.gradient_at == "retained" and self.semantics != "exact":
             raise ValueError("gradient_at='retained' (the gradient at the decayed weights, Gated DeltaNet) "
                              "needs semantics='exact'")
@@ -136,7 +142,8 @@ class MemorySpec:
     @property
     def gate_names(self) -> tuple[str, ...]:
         """The per-token gates this memory reads: "lr", the retention's "log_retention" (unless its
-        gate is "none"), the learner's own (`parts.Learner.gates`) and the objective's
-        (`parts.Objective.gates`)."""
+        gate is "none"), the learner's own (`parts.Learner.gates`), the objective's
+        (`parts.Objective.gates`) and the Omega window's token weight "window_weight" (window > 1)."""
         retention = () if parts.retention(self.retention).gate == "none" else ("log_retention",)
-        return ("lr",) + retention + parts.learner(self.learner).gates + parts.objective(self.objective).gates
+        window = ("window_weight",) if self.window > 1 else ()
+        return ("lr",) + retention + parts.learner(self.learner).gates + parts.objective(self.objective).gates + window

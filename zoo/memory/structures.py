@@ -27,14 +27,14 @@ def _matrix_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
 def _mlp_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
     if spec.residual and dk != dv:
         raise ValueError(f"a residual mlp memory needs key dim == value dim, got {dk} and {dv}")
-    hidden = spec.expansion * dk
+    hidden = spec.expansion * dv  # the value size: a lifted key (ATLAS's phi_2, 2145 wide at d = 64) sets only the input
     dims = [dk] + [hidden] * (spec.depth - 1) + [dv]
     return list(zip(dims[:-1], dims[1:], strict=True))
 
 
 register_structure(Structure("matrix", _matrix_shapes, linear=True, doc="M(z) = z W, W: [dk, dv]"))
 register_structure(Structure("mlp", _mlp_shapes, residual=True,
-                             doc="`depth` layers of hidden width `expansion * dk`, optional z + [LN] MLP(z)"))
+                             doc="`depth` layers of hidden width `expansion * dv`, optional z + [LN] MLP(z)"))
 
 
 def layer_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:

@@ -9,6 +9,8 @@
     momentum: S = mu S - rho u;  W = retained + S
     muon:     S = mu S - rho u;  W = retained + eta NS_5(S)
     y = q W                       (read after write)
+With an Omega window c (ATLAS Eq. 9-11), u is sum over the last c tokens i of the same document of
+gamma_i min(1, tau / ||u_i||) u_i, every u_i at W*.
 """
 
 from __future__ import annotations
@@ -42,26 +44,41 @@ def output_gradient(objective: str, out: np.ndarray, v: np.ndarray, delta: float
 
 
 def matrix_memory(objective: str, learner: str, semantics: str, chunk: int, w0, q, k, v, lr, log_ret, log_mu,
-                  muon_outer_lr: float = 0.01, retain=None, huber_delta=None, view=None):
+                  muon_outer_lr: float = 0.01, retain=None, huber_delta=None, view=None, window: int = 1,
+                  gamma=None, max_grad_norm: float = 0.0, segment_ids=None):
     """Token by token in float64. `retain(W, log l_t)` replaces the scalar decay l_t W when given;
     `huber_delta [T]`: Huber's per-token threshold; `view(W)`: the weights the state reads as and
-    takes gradients at (Moneta's A / ||A||_q^(q-2)). Returns (y [T, dv], final W, final S)."""
+    takes gradients at (Moneta's A / ||A||_q^(q-2)); `window` c with weights `gamma [T]` and each
+    token's gradient clipped to `max_grad_norm` (> 0); `segment_ids [T]`: documents restart from w0
+    (and their chunk grid: the engine's dual form needs them on it). Returns (y [T, dv], final W, final S)."""
     view = view or (lambda x: x)
     w = np.asarray(w0, np.float64)
     s = np.zeros_like(w)
     anchor = w.copy()
     ys = []
+    seg = np.ones(q.shape[0], int) if segment_ids is None else np.asarray(segment_ids)
+    start = 0
     for t in range(q.shape[0]):
+        if t > 0 and seg[t] != seg[t - 1]:
+            w, s, start = np.asarray(w0, np.float64), np.zeros_like(w), t
+            anchor = w.copy()
         at = w if semantics == "exact" else anchor
-        delta = 1.0 if huber_delta is None else huber_delta[t]
-        u = np.outer(k[t], output_gradient(objective, k[t] @ view(at), v[t], delta))
+
+        def gradient(i):
+            delta = 1.0 if huber_delta is None else huber_delta[i]
+            u = np.outer(k[i], output_gradient(objective, k[i] @ view(at), v[i], delta))
+            if max_grad_norm > 0:
+                u = u * min(1.0, max_grad_norm / np.linalg.norm(u))
+            return u if window == 1 else gamma[i] * u
+
+        u = sum(gradient(i) for i in range(max(start, t - window + 1), t + 1))
         retained = np.exp(log_ret[t]) * w if retain is None else retain(w, log_ret[t])
         if learner == "gd":
             w = retained - lr[t] * u
         else:
             s = np.exp(log_mu[t]) * s - lr[t] * u
             w = retained + (s if learner == "momentum" else muon_outer_lr * newton_schulz(s))
-        if (t + 1) % chunk == 0:
+        if (t + 1 - start) % chunk == 0:
             anchor = w.copy()
         ys.append(q[t] @ view(w))
     return np.stack(ys), w, s

@@ -35,6 +35,14 @@ SPECS = {
                                    objective="huber", learner="gd"),  # the Miras (Yaad) memory
     "mlp2_moneta": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, output_norm=True,
                               objective="lp", retention="lq", learner="gd"),  # token by token
+    # the Omega window (ATLAS): OmegaNet's deep memory; a window longer than the chunk (P > C);
+    # SWLA's weight-free dot product (exact semantics run the dual form); ATLAS's Muon (token by token)
+    "mlp2_omega_window3_gd": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, learner="gd",
+                                        window=3, max_grad_norm=1.0),
+    "matrix_l2_window6_momentum": MemorySpec(structure="matrix", window=6),
+    "matrix_dot_window2_exact": MemorySpec(structure="matrix", objective="dot", semantics="exact", learner="gd",
+                                           window=2),
+    "mlp2_window3_muon": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, learner="muon", window=3),
 }  # every registered objective and learner: test_grid_of_registered_parts_equals_its_oracle
 
 
@@ -54,7 +62,8 @@ def inputs(spec, t, seed=0):
         log_ret = jnp.zeros(ret_shape)
     gates = dict(lr=0.5 * jax.nn.sigmoid(jax.random.normal(ks[4], (t,))), log_retention=log_ret,
                  log_momentum=-jax.nn.softplus(-(jax.random.normal(ks[5], (t,)) + 1.0)),
-                 huber_delta=jax.nn.softplus(2.0 * jax.random.normal(ks[5], (t,))))  # both Huber branches
+                 huber_delta=jax.nn.softplus(2.0 * jax.random.normal(ks[5], (t,))),  # both Huber branches
+                 window_weight=jax.nn.sigmoid(2.0 * jax.random.normal(ks[3], (t,))))
     init = init_weights(spec, ks[6], DK, DV)  # an empty memory: the last layer is zero
     last = init[-1] + 0.3 * jax.random.normal(ks[7], init[-1].shape)
     init = init[:-1] + (last,)  # a non-empty learned initial state
@@ -141,7 +150,7 @@ def test_decode_after_mid_chunk_prefill_equals_chunk(name):
 
 
 @pytest.mark.parametrize("name", ["matrix_l2_momentum", "mlp2_residual_momentum", "matrix_dot_exact",
-                                  "matrix_l2_exact_kernel"])
+                                  "matrix_l2_exact_kernel", "mlp2_omega_window3_gd", "matrix_l2_window6_momentum"])
 def test_documents_reset_to_initial_state(name):
     spec = with_chunk(SPECS[name], 4)
     init, q, k, v, g = inputs(spec, 14)
@@ -196,7 +205,7 @@ def test_token_gradient_matches_closed_form():
 
 
 @pytest.mark.parametrize("name", ["matrix_l2_momentum", "mlp2_residual_momentum", "mlp2_first_order_silu",
-                                  "mlp2_clipped_momentum"])
+                                  "mlp2_clipped_momentum", "mlp2_omega_window3_gd"])
 def test_outer_gradients_equal_the_reference_loop(name):
     spec = with_chunk(SPECS[name], 4)
     init, q, k, v, g = inputs(spec, 10)
@@ -284,15 +293,17 @@ def test_grid_of_registered_parts_equals_its_oracle():
             raise AssertionError(f"{spec}: chunk != its oracle") from e
 
 
-def test_muon_with_zero_newton_schulz_steps_is_momentum():
+@pytest.mark.parametrize("window", [1, 3])
+def test_muon_with_zero_newton_schulz_steps_is_momentum(window):
     """A learner landed by registration alone: Muon with NS_0 (O = S) and outer step 1 is the
-    momentum learner, through the token loop (Muon) vs the dual form (momentum)."""
+    momentum learner, through the token loop (Muon) vs the dual form (momentum); with an Omega
+    window too (ATLAS without Newton-Schulz is OmegaNet with momentum)."""
     from zoo.memory import parts
     from zoo.memory.muon import muon_learner
 
     if "muon_ns0" not in parts.LEARNERS:
         parts.register_learner(muon_learner("muon_ns0", steps=0, outer_lr=1.0))
-    momentum = MemorySpec(structure="mlp", depth=2, expansion=2, chunk_size=4)
+    momentum = MemorySpec(structure="mlp", depth=2, expansion=2, chunk_size=4, window=window)
     muon0 = dataclasses.replace(momentum, learner="muon_ns0")
     assert engine.dual_form(momentum) and not engine.dual_form(muon0)
     init, q, k, v, g = inputs(momentum, 11)
@@ -485,3 +496,62 @@ def test_exact_kernel_tile_and_backend_are_execution_choices():
         close(st2.weights, st.weights)
     with pytest.raises(ValueError, match="kernel_backend='pallas'.*allowed are 'auto', 'reference', 'xla'"):
         dataclasses.replace(spec, kernel_backend="pallas")
+
+
+@pytest.mark.parametrize("semantics", ["exact", "anchored"])
+def test_omega_window_equals_the_numpy_oracle(semantics):
+    """ATLAS Eq. 9-11 (OmegaNet, SWLA) on a matrix memory: u_t = sum over the last c tokens of the
+    same document of gamma_i u_i, each u_i at W_{t-1} (exact) or the chunk anchor (anchored: the
+    halo recomputed there) and clipped to tau, against NumPy; c = 6 reaches past the previous chunk."""
+    from numpy_oracle import matrix_memory
+
+    seg = jnp.array([1] * 8 + [2] * 7)
+    for objective, learner, c, tau in [("l2", "gd", 3, 0.0), ("l2", "momentum", 6, 0.0), ("dot", "gd", 2, 0.0),
+                                       ("l2", "momentum", 3, 0.5)]:
+        spec = MemorySpec(structure="matrix", objective=objective, learner=learner, semantics=semantics,
+                          chunk_size=4, window=c, max_grad_norm=tau)
+        assert engine.chunk_parallel(spec) == (semantics == "anchored" or objective == "dot")
+        init, q, k, v, g = inputs(spec, 15)
+        st, y = engine.chunk(spec, None, q, k, v, g, init=init, segment_ids=seg)
+        want_y, want_w, _ = matrix_memory(objective, learner, semantics, 4, init[0], *map(np.asarray, (
+            q, k, v, g["lr"], g["log_retention"], g["log_momentum"])), window=c, gamma=np.asarray(g["window_weight"]),
+            max_grad_norm=tau, segment_ids=np.asarray(seg))
+        try:
+            close((y, st.weights[0]), (want_y, want_w), tol=1e-4)
+        except AssertionError as e:
+            raise AssertionError(f"{spec}: engine != NumPy oracle") from e
+        _, y_c1 = engine.chunk(dataclasses.replace(spec, window=1), None, q, k, v, g, init=init, segment_ids=seg)
+        assert float(jnp.abs(y - y_c1).max()) > 1e-3  # the window matters
+
+
+def test_dla_with_a_matrix_is_gated_linear_attention():
+    """The spec's reduction (ATLAS §3.5): the dot-product bias with gradient descent and decay on a
+    matrix, c = 1, is gated linear attention W_t = l_t W_{t-1} + rho_t k_t^T v_t (any chunk size:
+    its gradient does not depend on W)."""
+    spec = MemorySpec(structure="matrix", objective="dot", learner="gd", retention="scalar", chunk_size=4)
+    init, q, k, v, g = inputs(spec, 11)
+    w, want = np.asarray(init[0], np.float64), []
+    for t in range(11):
+        w = np.exp(float(g["log_retention"][t])) * w + float(g["lr"][t]) * np.outer(k[t], v[t])
+        want.append(np.asarray(q[t]) @ w)
+    st, y = engine.chunk(spec, None, q, k, v, g, init=init)
+    close((y, st.weights[0]), (np.stack(want), w), tol=1e-5)
+
+
+def test_poly2_features_are_a_learned_truncated_exponential_kernel():
+    """ATLAS Eq. 22-23 at p = 2: phi(q).phi(k) = sum_i a_i (q.k)^i on the normalised q, k, with
+    a = softplus(raw) per head, 1 + d + d(d+1)/2 features, and a_i = 1/i! at initialisation."""
+    from zoo.memory import parts
+    from zoo.memory.feature_maps import polynomial_features
+
+    fm = parts.feature_map("poly2")
+    raw = jax.random.normal(jax.random.key(0), (2, 3))  # [heads, degree + 1]
+    q, k = jax.random.normal(jax.random.key(1), (2, 5, 2, 4))  # [batch 5, heads 2, d 4]
+    phi_q, phi_k = fm(q, raw), fm(k, raw)
+    assert phi_q.shape == (5, 2, fm.out_dim(4)) == (5, 2, 15)
+    cos = jnp.sum(q * k, -1) / (jnp.linalg.norm(q, axis=-1) * jnp.linalg.norm(k, axis=-1))
+    a = jax.nn.softplus(raw)
+    np.testing.assert_allclose(jnp.sum(phi_q * phi_k, -1), a[:, 0] + a[:, 1] * cos + a[:, 2] * cos ** 2, rtol=1e-5, atol=1e-5)
+    init = jnp.log(jnp.expm1(jnp.asarray(fm.coefficients)))
+    np.testing.assert_allclose(jax.nn.softplus(init), [1.0, 1.0, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(polynomial_features(q, jnp.tile(init, (2, 1)))[..., 0], 1.0, rtol=1e-6)
