@@ -31,7 +31,8 @@ def newton_schulz(s, steps: int, eps: float = 1e-7):
     a, b, c = NS_COEFFICIENTS
     tall = s.shape[0] > s.shape[1]
     x = s.T if tall else s
-    x = x / (jnp.linalg.norm(x) + eps)
+    x = x / (jnp.sqrt(jnp.sum(x * x) + 1e-30) + eps)  # ||x||_F, with a finite gradient at S = 0 (an
+    # MLP memory whose last layer starts at zero writes nothing to its first layer's momentum at first)
     for _ in range(steps):
         gram = x @ x.T
         x = a * x + (b * gram + c * gram @ gram) @ x

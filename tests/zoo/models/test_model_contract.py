@@ -136,7 +136,7 @@ def test_gradients_are_finite_and_reach_the_memory(case):
         assert "lr" in mixer["gate_heads"]
         for name, gate in mixer["gate_heads"].items():
             assert nonzero(gate), name
-        for name in ("q", "k", "v", "init_state"):
+        for name in ("q", "k", "v", "init_state") + (("feature_coefficients",) if "feature_coefficients" in mixer else ()):
             assert nonzero(mixer[name]), name
 
 

@@ -1,0 +1,52 @@
+"""ATLAS and its family (Behrouz et al. 2025, arXiv:2505.23735; spec titans-atlas-tnt-hope §3):
+memories that optimise over a sliding window of past tokens (the Omega rule, zoo.memory.window)
+through a polynomial feature map (zoo.memory.feature_maps "poly2"), each a registration on the
+shared memory engine:
+
+- `omeganet` (Eq. 10-11): the l2 loss over the last c tokens, gradient descent with the forget
+  gate as retention, a deep MLP memory.
+- `atlas` (Eq. 32-33, App. D.4 convention): the same window loss with the Muon learner
+  (momentum, then Newton-Schulz-5, the outer step outside NS; zoo.memory.muon). Token by token
+  (gradients at the chunk start) until the chunk form materialises the per-position momenta.
+- `dla` (Eq. 19): deep linear attention, the dot-product loss -<M(phi(k)), v> on a deep memory,
+  c = 1, gradient descent with decay.
+- `swla` (Eq. 20): sliding-window linear attention, the dot-product loss over c = 2 tokens on a
+  matrix memory (W_t = l_t W_{t-1} + rho_t sum_i gamma_i phi(k_i)^T v_i: chunk-parallel and exact).
+
+The block is the Llama-style memory block (x + memory(Norm x), x + SwiGLU(Norm x)), with the
+mixer's input path of §3.8 (Q/K/V, short conv of 4, normalised q and k). Choices the paper leaves
+open (window c = 4, the per-token window weights, phi of degree 2, no residual skip around a memory
+whose keys are lifted to 1 + d + d(d+1)/2 features, Muon's constant outer step) are named
+`model.memory` fields listed in docs/fidelity.md ("ATLAS").
+"""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from zoo.config import ModelConfig
+from zoo.models.lm import LanguageModel
+from zoo.models.memory_block import MemoryBlock
+from zoo.registry import register
+
+PAPER = ("Behrouz, Li, Kacham, Daliri, Deng, Zhong, Razaviyayn, Mirrokni 2025, ATLAS: Learning to Optimally "
+         "Memorize the Context at Test Time (arXiv:2505.23735)")
+
+# §3.8: a 2-layer MLP memory of expansion 4 with GELU; the lifted keys (phi_2) rule out the identity
+# skip (docs/fidelity.md); the forget gate as retention; gradients at the chunk start (§3.6)
+ATLAS_MEMORY = dict(structure="mlp", depth=2, expansion=4, residual=False, activation="gelu",
+                    qk_activation="poly2", retention="scalar", semantics="anchored", chunk_size=16, conv_width=4)
+OMEGANET_MEMORY = dict(ATLAS_MEMORY, objective="l2", learner="gd", window=4)
+ATLAS_MUON_MEMORY = dict(ATLAS_MEMORY, objective="l2", learner="muon", window=4)
+DLA_MEMORY = dict(ATLAS_MEMORY, objective="dot", learner="gd", window=1)
+SWLA_MEMORY = dict(ATLAS_MEMORY, structure="matrix", objective="dot", learner="gd", window=2, semantics="exact")
+
+
+def build_atlas_family(cfg: ModelConfig, rngs: nnx.Rngs) -> LanguageModel:
+    return LanguageModel(cfg, lambda i, r: MemoryBlock(cfg, r), rngs=rngs)
+
+
+for _name, _memory in [("omeganet", OMEGANET_MEMORY), ("atlas", ATLAS_MUON_MEMORY), ("dla", DLA_MEMORY),
+                       ("swla", SWLA_MEMORY)]:
+    register(_name, family="ATLAS", paper=PAPER, tiny_config=f"configs/atlas/{_name}_tiny.yaml", uses_memory=True,
+             memory_defaults=_memory)(build_atlas_family)
