@@ -207,6 +207,12 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
         inputs, deltas, lr = dual.gradient_factors(key_loss, probes, g["lr"], valid, clip)
         m, n = learner_terms(spec, lr, learner_gates)  # [C], [C, C]
     log_retention = g.get("log_retention", jnp.zeros_like(lr))
+    write = parts.learner(spec.learner).write
+    if write is not None:  # Muon: the momentum at every position, then its write (ATLAS §3.6 step 4)
+        state, y = dual.positionwise_read(w_start, s_start, q, inputs, deltas, log_retention, m, n, valid, write,
+                                          activation=functools.partial(activation, spec),
+                                          residual=has_residual(spec), output_norm=spec.output_norm)
+        return state, y, halo
     beta, f, big_g = dual.decayed_terms(log_retention, m, n, valid)
     state, y = dual.dual_read(w_start, s_start, q, inputs, deltas, beta, f, big_g, m, n,
                               activation=functools.partial(activation, spec), residual=has_residual(spec),
@@ -268,11 +274,14 @@ def anchored_kernel_heads(spec: MemorySpec, fresh: MemState, q, k, v, g: Gates,
 
 def dual_form(spec: MemorySpec) -> bool:
     """Whether `chunk_step` (gradients at the chunk anchor) computes this spec's rule: memories whose
-    learner is linear in the gradients and whose retention is multiplicative (zoo.memory.parts), when
-    anchored, or exact with an objective whose gradient does not depend on W on a single linear layer
-    (a deeper MLP's first-layer delta depends on the later layers)."""
-    forget = parts.retention(spec.retention)
-    if not (parts.learner(spec.learner).linear and forget.multiplicative and forget.view is None):
+    learner has chunk terms (its update, or its momentum with a per-position `write` such as Muon's,
+    is linear in the gradients) and whose retention is multiplicative (zoo.memory.parts; one decay
+    per head with a `write`), when anchored, or exact with an objective whose gradient does not
+    depend on W on a single linear layer (a deeper MLP's first-layer delta depends on the later layers)."""
+    forget, part = parts.retention(spec.retention), parts.learner(spec.learner)
+    if not (part.terms is not None and forget.multiplicative and forget.view is None):
+        return False
+    if part.write is not None and forget.gate == "channel":
         return False
     weight_free = not parts.objective(spec.objective).gradient_depends_on_weights
     return spec.semantics == "anchored" or (weight_free and spec.num_layers == 1)

@@ -48,21 +48,21 @@ def _momentum_step(spec, buffers, grads, lr, gates):
     return new_momentum, {"momentum": new_momentum}
 
 
-def _momentum_terms(lr, gates):
+def momentum_terms(lr, gates):
     return chunk_learner_terms(lr, gates["log_momentum"])
 
 
 register_learner(Learner("gd", step=_gd_step, terms=_gd_terms, doc="W_t = l_t W_{t-1} - rho_t u_t"))
 register_learner(Learner("momentum", step=_momentum_step, buffers=(MOMENTUM,), gates=("log_momentum",),
-                         terms=_momentum_terms,
+                         terms=momentum_terms,
                          doc="S_t = mu_t S_{t-1} - rho_t u_t, W_t = l_t W_{t-1} + S_t (Titans Eq. 13-14)"))
 
 
 def learner_terms(spec: MemorySpec, lr: jax.Array, gates: dict) -> tuple[jax.Array, jax.Array]:
     """`lr: [C]`, the learner's gates `{name: [C]}` -> (m_r `[C]`, n `[C, C]` lower-triangular) of a
-    linear learner."""
+    learner with chunk terms (its momentum, or its update, is linear in the gradients)."""
     part = learner(spec.learner)
-    if not part.linear:
+    if part.terms is None:
         raise ValueError(f"learner {spec.learner!r} is not linear in the gradients: it has no chunk terms")
     return part.terms(lr, gates)
 

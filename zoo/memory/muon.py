@@ -8,17 +8,18 @@ NS_k pushes each 2-D weight matrix's singular values towards 1 with k Newton-Sch
 (X_0 = S / (||S||_F + eps), transposed to be wide; X <- a X + (b A + c A^2) X with A = X X^T and
 (a, b, c) = (3.4445, -4.7750, 2.0315)). k = 0 means NS_0(S) = S (no normalisation), so
 `muon_learner(steps=0, outer_lr=1)` is exactly the momentum learner. The update is not linear in
-the token gradients, so Muon memories run token by token (anchored: gradients at the chunk
-anchor), not in the dual form. ATLAS's eta_t is data-dependent; here it is a constant
-(docs/fidelity.md). Registered as "muon": NS-5, eta = 0.01 (the inner learning rate's initial
-value).
+the token gradients, but the momentum is: the chunk form (gradients at the chunk anchor) keeps
+the momentum learner's coefficients for S and materialises S at every position, then applies NS
+to all of them at once (`Learner.write`; ATLAS §3.6 step 4). ATLAS's eta_t is data-dependent;
+here it is a constant (docs/fidelity.md). Registered as "muon": NS-5, eta = 0.01 (the inner
+learning rate's initial value).
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from zoo.memory.learners import MOMENTUM, momentum_update
+from zoo.memory.learners import MOMENTUM, momentum_terms, momentum_update
 from zoo.memory.parts import Learner, register_learner
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -40,11 +41,14 @@ def newton_schulz(s, steps: int, eps: float = 1e-7):
 
 
 def muon_learner(name: str, *, steps: int, outer_lr: float) -> Learner:
+    def write(s):
+        return outer_lr * newton_schulz(s, steps)
+
     def step(spec, buffers, grads, lr, gates):
         new_momentum = momentum_update(buffers["momentum"], grads, lr, gates["log_momentum"])
-        return tuple(outer_lr * newton_schulz(s, steps) for s in new_momentum), {"momentum": new_momentum}
+        return tuple(write(s) for s in new_momentum), {"momentum": new_momentum}
 
-    return Learner(name, step=step, buffers=(MOMENTUM,), gates=("log_momentum",),
+    return Learner(name, step=step, buffers=(MOMENTUM,), gates=("log_momentum",), terms=momentum_terms, write=write,
                    doc=f"Muon: momentum, then {steps} Newton-Schulz steps, outer step {outer_lr}")
 
 

@@ -85,31 +85,40 @@ class Learner:
     buffers: the state it carries (e.g. the momentum S), in `MemState.buffers`.
     gates: the registered gates (`GATES`) it reads besides "lr" (which every learner reads).
     terms(lr, gates) -> (m [C], n [C, C]) with S_r = m_r S_start - sum_i n[r, i] u_i: only for
-    learners whose update is linear in the token gradients (None otherwise: such memories run token
-    by token, with gradients at the anchor when anchored). A linear learner carries at most one
-    buffer, shaped like the weights (S of the dual form); its gates are log values, zeroed (a no-op)
-    at invalid positions."""
+    learners whose momentum (or update) is linear in the token gradients (None otherwise: such
+    memories run token by token, with gradients at the anchor when anchored). A learner with terms
+    carries at most one buffer, shaped like the weights (S of the chunk form); its gates are log
+    values, zeroed (a no-op) at invalid positions.
+    write(S) -> the update added to the retained weights, per weight matrix, for a learner with
+    terms whose write is a non-linear function of its momentum (Muon: eta NS_5(S)); None: the
+    update is S itself (or, without a buffer, -rho u). With a write, the chunk form materialises S
+    at every position (`kernels.anchored_memory.chunked.positionwise_read`)."""
 
     name: str
     step: Callable
     buffers: tuple[Buffer, ...] = ()
     gates: tuple[str, ...] = ()
     terms: Callable | None = None
+    write: Callable | None = None
     doc: str = ""
 
     def __post_init__(self):
-        if self.linear and (len(self.buffers) > 1 or any(b.init is not like_weights for b in self.buffers)):
-            raise ValueError(f"learner {self.name!r} has chunk terms, so its only state is S of the dual form: "
+        if self.terms is not None and (len(self.buffers) > 1 or any(b.init is not like_weights for b in self.buffers)):
+            raise ValueError(f"learner {self.name!r} has chunk terms, so its only state is S of the chunk form: "
                              "at most one buffer, shaped like the weights")
+        if self.write is not None and (self.terms is None or len(self.buffers) != 1):
+            raise ValueError(f"learner {self.name!r}: a write of the momentum needs the momentum's chunk terms "
+                             "and its one weight-shaped buffer")
 
     @property
     def linear(self) -> bool:
-        return self.terms is not None
+        """The update is linear in the token gradients (the dual form's coefficients describe it)."""
+        return self.terms is not None and self.write is None
 
     @property
     def dual_state(self) -> str | None:
-        """The buffer the dual form carries as S (linear learners), or None."""
-        return self.buffers[0].name if self.linear and self.buffers else None
+        """The buffer the chunk form carries as S (learners with terms), or None."""
+        return self.buffers[0].name if self.terms is not None and self.buffers else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,8 +6,8 @@ shared memory engine:
 - `omeganet` (Eq. 10-11): the l2 loss over the last c tokens, gradient descent with the forget
   gate as retention, a deep MLP memory.
 - `atlas` (Eq. 32-33, App. D.4 convention): the same window loss with the Muon learner
-  (momentum, then Newton-Schulz-5, the outer step outside NS; zoo.memory.muon). Token by token
-  (gradients at the chunk start) until the chunk form materialises the per-position momenta.
+  (momentum, then Newton-Schulz-5, the outer step outside NS; zoo.memory.muon), chunk-parallel
+  with the momentum materialised at every position and NS applied to all of them at once (§3.6).
 - `dla` (Eq. 19): deep linear attention, the dot-product loss -<M(phi(k)), v> on a deep memory,
   c = 1, gradient descent with decay.
 - `swla` (Eq. 20): sliding-window linear attention, the dot-product loss over c = 2 tokens on a

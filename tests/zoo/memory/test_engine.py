@@ -296,8 +296,9 @@ def test_grid_of_registered_parts_equals_its_oracle():
 @pytest.mark.parametrize("window", [1, 3])
 def test_muon_with_zero_newton_schulz_steps_is_momentum(window):
     """A learner landed by registration alone: Muon with NS_0 (O = S) and outer step 1 is the
-    momentum learner, through the token loop (Muon) vs the dual form (momentum); with an Omega
-    window too (ATLAS without Newton-Schulz is OmegaNet with momentum)."""
+    momentum learner, through Muon's chunk form (the momentum at every position) and its token loop
+    vs the momentum learner's dual form; with an Omega window too (ATLAS without Newton-Schulz is
+    OmegaNet with momentum)."""
     from zoo.memory import parts
     from zoo.memory.muon import muon_learner
 
@@ -305,9 +306,10 @@ def test_muon_with_zero_newton_schulz_steps_is_momentum(window):
         parts.register_learner(muon_learner("muon_ns0", steps=0, outer_lr=1.0))
     momentum = MemorySpec(structure="mlp", depth=2, expansion=2, chunk_size=4, window=window)
     muon0 = dataclasses.replace(momentum, learner="muon_ns0")
-    assert engine.dual_form(momentum) and not engine.dual_form(muon0)
     init, q, k, v, g = inputs(momentum, 11)
-    close(engine.chunk(momentum, None, q, k, v, g, init=init), engine.chunk(muon0, None, q, k, v, g, init=init))
+    want = engine.chunk(momentum, None, q, k, v, g, init=init)
+    close(engine.chunk(muon0, None, q, k, v, g, init=init), want)  # per-position momenta vs the dual form
+    close(engine.reference_chunked(muon0, initial_state(muon0, init), q, k, v, g), want)  # the token loop
 
 
 def test_newton_schulz_pushes_singular_values_towards_one():
