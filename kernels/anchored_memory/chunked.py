@@ -148,29 +148,37 @@ def dual_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, 
 
 
 def positionwise_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, log_retention: jax.Array,
-                      m: jax.Array, n: jax.Array, valid: jax.Array, write: Callable, *, activation: Callable,
-                      residual: bool, output_norm: bool = False) -> tuple[tuple[Weights, Weights], jax.Array]:
-    """The chunk step of a learner whose momentum is linear in the gradients but whose write is not,
-    W_t = l_t W_{t-1} + write(S_t) (Muon: write = eta NS_5; ATLAS §3.6 step 4, spec
-    titans-atlas-tnt-hope): (a) the momentum at every position, S_r = m_r S_s - sum_i n[r, i] u_i,
-    materialised (`[C, d_in, d_out]` per layer); (b) `write` on all C momenta at once; (c) the
-    gated cumulative sum W_r = beta_r W_s + sum_{j<=r} D[r, j] write(S_j) over valid j; (d) each
-    query read through its own position's weights. `log_retention: [C]` (one decay per token), m, n
-    as in `dual_read` (n may span a halo-extended key set). Memory O(C |W|) per chunk.
-    Returns ((W_C, S_C), Y [C, dv])."""
-    log_ret = jnp.where(valid, log_retention, 0.0)
-    cum = jnp.cumsum(log_ret)
+                      m: jax.Array, n: jax.Array, valid: jax.Array, *, write: Callable | None = None,
+                      view: Callable | None = None, activation: Callable, residual: bool, output_norm: bool = False
+                      ) -> tuple[tuple[Weights, Weights], jax.Array]:
+    """The chunk step with the state materialised at every position (O(C |W|) memory per chunk),
+    for what `dual_read`'s closed form cannot express:
+
+    - a learner whose momentum is linear in the gradients but whose write is not,
+      W_t = l_t W_{t-1} + write(S_t) (Muon: write = eta NS_5; ATLAS §3.6 step 4): (a) the momentum at
+      every position, S_r = m_r S_s - sum_i n[r, i] u_i (for gd, m = 0 and S_r is the step
+      -rho_r u_r itself); (b) `write` on all C at once (None: the identity); (c) the decayed
+      cumulative sum W_r = beta_r W_s + sum_{j<=r} D[r, j] write(S_j) over valid j;
+    - a state read through a view (`view(weights) -> weights`, one position's matrices: Moneta's
+      A / ||A||_q^(q-2), Memora's per-slice softmax of log-weights; Miras §1.7): (d) each query is
+      read through the view of its own position's state.
+
+    `log_retention: [C]` (one decay per token); m, n as in `dual_read` (n may span a
+    halo-extended key set). Returns ((W_C, S_C), Y [C, dv])."""
+    cum = jnp.cumsum(jnp.where(valid, log_retention, 0.0))
     beta, decay = jnp.exp(cum), decay_ratios(cum) * valid.astype(jnp.float32)[None, :]
-    z = q
-    new_w, new_s = [], []
-    for layer, (ws, ss, a, d) in enumerate(zip(w_start, s_start, inputs, deltas, strict=True)):
+    per_position, new_s = [], []
+    for ws, ss, a, d in zip(w_start, s_start, inputs, deltas, strict=True):
         momenta = m[:, None, None] * ss[None] - jnp.einsum("ri,ia,ib->rab", n, a, d)  # (a)
-        weights = beta[:, None, None] * ws[None] + jnp.einsum("rj,jab->rab", decay, jax.vmap(write)(momenta))  # (b, c)
-        p = jnp.einsum("ra,rab->rb", z, weights)  # (d)
-        new_w.append(weights[-1])
+        steps = momenta if write is None else jax.vmap(write)(momenta)  # (b)
+        per_position.append(beta[:, None, None] * ws[None] + jnp.einsum("rj,jab->rab", decay, steps))  # (c)
         new_s.append(momenta[-1])
-        z = activation(p) if layer < len(w_start) - 1 else p
-    return (tuple(new_w), tuple(new_s)), finish(z, q, residual, output_norm)
+    read_weights = tuple(per_position) if view is None else jax.vmap(view)(tuple(per_position))
+    z = q
+    for layer, w in enumerate(read_weights):  # (d)
+        p = jnp.einsum("ra,rab->rb", z, w)
+        z = activation(p) if layer < len(read_weights) - 1 else p
+    return (tuple(w[-1] for w in per_position), tuple(new_s)), finish(z, q, residual, output_norm)
 
 
 def grouped_scan(body: Callable, carry, xs):

@@ -190,8 +190,10 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
         keys, values, loss_gates = k, v, g
     objective_gates = {name: loss_gates[name] for name in parts.objective(spec.objective).gates}
 
+    w_grad = view(spec, w_a)  # gradients at the weights the anchor's state reads as
+
     def key_loss(probes):
-        out, inputs = forward(spec, w_a, keys, probes)
+        out, inputs = forward(spec, w_grad, keys, probes)
         return inner_loss(spec, out, values, objective_gates), inputs
 
     probes = tuple(jnp.zeros((keys.shape[0], w.shape[1]), jnp.float32) for w in w_a)
@@ -207,11 +209,12 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
         inputs, deltas, lr = dual.gradient_factors(key_loss, probes, g["lr"], valid, clip)
         m, n = learner_terms(spec, lr, learner_gates)  # [C], [C, C]
     log_retention = g.get("log_retention", jnp.zeros_like(lr))
-    write = parts.learner(spec.learner).write
-    if write is not None:  # Muon: the momentum at every position, then its write (ATLAS §3.6 step 4)
-        state, y = dual.positionwise_read(w_start, s_start, q, inputs, deltas, log_retention, m, n, valid, write,
-                                          activation=functools.partial(activation, spec),
-                                          residual=has_residual(spec), output_norm=spec.output_norm)
+    write, read_view = parts.learner(spec.learner).write, parts.retention(spec.retention).view
+    if write is not None or read_view is not None:  # Muon's write, Moneta's / Memora's view: per position
+        state, y = dual.positionwise_read(
+            w_start, s_start, q, inputs, deltas, log_retention, m, n, valid, write=write,
+            view=None if read_view is None else functools.partial(read_view, spec),
+            activation=functools.partial(activation, spec), residual=has_residual(spec), output_norm=spec.output_norm)
         return state, y, halo
     beta, f, big_g = dual.decayed_terms(log_retention, m, n, valid)
     state, y = dual.dual_read(w_start, s_start, q, inputs, deltas, beta, f, big_g, m, n,
@@ -276,12 +279,13 @@ def dual_form(spec: MemorySpec) -> bool:
     """Whether `chunk_step` (gradients at the chunk anchor) computes this spec's rule: memories whose
     learner has chunk terms (its update, or its momentum with a per-position `write` such as Muon's,
     is linear in the gradients) and whose retention is multiplicative (zoo.memory.parts; one decay
-    per head with a `write`), when anchored, or exact with an objective whose gradient does not
-    depend on W on a single linear layer (a deeper MLP's first-layer delta depends on the later layers)."""
+    per head when the state is materialised per position: a `write`, or a retention `view`), when
+    anchored, or exact with an objective whose gradient does not depend on W on a single linear
+    layer (a deeper MLP's first-layer delta depends on the later layers)."""
     forget, part = parts.retention(spec.retention), parts.learner(spec.learner)
-    if not (part.terms is not None and forget.multiplicative and forget.view is None):
+    if not (part.terms is not None and forget.multiplicative):
         return False
-    if part.write is not None and forget.gate == "channel":
+    if (part.write is not None or forget.view is not None) and forget.gate == "channel":
         return False
     weight_free = not parts.objective(spec.objective).gradient_depends_on_weights
     return spec.semantics == "anchored" or (weight_free and spec.num_layers == 1)

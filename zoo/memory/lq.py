@@ -9,8 +9,8 @@ the accumulator at A_0 = W_0 ||W_0||_q^((q-2)/(3-q)), whose view is W_0 again (s
 q = `MemorySpec.lq_q` (Moneta: 4). q = 2 makes the view the identity (the plain forget gate).
 The decay alpha_t is the scalar forget gate. With gradients at the chunk start (anchored), the
 view is taken of the anchor's accumulator and every read divides by its own token's normaliser,
-as the spec's chunk form does; this part runs token by token (the dual form has no per-token
-normaliser yet).
+as the spec's chunk form does (the chunk form materialises A at every position:
+`kernels.anchored_memory.chunked.positionwise_read`).
 """
 
 from __future__ import annotations

@@ -168,9 +168,12 @@ class Retention:
     multiplicative: apply is W -> l_t W (or its per-channel form), so in-chunk products of decays
         have the closed form the dual form and the delta-rule kernels use.
     view(spec, state) -> the weights the memory reads and takes its gradients at, when the state
-        is not the weights themselves (Moneta's accumulator A, read as W = A / ||A||_q^(q-2));
-        `of_weights(spec, W)` is its inverse, the state a learned W_0 starts from. None: the state
-        is W. Memories with a view run token by token (no dual form yet)."""
+        is not the weights themselves (Moneta's accumulator A, read as W = A / ||A||_q^(q-2);
+        Memora's log-weights L, read as a per-slice softmax); `of_weights(spec, W)` maps the
+        learned initial parameter to the state a document starts from (Moneta: the A whose view
+        is W_0; Memora: the logits themselves). None: the state is W. The chunk form of a memory
+        with a view materialises the state at every position and reads each query through its
+        own position's view (`positionwise_read`)."""
 
     name: str
     gate: str

@@ -2,8 +2,11 @@
 attentional bias and retention, each a registration on the shared memory engine.
 
 Moneta (Miras §5.3, Eq. 24-25) is the l_p bias (zoo.memory.lp, p = 3) with the l_q retention on
-an accumulator read as W = A / ||A||_q^(q-2) (zoo.memory.lq, q = 4) and the forget gate; it runs
-token by token (gradients at the chunk start) until the dual form takes a per-token normaliser.
+an accumulator read as W = A / ||A||_q^(q-2) (zoo.memory.lq, q = 4) and the forget gate,
+chunk-parallel with the accumulator materialised at every position (each read through its own
+token's normaliser, spec §1.7).
+Memora (Miras §5.3, Eq. 27) is the l2 bias with the KL retention W_t = c Softmax(alpha_t log W_{t-1}
+- eta_t grad l), run in log-weights (zoo.memory.kl, spec M7), chunk-parallel the same way.
 Yaad (Miras §5.3, Eq. 26) is the Huber bias with a learned threshold (zoo.memory.huber, Eq. 16),
 the Titans forget gate as retention, plain gradient descent (no momentum), and the Miras memory
 M(z) = z + LN(W1 GELU(W2 z)) (§1.5.1 of the spec: a 2-layer residual MLP, expansion 4, with a
@@ -31,6 +34,7 @@ MIRAS_MEMORY = dict(structure="mlp", depth=2, expansion=4, residual=True, output
 # perplexity 58.7 after the tiny config's 50 steps; 0.1: 1.2 and 29.6; 0.3: 0.82 and 28.9)
 YAAD_MEMORY = dict(MIRAS_MEMORY, objective="huber")
 MONETA_MEMORY = dict(MIRAS_MEMORY, objective="lp", lp_p=3.0, retention="lq", lq_q=4.0)
+MEMORA_MEMORY = dict(MIRAS_MEMORY, objective="l2", retention="kl")
 
 
 def build_miras(cfg: ModelConfig, rngs: nnx.Rngs) -> LanguageModel:
@@ -41,3 +45,5 @@ register("yaad", family="Miras", paper=PAPER, tiny_config="configs/miras/yaad_ti
          memory_defaults=YAAD_MEMORY)(build_miras)
 register("moneta", family="Miras", paper=PAPER, tiny_config="configs/miras/moneta_tiny.yaml", uses_memory=True,
          memory_defaults=MONETA_MEMORY)(build_miras)
+register("memora", family="Miras", paper=PAPER, tiny_config="configs/miras/memora_tiny.yaml", uses_memory=True,
+         memory_defaults=MEMORA_MEMORY)(build_miras)

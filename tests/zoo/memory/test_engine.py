@@ -34,7 +34,10 @@ SPECS = {
     "mlp2_ln_huber_gd": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, output_norm=True,
                                    objective="huber", learner="gd"),  # the Miras (Yaad) memory
     "mlp2_moneta": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, output_norm=True,
-                              objective="lp", retention="lq", learner="gd"),  # token by token
+                              objective="lp", retention="lq", learner="gd"),  # the state per position
+    "mlp2_memora": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, objective="l2",
+                              retention="kl", learner="gd"),  # LN off: it amplifies fp32 noise ~100x on
+    # a softmax MLP's near-uniform outputs, beyond these tests' tolerance (Yaad's and Moneta's cover LN)
     # the Omega window (ATLAS): OmegaNet's deep memory; a window longer than the chunk (P > C);
     # SWLA's weight-free dot product (exact semantics run the dual form); ATLAS's Muon (token by token)
     "mlp2_omega_window3_gd": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, learner="gd",
@@ -377,7 +380,7 @@ def test_moneta_lq_retention_equals_the_numpy_oracle(semantics):
 
     spec = MemorySpec(structure="matrix", objective="lp", retention="lq", learner="gd", semantics=semantics,
                       chunk_size=4)
-    assert not engine.chunk_parallel(spec)  # no per-token normaliser in the dual form yet
+    assert engine.chunk_parallel(spec) == (semantics == "anchored")  # per-position states, each read via its view
     init, q, k, v, g = inputs(spec, 11)
     st, y = engine.chunk(spec, None, q, k, v, g, init=init)
     view = lambda a: a / max(np.sum(a ** 4) ** 0.5, 1e-6)  # noqa: E731
@@ -557,3 +560,28 @@ def test_poly2_features_are_a_learned_truncated_exponential_kernel():
     init = jnp.log(jnp.expm1(jnp.asarray(fm.coefficients)))
     np.testing.assert_allclose(jax.nn.softplus(init), [1.0, 1.0, 0.5], rtol=1e-6)
     np.testing.assert_allclose(polynomial_features(q, jnp.tile(init, (2, 1)))[..., 0], 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("semantics", ["exact", "anchored"])
+def test_memora_kl_retention_equals_the_numpy_oracle(semantics):
+    """Miras Eq. 27 (Memora) in log-weights (spec M7): L_t = l_t L_{t-1} - rho_t grad l2(W_{t-1}),
+    read and differentiated as W = sqrt(d_in) softmax(L) over each unit's fan-in; against NumPy
+    token by token, and in the chunk form (each read through its own position's softmax)."""
+    from numpy_oracle import matrix_memory
+
+    spec = MemorySpec(structure="matrix", objective="l2", retention="kl", learner="gd", semantics=semantics,
+                      chunk_size=4)
+    assert engine.chunk_parallel(spec) == (semantics == "anchored")
+    init, q, k, v, g = inputs(spec, 11)
+
+    def view(logits):
+        e = np.exp(logits - logits.max(axis=0, keepdims=True))
+        return np.sqrt(logits.shape[0]) * e / e.sum(axis=0, keepdims=True)
+
+    st, y = engine.chunk(spec, None, q, k, v, g, init=init)
+    want_y, want_l, _ = matrix_memory("l2", "gd", semantics, 4, init[0], *map(np.asarray, (
+        q, k, v, g["lr"], g["log_retention"], g["log_momentum"])), view=view)
+    close((y, st.weights[0]), (want_y, want_l), tol=1e-4)
+    w = engine.view(spec, st.weights)[0]  # positive, each unit's fan-in sums to sqrt(d_in)
+    assert float(w.min()) > 0
+    np.testing.assert_allclose(w.sum(axis=0), np.sqrt(DK), rtol=1e-5)
