@@ -110,6 +110,9 @@ class ModelConfig:
     # spec's reading of "normalize the outputs" (slower to learn: docs/fidelity.md, issue 9)
     mag_attention_norm: bool = False
     persistent_tokens: int = 0  # Titans' persistent memory: learned key/value slots every query sees
+    # n > 0: every n-th block is a Transformer++ attention block (window: sliding_window) between the
+    # model's own (Samba-style hybrids: Miras-H / GDN-H, n = 2); models registered with hybrid=True
+    hybrid_attention: int = 0
     memory: MemoryConfig = MemoryConfig()
 
 
@@ -379,6 +382,14 @@ def validate(cfg: Config) -> Config:
 
     if registry.models()[m.name].uses_memory:
         _validate_memory(cfg)
+    if m.hybrid_attention:
+        hybrids = [name for name, info in registry.models().items() if info.hybrid]
+        if not registry.models()[m.name].hybrid:
+            raise ConfigError(f"model.hybrid_attention={m.hybrid_attention}: model '{m.name}' has no hybrid form (its "
+                              f"blocks attend already, or it is attention); models that take it: {', '.join(hybrids)}")
+        if not 1 <= m.hybrid_attention <= m.num_layers:
+            raise ConfigError(f"model.hybrid_attention must be 0 (off) or between 1 and model.num_layers="
+                              f"{m.num_layers} (every n-th block attends), got {m.hybrid_attention}")
 
     def positive(key: str, value: float) -> None:
         if value <= 0:

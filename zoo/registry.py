@@ -18,6 +18,7 @@ class ModelInfo:
     status: str  # "ready" once the model's equivalence tests pass
     builder: Callable = dataclasses.field(repr=False, compare=False)
     uses_memory: bool = False  # has zoo.memory mixers (documents must start on their chunk grid)
+    hybrid: bool = False  # accepts model.hybrid_attention (attention blocks between its own blocks)
     # model.memory fields this model sets differently from MemoryConfig's defaults (the Titans
     # memory); a config file's own model.memory values still win over them.
     memory_defaults: dict = dataclasses.field(default_factory=dict, compare=False)
@@ -27,14 +28,14 @@ _MODELS: dict[str, ModelInfo] = {}
 
 
 def register(name: str, *, family: str, paper: str, tiny_config: str, status: str = "ready",
-             uses_memory: bool = False, memory_defaults: dict | None = None):
+             uses_memory: bool = False, hybrid: bool = False, memory_defaults: dict | None = None):
     """Decorator: `@register("titans_mac", family=..., paper=..., tiny_config=...)` on a
     `builder(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module`."""
 
     def wrap(builder: Callable) -> Callable:
         if name in _MODELS:
             raise ValueError(f"model '{name}' is registered twice")
-        _MODELS[name] = ModelInfo(name, family, paper, tiny_config, status, builder, uses_memory,
+        _MODELS[name] = ModelInfo(name, family, paper, tiny_config, status, builder, uses_memory, hybrid,
                                   dict(memory_defaults or {}))
         return builder
 

@@ -14,7 +14,8 @@ shared memory engine:
   matrix memory (W_t = l_t W_{t-1} + rho_t sum_i gamma_i phi(k_i)^T v_i: chunk-parallel and exact).
 
 The block is the Llama-style memory block (x + memory(Norm x), x + SwiGLU(Norm x)), with the
-mixer's input path of §3.8 (Q/K/V, short conv of 4, normalised q and k). Choices the paper leaves
+mixer's input path of §3.8 (Q/K/V, short conv of 4, normalised q and k); `model.hybrid_attention`
+interleaves attention blocks (§3.8's SWA hybrids; MAG / MAL are Titans' blocks). Choices the paper leaves
 open (window c = 4, the per-token window weights, phi of degree 2, no residual skip around a memory
 whose keys are lifted to 1 + d + d(d+1)/2 features, Muon's constant outer step) are named
 `model.memory` fields listed in docs/fidelity.md ("ATLAS").
@@ -22,11 +23,7 @@ whose keys are lifted to 1 + d + d(d+1)/2 features, Muon's constant outer step) 
 
 from __future__ import annotations
 
-from flax import nnx
-
-from zoo.config import ModelConfig
-from zoo.models.lm import LanguageModel
-from zoo.models.memory_block import MemoryBlock
+from zoo.models.memory_block import memory_language_model
 from zoo.registry import register
 
 PAPER = ("Behrouz, Li, Kacham, Daliri, Deng, Zhong, Razaviyayn, Mirrokni 2025, ATLAS: Learning to Optimally "
@@ -42,11 +39,7 @@ DLA_MEMORY = dict(ATLAS_MEMORY, objective="dot", learner="gd", window=1)
 SWLA_MEMORY = dict(ATLAS_MEMORY, structure="matrix", objective="dot", learner="gd", window=2, semantics="exact")
 
 
-def build_atlas_family(cfg: ModelConfig, rngs: nnx.Rngs) -> LanguageModel:
-    return LanguageModel(cfg, lambda i, r: MemoryBlock(cfg, r), rngs=rngs)
-
-
 for _name, _memory in [("omeganet", OMEGANET_MEMORY), ("atlas", ATLAS_MUON_MEMORY), ("dla", DLA_MEMORY),
                        ("swla", SWLA_MEMORY)]:
     register(_name, family="ATLAS", paper=PAPER, tiny_config=f"configs/atlas/{_name}_tiny.yaml", uses_memory=True,
-             memory_defaults=_memory)(build_atlas_family)
+             hybrid=True, memory_defaults=_memory)(memory_language_model)

@@ -21,7 +21,7 @@ from flax import nnx
 
 from zoo.config import ModelConfig
 from zoo.models.lm import LanguageModel
-from zoo.models.memory_block import MemoryBlock
+from zoo.models.memory_block import memory_language_model
 from zoo.registry import register
 
 PAPER = "Yang, Kautz, Hatamizadeh 2024, Gated Delta Networks: Improving Mamba2 with Delta Rule (arXiv:2412.06464)"
@@ -41,4 +41,4 @@ def build_gated_deltanet(cfg: ModelConfig, rngs: nnx.Rngs) -> LanguageModel:
         raise ValueError("gated_deltanet is the gated delta rule: model.memory needs structure=matrix and "
                          "gradient_at=retained (a config file gets them from the registry; in Python build the "
                          "memory with zoo.registry.memory_config('gated_deltanet', ...))")
-    return LanguageModel(cfg, lambda i, r: MemoryBlock(cfg, r), rngs=rngs)
+    return memory_language_model(cfg, rngs)

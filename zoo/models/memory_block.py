@@ -12,8 +12,8 @@ from flax import nnx
 from zoo.config import ModelConfig
 from zoo.layers import RMSNorm
 from zoo.memory.layer import MemoryMixer
-from zoo.models.lm import compute_dtype
-from zoo.models.transformer import mlp_from_config, residual_std
+from zoo.models.lm import LanguageModel, compute_dtype
+from zoo.models.transformer import TransformerBlock, mlp_from_config, residual_std
 
 
 def mixer_from_config(cfg: ModelConfig, rngs: nnx.Rngs) -> MemoryMixer:
@@ -52,3 +52,16 @@ class MemoryBlock(Block):
     def mix(self, x, cache, segment_ids):
         h, cache = self.mixer(self.mem_norm(x), state=cache, segment_ids=segment_ids)
         return x + h, cache
+
+
+def memory_language_model(cfg: ModelConfig, rngs: nnx.Rngs) -> LanguageModel:
+    """A language model of `MemoryBlock`s. With `cfg.hybrid_attention` = n > 0, every n-th block
+    (the n-th, 2n-th, ...) is a Transformer++ attention block instead: the Samba-style hybrids of
+    Miras (Moneta-H / Yaad-H / Memora-H: n = 2, 1:1, window 2048; spec M10), Gated DeltaNet-H and
+    ATLAS. The attention window is `cfg.sliding_window` (0 = full causal attention)."""
+    n = cfg.hybrid_attention
+
+    def block(i: int, r: nnx.Rngs):
+        return TransformerBlock(cfg, r) if n and (i + 1) % n == 0 else MemoryBlock(cfg, r)
+
+    return LanguageModel(cfg, block, rngs=rngs)

@@ -11,17 +11,15 @@ Yaad (Miras §5.3, Eq. 26) is the Huber bias with a learned threshold (zoo.memor
 the Titans forget gate as retention, plain gradient descent (no momentum), and the Miras memory
 M(z) = z + LN(W1 GELU(W2 z)) (§1.5.1 of the spec: a 2-layer residual MLP, expansion 4, with a
 LayerNorm on its output), chunk-parallel with gradients at the chunk start (Eq. 28). The block is
-the Llama-style memory block: x + Yaad(Norm x), then x + SwiGLU(Norm x). Choices the paper leaves
-open are in docs/fidelity.md ("Miras").
+the Llama-style memory block: x + Yaad(Norm x), then x + SwiGLU(Norm x); `model.hybrid_attention=2`
+with `model.sliding_window=2048` gives the Samba-style hybrids (Moneta-H, Yaad-H, Memora-H: memory
+and sliding-window attention blocks alternating, spec M10). Choices the paper leaves open are in
+docs/fidelity.md ("Miras").
 """
 
 from __future__ import annotations
 
-from flax import nnx
-
-from zoo.config import ModelConfig
-from zoo.models.lm import LanguageModel
-from zoo.models.memory_block import MemoryBlock
+from zoo.models.memory_block import memory_language_model
 from zoo.registry import register
 
 PAPER = ("Behrouz, Razaviyayn, Zhong, Mirrokni 2025, It's All Connected: A Journey Through Test-Time "
@@ -37,13 +35,6 @@ MONETA_MEMORY = dict(MIRAS_MEMORY, objective="lp", lp_p=3.0, retention="lq", lq_
 MEMORA_MEMORY = dict(MIRAS_MEMORY, objective="l2", retention="kl")
 
 
-def build_miras(cfg: ModelConfig, rngs: nnx.Rngs) -> LanguageModel:
-    return LanguageModel(cfg, lambda i, r: MemoryBlock(cfg, r), rngs=rngs)
-
-
-register("yaad", family="Miras", paper=PAPER, tiny_config="configs/miras/yaad_tiny.yaml", uses_memory=True,
-         memory_defaults=YAAD_MEMORY)(build_miras)
-register("moneta", family="Miras", paper=PAPER, tiny_config="configs/miras/moneta_tiny.yaml", uses_memory=True,
-         memory_defaults=MONETA_MEMORY)(build_miras)
-register("memora", family="Miras", paper=PAPER, tiny_config="configs/miras/memora_tiny.yaml", uses_memory=True,
-         memory_defaults=MEMORA_MEMORY)(build_miras)
+for _name, _memory in [("yaad", YAAD_MEMORY), ("moneta", MONETA_MEMORY), ("memora", MEMORA_MEMORY)]:
+    register(_name, family="Miras", paper=PAPER, tiny_config=f"configs/miras/{_name}_tiny.yaml", uses_memory=True,
+             hybrid=True, memory_defaults=_memory)(memory_language_model)

@@ -11,7 +11,7 @@ from flax import nnx
 
 from zoo.config import ModelConfig
 from zoo.models.lm import LanguageModel
-from zoo.models.memory_block import Block, MemoryBlock, mixer_from_config
+from zoo.models.memory_block import Block, memory_language_model, mixer_from_config
 from zoo.models.transformer import attention_from_config, mlp_from_config
 from zoo.registry import register
 
@@ -81,7 +81,7 @@ def _builder(block_cls):
 
 # Titans LMM: the memory is the only token mixer (memory_block.MemoryBlock).
 register("titans_lmm", family="Titans", paper=PAPER, tiny_config="configs/titans/lmm_tiny.yaml",
-         uses_memory=True)(_builder(MemoryBlock))
+         uses_memory=True, hybrid=True)(memory_language_model)
 register("titans_mag", family="Titans", paper=PAPER, tiny_config="configs/titans/mag_tiny.yaml",
          uses_memory=True)(_builder(MAGBlock))
 register("titans_mal", family="Titans", paper=PAPER, tiny_config="configs/titans/mal_tiny.yaml",

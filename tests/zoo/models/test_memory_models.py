@@ -134,3 +134,36 @@ def test_huber_objective_grows_a_learned_threshold_gate():
     grads = nnx.jit(jax.grad(lambda p: jnp.mean(nnx.merge(graphdef, p)(toks) ** 2)))(params)
     delta = nnx.to_pure_dict(grads)["blocks"][0]["mixer"]["gate_heads"]["huber_delta"]
     assert all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(delta))
+
+
+def test_samba_style_hybrid_alternates_memory_and_sliding_window_attention():
+    """model.hybrid_attention = 2 (Miras-H, spec M10): blocks alternate memory, attention; the
+    attention blocks keep their window; decoding after a mid-chunk prefill and packed documents
+    equal the forward; models whose blocks attend already refuse it with a message naming the
+    ones that take it."""
+    import dataclasses
+
+    import pytest
+
+    from tests.zoo.models.test_model_contract import forward_seg
+    from zoo.config import ConfigError, from_dict
+    from zoo.models.memory_block import MemoryBlock
+    from zoo.models.transformer import TransformerBlock
+
+    cfg = dataclasses.replace(build("memora").cfg, num_layers=4, hybrid_attention=2)
+    model = zoo.build_model(cfg, rngs=nnx.Rngs(0))
+    assert [type(b) for b in model.blocks] == [MemoryBlock, TransformerBlock] * 2
+    toks = tokens(13)
+    reference = forward(model, toks)
+    np.testing.assert_allclose(stream(model, toks, list(range(6, 13))), reference, atol=1e-5, rtol=1e-5)
+    seg = jnp.array([[1] * 8 + [2] * 5, [1] * 4 + [2] * 9])
+    alone = forward(model, jnp.stack([jnp.roll(toks[0], -8), jnp.roll(toks[1], -4)]))
+    packed = forward_seg(model, toks, seg)
+    np.testing.assert_allclose(packed[0, 8:], alone[0, :5], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(packed[1, 4:], alone[1, :9], atol=1e-5, rtol=1e-5)
+    plain = zoo.build_model(dataclasses.replace(cfg, hybrid_attention=0), rngs=nnx.Rngs(0))
+    assert float(jnp.abs(forward(plain, toks) - reference).max()) > 1e-3
+    with pytest.raises(ConfigError, match="has no hybrid form.*memora"):
+        from_dict(dict(model=dict(name="titans_mag", hybrid_attention=2), data=dict(align_documents=16)))
+    with pytest.raises(ConfigError, match="hybrid_attention must be 0"):
+        from_dict(dict(model=dict(name="memora", num_layers=2, hybrid_attention=3), data=dict(align_documents=16)))
