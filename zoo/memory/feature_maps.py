@@ -10,6 +10,10 @@ the symmetric x (x) x packed as its upper triangle with sqrt(2) off the diagonal
 features: 2145 at d = 64), a_i = softplus(r_i) >= 0 learned per head from a_i = 1/i! (the Taylor
 coefficients of exp). The mixer's L2 normalisation afterwards divides by sqrt(sum a_i), so the
 memory's keys stay unit vectors and the kernel is sum_i a_i (q.k)^i / sum_i a_i.
+
+"exp2" is the same map with the a_i fixed at 1/i!: DeepTransformers' exponential map phi* (ATLAS
+Eq. 5, exp(q.k) = phi*(q).phi*(k)) truncated at degree 2, since the infinite map needs a state that
+grows with the context (an attention-like cache; spec §3.5).
 """
 
 from __future__ import annotations
@@ -43,3 +47,8 @@ def polynomial_features(x: jax.Array, raw: jax.Array) -> jax.Array:
 register_feature_map(FeatureMap(
     "poly2", polynomial_features, out_dim=lambda d: 1 + d + d * (d + 1) // 2, coefficients=POLY2_INIT,
     doc="ATLAS's degree-2 polynomial map, phi(q).phi(k) = sum_i a_i (q.k)^i with learned a_i from 1/i!"))
+
+_EXP2_RAW = np.log(np.expm1(np.asarray(POLY2_INIT, np.float32)))[None]  # [1, 3]: a_i = 1/i!, shared by every head
+register_feature_map(FeatureMap(
+    "exp2", lambda x: polynomial_features(x, jnp.asarray(_EXP2_RAW)), out_dim=lambda d: 1 + d + d * (d + 1) // 2,
+    doc="DeepTransformers' exponential map phi* (phi*(q).phi*(k) = exp(q.k)) truncated at degree 2: fixed a_i = 1/i!"))

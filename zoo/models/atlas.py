@@ -12,6 +12,11 @@ shared memory engine:
   c = 1, gradient descent with decay.
 - `swla` (Eq. 20): sliding-window linear attention, the dot-product loss over c = 2 tokens on a
   matrix memory (W_t = l_t W_{t-1} + rho_t sum_i gamma_i phi(k_i)^T v_i: chunk-parallel and exact).
+- `deeptransformer` (Eq. 25): the dot-product loss on a deep memory with Hebbian GD (no decay) over
+  the exponential map phi*, truncated at degree 2 ("exp2": the infinite map needs a growing,
+  attention-like state; with a linear memory and the full phi* it is unnormalised softmax attention).
+- `dot` (Eq. 27): the l2 loss over an Omega window (c = 4) on a deep memory, GD without decay, over
+  the same truncated phi*.
 
 The block is the Llama-style memory block (x + memory(Norm x), x + SwiGLU(Norm x)), with the
 mixer's input path of §3.8 (Q/K/V, short conv of 4, normalised q and k); `model.hybrid_attention`
@@ -37,9 +42,12 @@ OMEGANET_MEMORY = dict(ATLAS_MEMORY, objective="l2", learner="gd", window=4)
 ATLAS_MUON_MEMORY = dict(ATLAS_MEMORY, objective="l2", learner="muon", window=4)
 DLA_MEMORY = dict(ATLAS_MEMORY, objective="dot", learner="gd", window=1)
 SWLA_MEMORY = dict(ATLAS_MEMORY, structure="matrix", objective="dot", learner="gd", window=2, semantics="exact")
+DEEP_TRANSFORMER_MEMORY = dict(ATLAS_MEMORY, qk_activation="exp2", objective="dot", learner="gd", retention="none",
+                               window=1)
+DOT_MEMORY = dict(ATLAS_MEMORY, qk_activation="exp2", objective="l2", learner="gd", retention="none", window=4)
 
 
 for _name, _memory in [("omeganet", OMEGANET_MEMORY), ("atlas", ATLAS_MUON_MEMORY), ("dla", DLA_MEMORY),
-                       ("swla", SWLA_MEMORY)]:
+                       ("swla", SWLA_MEMORY), ("deeptransformer", DEEP_TRANSFORMER_MEMORY), ("dot", DOT_MEMORY)]:
     register(_name, family="ATLAS", paper=PAPER, tiny_config=f"configs/atlas/{_name}_tiny.yaml", uses_memory=True,
              hybrid=True, memory_defaults=_memory)(memory_language_model)

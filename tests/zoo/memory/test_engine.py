@@ -585,3 +585,23 @@ def test_memora_kl_retention_equals_the_numpy_oracle(semantics):
     w = engine.view(spec, st.weights)[0]  # positive, each unit's fan-in sums to sqrt(d_in)
     assert float(w.min()) > 0
     np.testing.assert_allclose(w.sum(axis=0), np.sqrt(DK), rtol=1e-5)
+
+
+def test_deeptransformer_with_a_matrix_is_unnormalised_kernel_attention():
+    """ATLAS Eq. 25-26: the dot-product bias with Hebbian GD (rho = 1, no decay) on a matrix memory
+    over phi* is unnormalised softmax attention, y_t = sum_{i<=t} exp(q_t.k_i) v_i; with phi*
+    truncated at degree 2 ("exp2") and the mixer's L2 normalisation of the features, the kernel is
+    (1 + c + c^2 / 2) / 2.5 with c the cosine of q_t and k_i."""
+    from zoo.memory import parts
+
+    t, d = 9, 4
+    fm = parts.feature_map("exp2")
+    q, k = jax.random.normal(jax.random.key(0), (2, t, d))
+    v = jax.random.normal(jax.random.key(1), (t, d))
+    unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731  the mixer's normalisation
+    phi_q, phi_k = unit(fm(q[:, None])[:, 0]), unit(fm(k[:, None])[:, 0])
+    spec = MemorySpec(structure="matrix", objective="dot", learner="gd", retention="none", chunk_size=4)
+    _, y = engine.chunk(spec, None, phi_q, phi_k, v, {"lr": jnp.ones((t,))}, init=(jnp.zeros((fm.out_dim(d), d)),))
+    cos = unit(q) @ unit(k).T
+    kernel = jnp.tril((1 + cos + cos ** 2 / 2) / 2.5)
+    close(y, kernel @ v, tol=1e-5)
