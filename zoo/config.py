@@ -49,6 +49,7 @@ class MemoryConfig:
     expansion: int = 4
     lp_p: float = 3.0  # objective=lp: the exponent p of the l_p bias (Moneta: 3)
     lq_q: float = 4.0  # retention=lq: the exponent q of Moneta's normaliser ||A||_q^(q-2)
+    elastic_threshold: float = 0.01  # retention=elastic_net: the soft threshold gamma of W = S_gamma(A)
     residual: bool = False  # M(z) = z + MLP(z) (ATLAS); off: stored values reach the read at init
     output_norm: bool = False  # M(z) = [z +] LN(MLP(z)), a parameter-free LayerNorm (Miras §1.5.1)
     mlp_first_layer_std: float = 0.5  # std of W_0's first MLP layer (its inputs are unit-norm keys)

@@ -35,7 +35,9 @@ class MemorySpec:
     retention: a registered retention (zoo.memory.parts.RETENTIONS): "none", "scalar" (one decay
         per head and token, Titans' 1 - alpha_t) or "channel" (one decay per key channel, matrix
         memories only) or "lq" (zoo.memory.lq, Moneta: a scalar decay on an accumulator A read as
-        W = A / ||A||_q^(q-2), q = `lq_q`).
+        W = A / ||A||_q^(q-2), q = `lq_q`) or "kl" (zoo.memory.kl, Memora: softmax of log-weights) or
+        "elastic_net" (zoo.memory.elastic_net: the soft threshold of an accumulator, gamma =
+        `elastic_threshold`).
     learner: a registered learner (zoo.memory.parts.LEARNERS): "gd" (W_t = l_t W_{t-1} - rho_t u_t),
         "momentum" (S_t = mu_t S_{t-1} - rho_t u_t, W_t = l_t W_{t-1} + S_t; Titans Eq. 13-14) or
         "muon" (zoo.memory.muon: Newton-Schulz on the momentum; runs token by token).
@@ -69,6 +71,7 @@ class MemorySpec:
     lp_p: float = 3.0
     retention: str = "scalar"
     lq_q: float = 4.0
+    elastic_threshold: float = 0.01
     learner: str = "momentum"
     semantics: str = "anchored"
     chunk_size: int = 16
@@ -98,6 +101,9 @@ class MemorySpec:
         if self.lq_q <= 1 or self.lq_q == 3:
             raise ValueError(f"MemorySpec.lq_q must be > 1 and not 3 (Moneta's W_0 = A_0 / ||A_0||_q^(q-2) has no "
                              f"inverse at q = 3), got {self.lq_q}")
+        if self.elastic_threshold < 0:
+            raise ValueError(f"MemorySpec.elastic_threshold must be >= 0 (the soft threshold gamma), "
+                             f"got {self.elastic_threshold}")
         if self.max_grad_norm < 0:
             raise ValueError(f"MemorySpec.max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
         for name in ("chunk_size", "kernel_chunk", "window"):

@@ -605,3 +605,25 @@ def test_deeptransformer_with_a_matrix_is_unnormalised_kernel_attention():
     cos = unit(q) @ unit(k).T
     kernel = jnp.tril((1 + cos + cos ** 2 / 2) / 2.5)
     close(y, kernel @ v, tol=1e-5)
+
+
+@pytest.mark.parametrize("semantics", ["exact", "anchored"])
+def test_elastic_net_retention_equals_the_numpy_oracle(semantics):
+    """Miras Eq. 23 (FTRL elastic net): A_t = l_t A_{t-1} - rho_t grad l2(W_{t-1}), W = S_gamma(A)
+    the soft threshold, against NumPy token by token and in the chunk form; a learned W_0 is the
+    view of the accumulator it starts from; some entries read as exactly zero."""
+    from numpy_oracle import matrix_memory
+
+    gamma = 0.05
+    spec = MemorySpec(structure="matrix", objective="l2", retention="elastic_net", elastic_threshold=gamma,
+                      learner="momentum", semantics=semantics, chunk_size=4)
+    init, q, k, v, g = inputs(spec, 11)
+    close(engine.view(spec, engine.state_of_weights(spec, init)), init, tol=1e-6)
+    st, y = engine.chunk(spec, None, q, k, v, g, init=init)
+    view = lambda a: np.sign(a) * np.maximum(np.abs(a) - gamma, 0.0)  # noqa: E731
+    want_y, want_a, _ = matrix_memory("l2", "momentum", semantics, 4, init[0], *map(np.asarray, (  # init: A_0
+        q, k, v, g["lr"], g["log_retention"], g["log_momentum"])), view=view)
+    close((y, st.weights[0]), (want_y, want_a), tol=1e-4)
+    assert (np.asarray(engine.view(spec, st.weights)[0]) == 0).any()
+    with pytest.raises(ValueError, match="elastic_threshold must be >= 0"):
+        MemorySpec(retention="elastic_net", elastic_threshold=-1.0)
