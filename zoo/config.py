@@ -63,7 +63,9 @@ class MemoryConfig:
     bilevel: str = dataclasses.field(default="full", metadata=_choices(*memory_spec.BILEVEL))
     gradient_at: str = dataclasses.field(default="previous", metadata=_choices(*memory_spec.GRADIENT_POINTS))
     window: int = 1  # the Omega rule's window c (ATLAS Eq. 9): each write descends the last c tokens' loss
-    window_gate_init: float = 0.9  # window > 1: each token's weight gamma_i in the window at initialisation
+    window_gates: str = dataclasses.field(default="token", metadata=_choices(*memory_spec.WINDOW_GATES))  # gamma per
+    # token (gamma_i) or per lag of each step (gamma_t in R^window, ATLAS spec §3.11)
+    window_gate_init: float = 0.9  # window > 1: the window weights gamma at initialisation
     max_grad_norm: float = 4.0  # clip each token's inner gradient to this norm (0 = off; docs/fidelity.md)
     kernel_chunk: int = 64  # tile of an exact memory's kernels op (how it computes, not what)
     kernel_backend: str = "auto"  # that op's backend: auto, a kernels.IMPLEMENTATIONS name, or "a,b" tried in order

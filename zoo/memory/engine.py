@@ -63,12 +63,13 @@ def token_gradient(spec: MemorySpec, weights: Weights, k: jax.Array, v: jax.Arra
     return jax.grad(lambda w: inner_loss(spec, forward(spec, w, k[None])[0], v[None], one))(weights)
 
 
-def window_gradient(spec: MemorySpec, weights: Weights, ext: window.Window) -> Weights:
-    """u = sum_j omega_j grad l(W; k_j, v_j) over Omega window entries (`ext` leaves [n, ...]),
-    each token's gradient clipped to spec.max_grad_norm (zoo.memory.window)."""
+def window_gradient(spec: MemorySpec, weights: Weights, ext: window.Window, lag_weights=None) -> Weights:
+    """u = sum_j omega_j grad l(W; k_j, v_j) over the Omega window entries ending at the current
+    token (`ext` leaves [c, ...]), each token's gradient clipped to spec.max_grad_norm, weighted by
+    its own gamma or by the step's `lag_weights [c]` (zoo.memory.window)."""
     grads = jax.vmap(lambda k, v, g: token_gradient(spec, weights, k, v, g))(ext["k"], ext["v"], ext["gates"])
     norms = sum(jnp.sum(u * u, axis=tuple(range(1, u.ndim))) for u in grads)
-    omega = window.weights(ext, norms, spec.max_grad_norm)
+    omega = window.weights(ext, norms, spec.max_grad_norm, lag_weights)
     return tuple(jnp.tensordot(omega, u, axes=1) for u in grads)
 
 
@@ -86,7 +87,7 @@ def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates
     else:
         token = window.entries(spec, k[None], v[None], jax.tree.map(lambda x: x[None], g), jnp.ones((1,), bool))
         ext = window.extend(state.window, token)
-        grads, lr = window_gradient(spec, point, ext), g["lr"]
+        grads, lr = window_gradient(spec, point, ext, window.lag_weights(spec, g)), g["lr"]
         new_window = window.tail(ext, 1, spec.window - 1)
     update, buffers = learner_step(spec, state.buffers, grads, lr, g)
     return tuple(w + d for w, d in zip(kept, update, strict=True)), buffers, new_window
@@ -199,11 +200,12 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
     probes = tuple(jnp.zeros((keys.shape[0], w.shape[1]), jnp.float32) for w in w_a)
     learner_gates = {name: jnp.where(valid, g[name], 0.0) for name in parts.learner(spec.learner).gates}
     if spec.window > 1:  # omega_j = gamma_j valid_j kappa_j on the extended index, Gamma the band
-        inputs, deltas, omega = dual.gradient_factors(key_loss, probes, ext["gates"]["window_weight"],
-                                                      ext["valid"] > 0, clip)
+        lag_weights = window.lag_weights(spec, g)  # [C, c]: gamma per step and lag instead of gamma_j
+        token_gamma = ext["gates"]["window_weight"] if lag_weights is None else jnp.ones_like(ext["valid"])
+        inputs, deltas, omega = dual.gradient_factors(key_loss, probes, token_gamma, ext["valid"] > 0, clip)
         lr = g["lr"] * valid.astype(jnp.float32)
         m, n = learner_terms(spec, lr, learner_gates)  # [C], [C, C]
-        n = n @ window.band(omega, k.shape[0])  # [C, P + C]
+        n = n @ window.band(omega, k.shape[0], lag_weights)  # [C, P + C]
         halo = window.tail(ext, end, spec.window - 1)
     else:
         inputs, deltas, lr = dual.gradient_factors(key_loss, probes, g["lr"], valid, clip)

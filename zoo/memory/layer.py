@@ -87,8 +87,12 @@ class MemoryMixer(nnx.Module):
             Projection((d_model,), hd, **proj)
         self.conv = ShortConv(3 * num_heads * head_dim, cfg.conv_width, dtype=dtype, axis_name=None)
         gate = dict(std=std, rngs=rngs)
-        heads = {name: GateHead(d_model, (num_heads,), axes=("heads",), bias_init=parts.gate(name).bias(cfg), **gate)
-                 for name in spec.gate_names if name != "log_retention"}
+        heads = {}
+        for name in spec.gate_names:
+            if name != "log_retention":
+                width = parts.gate(name).width
+                shape, axes = ((num_heads,), ("heads",)) if width is None else ((num_heads, width(spec)), ("heads", None))
+                heads[name] = GateHead(d_model, shape, axes=axes, bias_init=parts.gate(name).bias(cfg), **gate)
         decay_rate = None
         retention_gate = parts.retention(spec.retention).gate
         if retention_gate != "none":

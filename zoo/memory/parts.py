@@ -67,12 +67,14 @@ class Buffer:
 class Gate:
     """A per-token gate of one value per head that the mixer computes from x (one `GateHead` whose
     bias starts at bias(cfg)) for the parts that read it: value(z, cfg) maps the logits `z` to the
-    gate (`cfg`: the `model.memory` config). The retention gate ("log_retention") is not one of
+    gate (`cfg`: the `model.memory` config). width(spec) -> n gives n values per head and token
+    instead (a trailing axis; None: one). The retention gate ("log_retention") is not one of
     these: its shape and form come from the retention's own declaration and `retention_gate`."""
 
     name: str
     bias: Callable
     value: Callable
+    width: Callable | None = None
     doc: str = ""
 
 

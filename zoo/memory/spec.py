@@ -15,6 +15,7 @@ from kernels.anchored_memory.chunked import ACTIVATIONS as MEMORY_ACTIVATIONS
 from zoo.memory import parts
 
 SEMANTICS = ("exact", "anchored")
+WINDOW_GATES = ("token", "lag")
 BILEVEL = ("full", "first_order")
 GRADIENT_POINTS = ("previous", "retained")
 ACTIVATIONS = tuple(MEMORY_ACTIVATIONS)
@@ -50,7 +51,9 @@ class MemorySpec:
         or at the chunk anchor when anchored) or "retained" (Gated DeltaNet: at the forgotten
         weights l_t W_{t-1}, so the delta step acts on the decayed state; exact semantics only).
     window: the Omega rule's window c (ATLAS Eq. 9; zoo.memory.window): each write descends the
-        loss of the last c tokens, each weighted by its "window_weight" gate; 1 = the token alone.
+        loss of the last c tokens, each weighted by its "window_weight" gate (`window_gates:
+        token`) or by the step's weight for its lag ("window_lag_weights", `window_gates: lag`);
+        1 = the token alone.
     max_grad_norm: tau > 0 clips each token's inner gradient to Frobenius norm tau (rho_t is
         scaled by min(1, tau / ||u_t||)); 0 = off. A deep memory's inner gradient grows with
         ||W||^2, so unclipped writes can blow up within one long document (docs/fidelity.md).
@@ -78,6 +81,7 @@ class MemorySpec:
     bilevel: str = "full"
     gradient_at: str = "previous"
     window: int = 1
+    window_gates: str = "token"
     max_grad_norm: float = 0.0
     kernel_chunk: int = 64
     kernel_backend: str = "auto"
@@ -91,7 +95,7 @@ class MemorySpec:
         for name, allowed in [("structure", tuple(parts.STRUCTURES)), ("objective", tuple(parts.OBJECTIVES)),
                               ("retention", tuple(parts.RETENTIONS)), ("learner", tuple(parts.LEARNERS)),
                               ("semantics", SEMANTICS), ("bilevel", BILEVEL),
-                              ("gradient_at", GRADIENT_POINTS),
+                              ("gradient_at", GRADIENT_POINTS), ("window_gates", WINDOW_GATES),
                               ("activation", ACTIVATIONS)]:
             value = getattr(self, name)
             if value not in allowed:
@@ -149,7 +153,8 @@ class MemorySpec:
     def gate_names(self) -> tuple[str, ...]:
         """The per-token gates this memory reads: "lr", the retention's "log_retention" (unless its
         gate is "none"), the learner's own (`parts.Learner.gates`), the objective's
-        (`parts.Objective.gates`) and the Omega window's token weight "window_weight" (window > 1)."""
+        (`parts.Objective.gates`) and the Omega window's weights (window > 1)."""
         retention = () if parts.retention(self.retention).gate == "none" else ("log_retention",)
-        window = ("window_weight",) if self.window > 1 else ()
+        window = ((("window_weight",) if self.window_gates == "token" else ("window_lag_weights",))
+                  if self.window > 1 else ())
         return ("lr",) + retention + parts.learner(self.learner).gates + parts.objective(self.objective).gates + window

@@ -5,7 +5,9 @@ the loss of the last c tokens instead of the current one,
     u_t = sum_{i=t-c+1..t} omega_i grad l(W*; k_i, v_i),   omega_i = gamma_i kappa_i,
 
 gamma_i = sigmoid(x_i w + b) the "window_weight" gate (one per token and head: the issue's per-token
-gamma; the spec's per-lag gamma_i^(t) is a different parametrisation, docs/fidelity.md), kappa_i the
+gamma, `window_gates: token`) or, with `window_gates: lag`, gamma_i^(t) = sigmoid(x_t W + b)[t - i]
+the "window_lag_weights" gate (c per step and head: the spec's per-lag form, §3.11 item 2, which
+can switch single lags off: lag weights (1, 0, ..., 0) are the plain rule), kappa_i the
 token's clip factor min(1, tau / ||grad l_i||) (tau = `max_grad_norm`, 1 when off), W* where the
 learner takes its gradients (W_{t-1}, or the chunk anchor when anchored: the window's earlier tokens
 are recomputed at the current anchor, spec §3.6 step 1, its default). Windows never reach across a
@@ -34,11 +36,23 @@ Window = dict  # {"k": [n, dk], "v": [n, dv], "gates": {name: [n]}, "valid": [n]
 # gamma_i = sigmoid(z), starting at window_gate_init
 register_gate(Gate("window_weight", bias=lambda cfg: logit(cfg.window_gate_init),
                    value=lambda z, cfg: jax.nn.sigmoid(z), doc="gamma_i = sigmoid(z), the Omega window's token weight"))
+# gamma^(t) = sigmoid(z) in R^c, one weight per lag 0 .. c-1 of step t's window
+register_gate(Gate("window_lag_weights", bias=lambda cfg: logit(cfg.window_gate_init),
+                   value=lambda z, cfg: jax.nn.sigmoid(z), width=lambda spec: spec.window,
+                   doc="gamma^(t) = sigmoid(z) in R^c: the weight of each lag in step t's Omega window"))
+
+GATE_OF_MODE = {"token": "window_weight", "lag": "window_lag_weights"}
 
 
 def gate_names(spec) -> tuple[str, ...]:
-    """The gates a window entry keeps: gamma and the objective's own."""
-    return ("window_weight",) + objective(spec.objective).gates
+    """The gates a window entry keeps: its own gamma (per-token mode) and the objective's."""
+    own = ("window_weight",) if spec.window_gates == "token" else ()
+    return own + objective(spec.objective).gates
+
+
+def lag_weights(spec, gates: dict):
+    """The step's per-lag gamma (`window_gates: lag`), or None (per-token gamma)."""
+    return gates["window_lag_weights"] if spec.window_gates == "lag" else None
 
 
 def empty(spec, dk: int, dv: int) -> Window:
@@ -71,16 +85,23 @@ def tail(ext: Window, end, size: int) -> Window:
     return jax.tree.map(lambda e: jax.lax.dynamic_slice_in_dim(e, end, size, axis=0), ext)
 
 
-def weights(ext: Window, squared_norms=None, max_grad_norm: float = 0.0):
-    """omega_j = valid_j gamma_j kappa_j `[n]` of halo-extended entries; `squared_norms [n]`:
-    ||grad l_j||^2, for the clip factor kappa_j (max_grad_norm > 0)."""
-    omega = ext["valid"] * ext["gates"]["window_weight"]
+def weights(ext: Window, squared_norms=None, max_grad_norm: float = 0.0, lag_weights=None):
+    """omega_j = valid_j gamma_j kappa_j `[n]` of the window entries ending at the current token
+    (`ext`, oldest first); `squared_norms [n]`: ||grad l_j||^2, for the clip factor kappa_j
+    (max_grad_norm > 0); `lag_weights [c]`: the step's per-lag gamma (lag 0 = the current token)
+    instead of the entries' own."""
+    gamma = ext["gates"]["window_weight"] if lag_weights is None else lag_weights[::-1]
+    omega = ext["valid"] * gamma
     if max_grad_norm > 0:
         omega = omega * clip_factor(max_grad_norm, squared_norms)
     return omega
 
 
-def band(omega: jax.Array, chunk: int) -> jax.Array:
-    """Gamma `[C, P + C]`: Gamma[r, j] = omega_j for r <= j <= r + P (the window of chunk position r)."""
-    lag = jnp.arange(chunk)[:, None] + (omega.shape[0] - chunk) - jnp.arange(omega.shape[0])[None, :]
-    return jnp.where((lag >= 0) & (lag <= omega.shape[0] - chunk), omega[None, :], 0.0)
+def band(omega: jax.Array, chunk: int, lag_weights: jax.Array | None = None) -> jax.Array:
+    """Gamma `[C, P + C]`: Gamma[r, j] = omega_j for r <= j <= r + P (the window of chunk position
+    r), times `lag_weights[r, r + P - j]` (`[C, c]`, per-lag mode) when given."""
+    p = omega.shape[0] - chunk
+    lag = jnp.arange(chunk)[:, None] + p - jnp.arange(omega.shape[0])[None, :]
+    inside = (lag >= 0) & (lag <= p)
+    per_lag = 1.0 if lag_weights is None else jnp.take_along_axis(lag_weights, jnp.clip(lag, 0, p), axis=1)
+    return jnp.where(inside, omega[None, :] * per_lag, 0.0)

@@ -45,10 +45,11 @@ def output_gradient(objective: str, out: np.ndarray, v: np.ndarray, delta: float
 
 def matrix_memory(objective: str, learner: str, semantics: str, chunk: int, w0, q, k, v, lr, log_ret, log_mu,
                   muon_outer_lr: float = 0.01, retain=None, huber_delta=None, view=None, window: int = 1,
-                  gamma=None, max_grad_norm: float = 0.0, segment_ids=None):
+                  gamma=None, max_grad_norm: float = 0.0, segment_ids=None, lag_gamma=None):
     """Token by token in float64. `retain(W, log l_t)` replaces the scalar decay l_t W when given;
     `huber_delta [T]`: Huber's per-token threshold; `view(W)`: the weights the state reads as and
-    takes gradients at (Moneta's A / ||A||_q^(q-2)); `window` c with weights `gamma [T]` and each
+    takes gradients at (Moneta's A / ||A||_q^(q-2)); `window` c with weights `gamma [T]` (or per step
+    and lag, `lag_gamma [T, c]`: token i in step t's window weighs lag_gamma[t, t - i]) and each
     token's gradient clipped to `max_grad_norm` (> 0); `segment_ids [T]`: documents restart from w0
     (and their chunk grid: the engine's dual form needs them on it). Returns (y [T, dv], final W, final S)."""
     view = view or (lambda x: x)
@@ -69,7 +70,9 @@ def matrix_memory(objective: str, learner: str, semantics: str, chunk: int, w0, 
             u = np.outer(k[i], output_gradient(objective, k[i] @ view(at), v[i], delta))
             if max_grad_norm > 0:
                 u = u * min(1.0, max_grad_norm / np.linalg.norm(u))
-            return u if window == 1 else gamma[i] * u
+            if window == 1:
+                return u
+            return (gamma[i] if lag_gamma is None else lag_gamma[t, t - i]) * u
 
         u = sum(gradient(i) for i in range(max(start, t - window + 1), t + 1))
         retained = np.exp(log_ret[t]) * w if retain is None else retain(w, log_ret[t])

@@ -46,6 +46,8 @@ SPECS = {
     "matrix_dot_window2_exact": MemorySpec(structure="matrix", objective="dot", semantics="exact", learner="gd",
                                            window=2),
     "mlp2_window3_muon": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, learner="muon", window=3),
+    "mlp2_lag_window3_momentum": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, window=3,
+                                            window_gates="lag"),  # the spec's per-lag gamma
 }  # every registered objective and learner: test_grid_of_registered_parts_equals_its_oracle
 
 
@@ -66,7 +68,8 @@ def inputs(spec, t, seed=0):
     gates = dict(lr=0.5 * jax.nn.sigmoid(jax.random.normal(ks[4], (t,))), log_retention=log_ret,
                  log_momentum=-jax.nn.softplus(-(jax.random.normal(ks[5], (t,)) + 1.0)),
                  huber_delta=jax.nn.softplus(2.0 * jax.random.normal(ks[5], (t,))),  # both Huber branches
-                 window_weight=jax.nn.sigmoid(2.0 * jax.random.normal(ks[3], (t,))))
+                 window_weight=jax.nn.sigmoid(2.0 * jax.random.normal(ks[3], (t,))),
+                 window_lag_weights=jax.nn.sigmoid(2.0 * jax.random.normal(ks[4], (t, spec.window))))
     init = init_weights(spec, ks[6], DK, DV)  # an empty memory: the last layer is zero
     last = init[-1] + 0.3 * jax.random.normal(ks[7], init[-1].shape)
     init = init[:-1] + (last,)  # a non-empty learned initial state
@@ -506,21 +509,24 @@ def test_exact_kernel_tile_and_backend_are_execution_choices():
 @pytest.mark.parametrize("semantics", ["exact", "anchored"])
 def test_omega_window_equals_the_numpy_oracle(semantics):
     """ATLAS Eq. 9-11 (OmegaNet, SWLA) on a matrix memory: u_t = sum over the last c tokens of the
-    same document of gamma_i u_i, each u_i at W_{t-1} (exact) or the chunk anchor (anchored: the
-    halo recomputed there) and clipped to tau, against NumPy; c = 6 reaches past the previous chunk."""
+    same document of gamma_i u_i (or gamma_t[t - i], per lag), each u_i at W_{t-1} (exact) or the
+    chunk anchor (anchored: the halo recomputed there) and clipped to tau, against NumPy; c = 6
+    and 5 reach past the previous chunk."""
     from numpy_oracle import matrix_memory
 
     seg = jnp.array([1] * 8 + [2] * 7)
-    for objective, learner, c, tau in [("l2", "gd", 3, 0.0), ("l2", "momentum", 6, 0.0), ("dot", "gd", 2, 0.0),
-                                       ("l2", "momentum", 3, 0.5)]:
+    for objective, learner, c, tau, mode in [("l2", "gd", 3, 0.0, "token"), ("l2", "momentum", 6, 0.0, "token"),
+                                             ("dot", "gd", 2, 0.0, "token"), ("l2", "momentum", 3, 0.5, "token"),
+                                             ("l2", "gd", 3, 0.5, "lag"), ("dot", "gd", 5, 0.0, "lag")]:
         spec = MemorySpec(structure="matrix", objective=objective, learner=learner, semantics=semantics,
-                          chunk_size=4, window=c, max_grad_norm=tau)
+                          chunk_size=4, window=c, max_grad_norm=tau, window_gates=mode)
         assert engine.chunk_parallel(spec) == (semantics == "anchored" or objective == "dot")
         init, q, k, v, g = inputs(spec, 15)
         st, y = engine.chunk(spec, None, q, k, v, g, init=init, segment_ids=seg)
         want_y, want_w, _ = matrix_memory(objective, learner, semantics, 4, init[0], *map(np.asarray, (
             q, k, v, g["lr"], g["log_retention"], g["log_momentum"])), window=c, gamma=np.asarray(g["window_weight"]),
-            max_grad_norm=tau, segment_ids=np.asarray(seg))
+            max_grad_norm=tau, segment_ids=np.asarray(seg),
+            lag_gamma=np.asarray(g["window_lag_weights"]) if mode == "lag" else None)
         try:
             close((y, st.weights[0]), (want_y, want_w), tol=1e-4)
         except AssertionError as e:
@@ -627,3 +633,18 @@ def test_elastic_net_retention_equals_the_numpy_oracle(semantics):
     assert (np.asarray(engine.view(spec, st.weights)[0]) == 0).any()
     with pytest.raises(ValueError, match="elastic_threshold must be >= 0"):
         MemorySpec(retention="elastic_net", elastic_threshold=-1.0)
+
+
+def test_omega_window_weighing_only_lag_zero_is_the_plain_rule():
+    """The spec's reduction "Omega with c = 1 is Titans", through the window's own code: per-lag
+    weights (1, 0, 0) switch the two earlier tokens of every window off (halo, chunk form, carried
+    window and all), which must equal the memory without a window."""
+    plain = MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, chunk_size=4)
+    lagged = dataclasses.replace(plain, window=3, window_gates="lag")
+    init, q, k, v, g = inputs(lagged, 13)
+    g = dict(g, window_lag_weights=jnp.tile(jnp.array([1.0, 0.0, 0.0]), (13, 1)))
+    want = engine.chunk(plain, None, q, k, v, g, init=init)
+    got = engine.chunk(lagged, None, q, k, v, g, init=init)
+    close((got[1], got[0].weights, got[0].buffers), (want[1], want[0].weights, want[0].buffers))
+    g_on = dict(g, window_lag_weights=jnp.ones((13, 3)))
+    assert float(jnp.abs(engine.chunk(lagged, None, q, k, v, g_on, init=init)[1] - want[1]).max()) > 1e-3

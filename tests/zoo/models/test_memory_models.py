@@ -167,3 +167,14 @@ def test_samba_style_hybrid_alternates_memory_and_sliding_window_attention():
         from_dict(dict(model=dict(name="titans_mag", hybrid_attention=2), data=dict(align_documents=16)))
     with pytest.raises(ConfigError, match="hybrid_attention must be 0"):
         from_dict(dict(model=dict(name="memora", num_layers=2, hybrid_attention=3), data=dict(align_documents=16)))
+
+
+def test_per_lag_window_gates_build_one_weight_per_lag_and_decode_exactly():
+    """window_gates = lag (ATLAS spec §3.11): the mixer grows a [heads, window] gate head
+    ("window_lag_weights", a registered gate with a width) whose weights start at window_gate_init,
+    and decoding after a mid-chunk prefill equals the forward."""
+    model, toks = build("omeganet", window_gates="lag"), tokens(11)
+    head = model.blocks[0].mixer.gate_heads["window_lag_weights"]
+    assert head.bias.value.shape == (2, 4)  # [heads, window]
+    np.testing.assert_allclose(jax.nn.sigmoid(head.bias.value), 0.9, rtol=1e-5)
+    np.testing.assert_allclose(stream(model, toks, list(range(5, 11))), forward(model, toks), atol=1e-5, rtol=1e-5)
