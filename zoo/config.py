@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -211,6 +212,14 @@ class TrainConfig:
     # peak FLOP/s of one device for the logged MFU; 0 = the table of known devices
     # (zoo.training.flops.PEAK_FLOPS; no MFU on devices it does not know, e.g. CPU)
     peak_flops: float = 0.0
+    # fine-tuning (TNT's stage 2): start from the parameters of another run's checkpoint (a train.py
+    # --workdir; init_step 0 = its newest) with a fresh optimizer at step 0; ignored once this run
+    # has a checkpoint of its own (a restart resumes it)
+    init_from: str = ""
+    init_step: int = 0
+    # a regular expression over parameter paths ("blocks/0/mixer/init_state/0"): only matching
+    # parameters train; the others stay frozen and get no optimizer state ("" = all train)
+    trainable: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,6 +394,14 @@ def validate(cfg: Config) -> Config:
 
     if registry.models()[m.name].uses_memory:
         _validate_memory(cfg)
+    if t.trainable:
+        try:
+            re.compile(t.trainable)
+        except re.error as e:
+            raise ConfigError(f"train.trainable={t.trainable!r} is not a regular expression: {e}") from None
+    if t.init_step < 0 or (t.init_step and not t.init_from):
+        raise ConfigError(f"train.init_step={t.init_step} needs train.init_from (a run's workdir) and must be >= 0 "
+                          "(0 = its newest checkpoint)")
     if m.hybrid_attention:
         hybrids = [name for name, info in registry.models().items() if info.hybrid]
         if not registry.models()[m.name].hybrid:

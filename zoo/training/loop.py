@@ -20,6 +20,7 @@ from zoo.registry import build_model
 from zoo.training.checkpoint import Checkpointer
 from zoo.training.flops import device_peak_flops, flops_per_token, mfu
 from zoo.training.metrics import MetricsLogger
+from zoo.training.restore import restore_run
 from zoo.training.runtime import Runtime
 from zoo.training.sharding import make_mesh, process_batch_rows, put_global_batch, put_process_batch
 
@@ -92,7 +93,12 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None,
 
     ckpt = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
     resumed_from = ckpt.latest_step()
-    if resumed_from is None:
+    initialised = ""
+    if resumed_from is None and cfg.train.init_from:
+        source = restore_run(cfg.train.init_from, cfg.train.init_step or None, devices=list(mesh.devices.flat))
+        state = rt.state_from_params(source.state.params)
+        initialised = f" initialised from {cfg.train.init_from} step {source.step}"
+    elif resumed_from is None:
         state = rt.init_state()
     else:
         state, meta = ckpt.restore(rt.abstract_state(), resumed_from)
@@ -100,9 +106,10 @@ def train(cfg: Config, workdir: str | Path, *, stop_after: int | None = None,
     step = int(jax.device_get(state.step))
     model_flops = flops_per_token(nnx.eval_shape(lambda: build_model(cfg.model, rngs=nnx.Rngs(0))), cfg.data.seq_len)
     peak = cfg.train.peak_flops or device_peak_flops(mesh.devices.flat[0])
-    logger.message(f"memzoo: model={cfg.model.name} params={rt.num_params():,} devices={mesh.devices.size} "
+    trained = f" trainable={rt.num_trainable():,} ({cfg.train.trainable!r})" if cfg.train.trainable else ""
+    logger.message(f"memzoo: model={cfg.model.name} params={rt.num_params():,}{trained} devices={mesh.devices.size} "
                    f"mesh={dict(mesh.shape)} flops/token={model_flops:.3g} workdir={workdir}"
-                   + (f" resumed from step {resumed_from}" if resumed_from is not None else ""))
+                   + (f" resumed from step {resumed_from}" if resumed_from is not None else "") + initialised)
 
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     losses: dict[int, float] = {}

@@ -10,7 +10,7 @@ import jax
 import optax
 
 from zoo.config import Config, ConfigError
-from zoo.training.optimizer import make_optimizer, make_schedule
+from zoo.training.optimizer import make_optimizer, make_schedule, parameter_path, trainable_mask
 from zoo.training.sharding import batch_sharding
 from zoo.training.state import (
     ModelParts,
@@ -32,6 +32,10 @@ class Runtime:
 
     def __post_init__(self):
         self.parts: ModelParts = model_parts(self.cfg)
+        if self.cfg.train.trainable and self.num_trainable() == 0:
+            paths = [parameter_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(self.parts.abstract_params())]
+            raise ConfigError(f"train.trainable={self.cfg.train.trainable!r} matches no parameter of model "
+                              f"'{self.cfg.model.name}'; its parameters are named like {', '.join(paths[:6])}, ...")
         self.schedule: optax.Schedule = make_schedule(self.cfg)
         self.tx: optax.GradientTransformation = make_optimizer(self.cfg)
         self.shardings: TrainState = state_shardings(self.parts, self.tx, self.mesh)
@@ -48,6 +52,27 @@ class Runtime:
 
     def init_state(self) -> TrainState:
         return init_train_state(self.cfg, self.parts, self.tx, self.shardings)
+
+    def state_from_params(self, params) -> TrainState:
+        """Step 0 with the given parameters (another run's, on any devices) and a fresh optimizer,
+        in this runtime's shardings. Raises ConfigError naming any parameter that differs."""
+        want = self.parts.abstract_params()
+        got_paths = {parameter_path(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(params)}
+        want_paths = {parameter_path(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(want)}
+        if got_paths != want_paths:
+            diff = sorted(set(got_paths.items()) ^ set(want_paths.items()))[:6]
+            raise ConfigError(f"train.init_from: that run's parameters do not fit model '{self.cfg.model.name}' "
+                              f"(first differences, path and shape: {diff}); both runs need the same model shape")
+        fresh = self.init_state()
+        state = jax.jit(lambda p: fresh.replace(params=p, opt_state=self.tx.init(p)),
+                        out_shardings=self.shardings)(params)
+        return state
+
+    def num_trainable(self) -> int:
+        """Parameters `train.trainable` trains (all when it is empty)."""
+        params = self.parts.abstract_params()
+        mask = trainable_mask(params, self.cfg.train.trainable)
+        return sum(math.prod(x.shape) for x, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m)
 
     def abstract_state(self) -> TrainState:
         return abstract_train_state(self.parts, self.tx, self.shardings)

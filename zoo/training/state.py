@@ -64,13 +64,31 @@ def model_parts(cfg: Config) -> ModelParts:
 
 
 def state_shardings(parts: ModelParts, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh) -> TrainState:
-    """NamedShardings for every leaf of the TrainState (optimizer moments follow their params)."""
+    """NamedShardings for every leaf of the TrainState: an optimizer leaf whose key path ends in a
+    parameter's path, with that parameter's shape, is sharded like it (Adam's moments, also inside
+    the partitions of frozen training); any other leaf (counters) is replicated."""
     param_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), parts.param_specs(mesh))
-    abstract_opt = jax.eval_shape(tx.init, parts.abstract_params())
-    opt_sh = optax.tree_map_params(tx, lambda _, sh: sh, abstract_opt, param_sh,
-                                   transform_non_params=lambda _: replicated(mesh))
+    params = parts.abstract_params()
+    by_path = {tuple(map(_key, path)): (x.shape, sh) for (path, x), sh in
+               zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(param_sh), strict=True)}
+    depth = max((len(p) for p in by_path), default=0)
+
+    def leaf_sharding(path, leaf):
+        keys = tuple(map(_key, path))
+        for n in range(min(depth, len(keys)), 0, -1):
+            shape, sh = by_path.get(keys[-n:], (None, None))
+            if sh is not None and shape == leaf.shape:
+                return sh
+        return replicated(mesh)
+
+    opt_sh = jax.tree_util.tree_map_with_path(leaf_sharding, jax.eval_shape(tx.init, params))
     rep = replicated(mesh)
     return TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)
+
+
+def _key(entry) -> str:
+    """One key of a pytree path as a string (dict key, sequence index or attribute name)."""
+    return str(getattr(entry, "key", getattr(entry, "idx", getattr(entry, "name", entry))))
 
 
 def init_train_state(cfg: Config, parts: ModelParts, tx: optax.GradientTransformation,

@@ -78,3 +78,37 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_cfg, tmp_path
     run = restore_run(tmp_path, devices=ONE())
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(run.state.params))
     assert f"step {run.step}" in msg
+
+
+def test_fine_tuning_from_another_run_trains_only_the_matching_parameters(tiny_cfg, tmp_path):
+    """train.init_from starts from another run's checkpoint (fresh optimizer, step 0) and
+    train.trainable trains only the matching parameters: the others keep that run's values
+    exactly and have no optimizer state (TNT's stage 2; fine-tuning)."""
+    from zoo.config import ConfigError
+    from zoo.training.optimizer import parameter_path
+
+    first = train(tiny_cfg("train.steps=4"), tmp_path / "stage1", devices=ONE())
+    source = restore_run(tmp_path / "stage1", devices=ONE()).state
+    cfg = tiny_cfg("train.steps=3", f"train.init_from={tmp_path / 'stage1'}", "train.trainable=blocks/1/")
+    out = io.StringIO()
+    second = train(cfg, tmp_path / "stage2", devices=ONE(), stream=out)
+    assert second.step == 3 and "initialised from" in out.getvalue() and "trainable=" in out.getvalue()
+    assert abs(second.losses[1] - first.losses[4]) < 0.5  # it continues from stage 1, not from scratch
+    tuned = restore_run(tmp_path / "stage2", devices=ONE()).state
+    changed = set()
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(source.params), jax.tree.leaves(tuned.params)):
+        name = parameter_path(path)
+        if name.startswith("blocks/1/"):
+            changed.add(float(np.abs(np.asarray(a) - np.asarray(b)).max()) > 0)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)  # frozen: bit for bit
+    assert changed == {True}
+    moments = sum(x.size for x in jax.tree.leaves(tuned.opt_state))
+    trained = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(tuned.params)
+                  if parameter_path(path).startswith("blocks/1/"))
+    assert moments <= 2 * trained + 8  # Adam's two moments of the trained parameters (+ counters)
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        train(tiny_cfg("train.trainable=^nothing$"), tmp_path / "bad", devices=ONE())
+    with pytest.raises(ConfigError, match="do not fit"):
+        train(tiny_cfg("train.steps=1", f"train.init_from={tmp_path / 'stage1'}", "model.d_model=64"),
+              tmp_path / "wrong_shape", devices=ONE())
