@@ -1,0 +1,175 @@
+"""KV-cache codecs (spec msssm-polysketch-quantized-attention-pallas §3): each encodes the vectors
+`x: [..., T, d]` of one layer and KV head into stored arrays and decodes them back to float32;
+`stored_bits_per_element` counts every stored bit (codes, scales, zero points, norms) per element
+of x. Constants shared by every token of a layer and head (a rotation, a sketch, a codebook) come
+from `Codec.setup(key, d)` once and are not per-token storage.
+
+- int8: per token, int8 codes and a float16 scale max|x| / 127 (8 + 16/d bits).
+- int4_kivi: KIVI (arXiv 2402.02750): asymmetric 4-bit codes with a float16 scale and zero point,
+  keys per channel over groups of `KIVI_GROUP` tokens (keys have persistent outlier channels),
+  values per token (`role`); codes packed two per byte (4 + 32/d bits for values, 4 + 32/G for keys).
+- turbo_mse_b, b = 1..4: TurboQuant_mse (arXiv 2504.19874, Algorithm 1): the unit vector rotated
+  by a random orthogonal matrix, each coordinate quantized with the Lloyd-Max codebook of a unit
+  vector's coordinate density (`lloyd_max.py`), and the float16 norm (b + 16/d bits).
+- turbo_prod_b: TurboQuant_prod (Algorithm 2): turbo_mse with b - 1 bits, then a 1-bit QJL sketch
+  sign(S r) of the residual r (S Gaussian d x d) and the residual's float16 norm, decoded as
+  x_mse + sqrt(pi/2)/d ||r|| S^T sign(S r): unbiased inner products (b + 32/d bits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from kernels.quantized_attention import lloyd_max
+from kernels.quantized_attention.packing import pack_bits, unpack_bits
+
+KIVI_GROUP = 32  # tokens per key group (KIVI's default group size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Codec:
+    """setup(key, d) -> constants; encode(x, constants, role) -> stored arrays; decode(stored,
+    constants, role) -> x [..., T, d] float32. `role`: "key" or "value" (only KIVI tells them apart)."""
+
+    name: str
+    setup: Callable
+    encode: Callable
+    decode: Callable
+    doc: str = ""
+
+
+def stored_bits_per_element(stored: dict, num_elements: int) -> float:
+    """Every bit the encoded arrays hold, per element of the encoded x."""
+    return sum(x.size * x.dtype.itemsize * 8 for x in jax.tree.leaves(stored)) / num_elements
+
+
+def _no_constants(key, d):
+    return {}
+
+
+# -- int8 -------------------------------------------------------------------------------------------
+
+def _int8_encode(x, constants, role="key"):
+    scale = (jnp.max(jnp.abs(x), axis=-1, keepdims=True) / 127.0).astype(jnp.float16)
+    safe = jnp.maximum(scale.astype(jnp.float32), 1e-30)
+    return {"codes": jnp.clip(jnp.round(x / safe), -127, 127).astype(jnp.int8), "scale": scale}
+
+
+def _int8_decode(stored, constants, role="key"):
+    return stored["codes"].astype(jnp.float32) * stored["scale"].astype(jnp.float32)
+
+
+# -- int4 KIVI --------------------------------------------------------------------------------------
+
+def _kivi_groups(x, role):
+    """x [..., T, d] -> the axis min/max run over: keys [..., T/G, G, d] (axis -2), values x itself (-1)."""
+    if role == "value":
+        return x, -1
+    t = x.shape[-2]
+    if t % KIVI_GROUP:
+        raise ValueError(f"int4_kivi keys are quantized per channel over groups of {KIVI_GROUP} tokens; got {t} "
+                         "tokens (keep the partial group in full precision, as KIVI does)")
+    return x.reshape(x.shape[:-2] + (t // KIVI_GROUP, KIVI_GROUP, x.shape[-1])), -2
+
+
+def _kivi_encode(x, constants, role="key"):
+    grouped, axis = _kivi_groups(x, role)
+    low, high = jnp.min(grouped, axis=axis, keepdims=True), jnp.max(grouped, axis=axis, keepdims=True)
+    scale, zero = ((high - low) / 15.0).astype(jnp.float16), low.astype(jnp.float16)
+    codes = jnp.clip(jnp.round((grouped - zero.astype(jnp.float32)) / jnp.maximum(scale.astype(jnp.float32), 1e-30)),
+                     0, 15).reshape(x.shape)
+    return {"codes": pack_bits(codes, 4), "scale": scale, "zero": zero}
+
+
+def _kivi_decode(stored, constants, role="key"):
+    d = stored["codes"].shape[-1] * 2
+    codes = unpack_bits(stored["codes"], 4, d).astype(jnp.float32)
+    grouped, _ = _kivi_groups(codes, role)
+    out = grouped * stored["scale"].astype(jnp.float32) + stored["zero"].astype(jnp.float32)
+    return out.reshape(codes.shape)
+
+
+# -- TurboQuant ---------------------------------------------------------------------------------------
+
+def _turbo_setup(mse_bits: int, sketch: bool):
+    def setup(key, d):
+        rotation_key, sketch_key = jax.random.split(key)
+        constants = {"rotation": jax.random.orthogonal(rotation_key, d)}
+        if mse_bits:
+            constants["codebook"] = jnp.asarray(lloyd_max.codebook(d, mse_bits), jnp.float32)
+        if sketch:
+            constants["sketch"] = jax.random.normal(sketch_key, (d, d))
+        return constants
+
+    return setup
+
+
+def _unit(x):
+    norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+    return x / jnp.maximum(norm, 1e-30), norm.astype(jnp.float16)
+
+
+def _mse_codes(u, constants, bits):
+    c = constants["codebook"]
+    return pack_bits(jnp.searchsorted(0.5 * (c[1:] + c[:-1]), u @ constants["rotation"].T).astype(jnp.uint8), bits)
+
+
+def _mse_values(packed, constants, bits, d):
+    return constants["codebook"][unpack_bits(packed, bits, d)] @ constants["rotation"]
+
+
+def turbo_mse(bits: int) -> Codec:
+    def encode(x, constants, role="key"):
+        u, norm = _unit(x)
+        return {"codes": _mse_codes(u, constants, bits), "norm": norm}
+
+    def decode(stored, constants, role="key"):
+        d = constants["rotation"].shape[0]
+        return _mse_values(stored["codes"], constants, bits, d) * stored["norm"].astype(jnp.float32)
+
+    return Codec(f"turbo_mse_{bits}", _turbo_setup(bits, sketch=False), encode, decode,
+                 doc=f"TurboQuant_mse, {bits} bits per coordinate + a float16 norm")
+
+
+def turbo_prod(bits: int) -> Codec:
+    mse_bits = bits - 1
+
+    def encode(x, constants, role="key"):
+        u, norm = _unit(x)
+        stored = {"norm": norm}
+        residual = u
+        if mse_bits:
+            stored["codes"] = _mse_codes(u, constants, mse_bits)
+            residual = u - _mse_values(stored["codes"], constants, mse_bits, x.shape[-1])
+        stored["signs"] = pack_bits((residual @ constants["sketch"].T >= 0).astype(jnp.uint8), 1)
+        stored["residual_norm"] = jnp.linalg.norm(residual, axis=-1, keepdims=True).astype(jnp.float16)
+        return stored
+
+    def decode(stored, constants, role="key"):
+        d = constants["rotation"].shape[0]
+        signs = 2.0 * unpack_bits(stored["signs"], 1, d).astype(jnp.float32) - 1.0
+        u = math.sqrt(math.pi / 2) / d * stored["residual_norm"].astype(jnp.float32) * (signs @ constants["sketch"])
+        if mse_bits:
+            u = u + _mse_values(stored["codes"], constants, mse_bits, d)
+        return u * stored["norm"].astype(jnp.float32)
+
+    return Codec(f"turbo_prod_{bits}", _turbo_setup(mse_bits, sketch=True), encode, decode,
+                 doc=f"TurboQuant_prod: {mse_bits}-bit MSE code + 1-bit QJL of the residual (unbiased inner products)")
+
+
+CODECS: dict[str, Codec] = {c.name: c for c in [
+    Codec("int8", _no_constants, _int8_encode, _int8_decode, doc="per-token int8 with a float16 scale"),
+    Codec("int4_kivi", _no_constants, _kivi_encode, _kivi_decode,
+          doc="KIVI: 4-bit asymmetric, keys per channel over token groups, values per token"),
+    *(turbo_mse(b) for b in (1, 2, 3, 4)), *(turbo_prod(b) for b in (1, 2, 3, 4))]}
+
+
+def codec(name: str) -> Codec:
+    if name not in CODECS:
+        raise ValueError(f"unknown KV-cache codec {name!r}; available: {', '.join(CODECS)}")
+    return CODECS[name]
