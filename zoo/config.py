@@ -533,6 +533,12 @@ def _validate_memory(cfg: Config) -> None:
     if mem.huber_delta_init <= 0:
         raise ConfigError(f"model.memory.huber_delta_init must be > 0 (a softplus gate's initial value), "
                           f"got {mem.huber_delta_init}")
+    head_dim = mem.head_dim or cfg.model.d_model // heads
+    key_dim = memory_parts.feature_map(mem.qk_activation).out_dim(head_dim)
+    if mem.residual and mem.structure != "matrix" and key_dim != head_dim:
+        raise ConfigError(f"model.memory.residual=true adds the key to the memory's output, but "
+                          f"qk_activation={mem.qk_activation!r} lifts keys to {key_dim} features for values of "
+                          f"{head_dim}; set model.memory.residual=false or a feature map that keeps the size")
     if mem.conv_width < 1:
         raise ConfigError(f"model.memory.conv_width must be >= 1, got {mem.conv_width}")
     if mem.max_grad_norm > 0 and delta_kernel(dataclasses.replace(spec, max_grad_norm=0.0)) is not None:

@@ -165,6 +165,8 @@ def test_samba_style_hybrid_alternates_memory_and_sliding_window_attention():
     assert float(jnp.abs(forward(plain, toks) - reference).max()) > 1e-3
     with pytest.raises(ConfigError, match="has no hybrid form.*memora"):
         from_dict(dict(model=dict(name="titans_mag", hybrid_attention=2), data=dict(align_documents=16)))
+    with pytest.raises(ConfigError, match="lifts keys to .* set model.memory.residual=false"):
+        from_dict(dict(model=dict(name="omeganet", memory=dict(residual=True)), data=dict(align_documents=16)))
     with pytest.raises(ConfigError, match="hybrid_attention must be 0"):
         from_dict(dict(model=dict(name="memora", num_layers=2, hybrid_attention=3), data=dict(align_documents=16)))
 
