@@ -4,22 +4,26 @@
     cfg = zoo.load_config("configs/quickstart.yaml", overrides=["model.num_layers=2"])
     model = zoo.build_model(cfg.model, rngs=nnx.Rngs(0))
     logits = model(tokens)                       # [batch, seq] -> [batch, seq, vocab]
+    zoo.set_kv_cache(model, zoo.KVCacheFormat(dtype="turbo_mse", bits=4))   # decode from a quantized cache
 """
 
 from zoo import registry
 from zoo.config import Config, ConfigError, load_config
 from zoo.generation import generate
+from zoo.layers.kv_cache import KVCacheFormat, set_kv_cache
 from zoo.registry import build_model
 
 __all__ = [
     "Config",
     "ConfigError",
+    "KVCacheFormat",
     "build_model",
     "generate",
     "load_checkpoint",
     "load_config",
     "load_tokenizer",
     "registry",
+    "set_kv_cache",
     "train",
 ]
 

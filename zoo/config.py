@@ -23,6 +23,7 @@ import yaml
 
 from zoo.layers import tokamax_attention
 from zoo.layers.attend import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from zoo.layers.kv_cache import KVCacheFormat
 from zoo.memory import parts as memory_parts  # the registered structures, objectives, learners, retentions
 from zoo.memory import spec as memory_spec  # the spec's tables of allowed values
 
@@ -117,6 +118,9 @@ class ModelConfig:
     # n > 0: every n-th block is a Transformer++ attention block (window: sliding_window) between the
     # model's own (Samba-style hybrids: Miras-H / GDN-H, n = 2); models registered with hybrid=True
     hybrid_attention: int = 0
+    # the attention layers' decoding cache (zoo.layers.kv_cache): dtype model|bfloat16|float32, or
+    # quantized int8|int4_kivi|turbo_mse|turbo_prod with bits (turbo), recent (full-precision tokens)
+    kv_cache: KVCacheFormat = KVCacheFormat()
     memory: MemoryConfig = MemoryConfig()
 
 
@@ -335,7 +339,10 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
                 f"{key}: '{coerced}' is not allowed; choose one of {', '.join(choices)}.{hint}"
             )
         kwargs[name] = coerced
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a section's own check (its __post_init__), message starting with the field
+        raise ConfigError(f"{prefix}.{e}" if prefix else str(e)) from None
 
 
 def to_dict(cfg: Any) -> dict:
@@ -446,6 +453,10 @@ def validate(cfg: Config) -> Config:
             f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads={kv}; "
             "grouped-query attention needs num_heads = k * num_kv_heads"
         )
+    if m.kv_cache.dtype != "model" and m.name == "titans_mac":
+        raise ConfigError(f"model.kv_cache.dtype={m.kv_cache.dtype}: titans_mac caches one segment of keys "
+                          f"(memory.chunk_size={m.memory.chunk_size} tokens) and reads the rest from its memory; "
+                          "its cache follows model.dtype: use model.kv_cache.dtype=model")
     if m.attention == "pallas_triton" and m.sliding_window:
         raise ConfigError(f"model.attention=pallas_triton has no sliding window (model.sliding_window="
                           f"{m.sliding_window}); use model.attention=auto or blockwise, or sliding_window=0")

@@ -33,14 +33,29 @@ KIVI_GROUP = 32  # tokens per key group (KIVI's default group size)
 
 @dataclasses.dataclass(frozen=True)
 class Codec:
-    """setup(key, d) -> constants; encode(x, constants, role) -> stored arrays; decode(stored,
-    constants, role) -> x [..., T, d] float32. `role`: "key" or "value" (only KIVI tells them apart)."""
+    """setup(key, d) -> constants; encode(x, constants, role) -> stored arrays; `rows(stored,
+    constants, role)` -> a tuple of parts `[..., T, d]` and `bases(constants, role)` -> one `[d, d]`
+    matrix (or None: the identity) per part, with decode(stored) = sum_i rows_i @ bases_i. Attention
+    reads the packed cache in that form: it rotates the query once per part (q @ bases_i^T), scores
+    the rows, accumulates values as rows and un-rotates the sum once (spec §3.6 steps 1-4).
+    `role`: "key" or "value" (only KIVI tells them apart). `group`: tokens encoded together (a
+    cache encodes a group once all of it is written)."""
 
     name: str
     setup: Callable
     encode: Callable
-    decode: Callable
+    rows: Callable
+    bases: Callable
+    group: int = 1
     doc: str = ""
+
+    def decode(self, stored: dict, constants: dict, role: str = "key") -> jax.Array:
+        """The stored vectors back in float32, `[..., T, d]`."""
+        out = None
+        for rows, basis in zip(self.rows(stored, constants, role), self.bases(constants, role), strict=True):
+            part = rows if basis is None else rows @ basis
+            out = part if out is None else out + part
+        return out
 
 
 def stored_bits_per_element(stored: dict, num_elements: int) -> float:
@@ -52,6 +67,18 @@ def _no_constants(key, d):
     return {}
 
 
+def _identity_basis(constants, role="key"):
+    return (None,)
+
+
+def lookup(codebook: jax.Array, index: jax.Array) -> jax.Array:
+    """`codebook[index]` as a chain of selects (no gather: kernels on every backend take it)."""
+    out = jnp.zeros(index.shape, jnp.float32)
+    for level in range(codebook.shape[-1]):
+        out = jnp.where(index == level, codebook[..., level], out)
+    return out
+
+
 # -- int8 -------------------------------------------------------------------------------------------
 
 def _int8_encode(x, constants, role="key"):
@@ -60,8 +87,8 @@ def _int8_encode(x, constants, role="key"):
     return {"codes": jnp.clip(jnp.round(x / safe), -127, 127).astype(jnp.int8), "scale": scale}
 
 
-def _int8_decode(stored, constants, role="key"):
-    return stored["codes"].astype(jnp.float32) * stored["scale"].astype(jnp.float32)
+def _int8_rows(stored, constants, role="key"):
+    return (stored["codes"].astype(jnp.float32) * stored["scale"].astype(jnp.float32),)
 
 
 # -- int4 KIVI --------------------------------------------------------------------------------------
@@ -86,12 +113,12 @@ def _kivi_encode(x, constants, role="key"):
     return {"codes": pack_bits(codes, 4), "scale": scale, "zero": zero}
 
 
-def _kivi_decode(stored, constants, role="key"):
+def _kivi_rows(stored, constants, role="key"):
     d = stored["codes"].shape[-1] * 2
     codes = unpack_bits(stored["codes"], 4, d).astype(jnp.float32)
     grouped, _ = _kivi_groups(codes, role)
     out = grouped * stored["scale"].astype(jnp.float32) + stored["zero"].astype(jnp.float32)
-    return out.reshape(codes.shape)
+    return (out.reshape(codes.shape),)
 
 
 # -- TurboQuant ---------------------------------------------------------------------------------------
@@ -119,8 +146,9 @@ def _mse_codes(u, constants, bits):
     return pack_bits(jnp.searchsorted(0.5 * (c[1:] + c[:-1]), u @ constants["rotation"].T).astype(jnp.uint8), bits)
 
 
-def _mse_values(packed, constants, bits, d):
-    return constants["codebook"][unpack_bits(packed, bits, d)] @ constants["rotation"]
+def _mse_rotated(packed, constants, bits, d):
+    """The unit vectors' centroids in the rotated domain, `[..., T, d]` (times the rotation: decoded)."""
+    return lookup(constants["codebook"], unpack_bits(packed, bits, d))
 
 
 def turbo_mse(bits: int) -> Codec:
@@ -128,11 +156,14 @@ def turbo_mse(bits: int) -> Codec:
         u, norm = _unit(x)
         return {"codes": _mse_codes(u, constants, bits), "norm": norm}
 
-    def decode(stored, constants, role="key"):
-        d = constants["rotation"].shape[0]
-        return _mse_values(stored["codes"], constants, bits, d) * stored["norm"].astype(jnp.float32)
+    def rows(stored, constants, role="key"):
+        d = constants["rotation"].shape[-1]
+        return (_mse_rotated(stored["codes"], constants, bits, d) * stored["norm"].astype(jnp.float32),)
 
-    return Codec(f"turbo_mse_{bits}", _turbo_setup(bits, sketch=False), encode, decode,
+    def bases(constants, role="key"):
+        return (constants["rotation"],)
+
+    return Codec(f"turbo_mse_{bits}", _turbo_setup(bits, sketch=False), encode, rows, bases,
                  doc=f"TurboQuant_mse, {bits} bits per coordinate + a float16 norm")
 
 
@@ -145,26 +176,30 @@ def turbo_prod(bits: int) -> Codec:
         residual = u
         if mse_bits:
             stored["codes"] = _mse_codes(u, constants, mse_bits)
-            residual = u - _mse_values(stored["codes"], constants, mse_bits, x.shape[-1])
+            residual = u - _mse_rotated(stored["codes"], constants, mse_bits, x.shape[-1]) @ constants["rotation"]
         stored["signs"] = pack_bits((residual @ constants["sketch"].T >= 0).astype(jnp.uint8), 1)
         stored["residual_norm"] = jnp.linalg.norm(residual, axis=-1, keepdims=True).astype(jnp.float16)
         return stored
 
-    def decode(stored, constants, role="key"):
-        d = constants["rotation"].shape[0]
+    def rows(stored, constants, role="key"):
+        d = constants["rotation"].shape[-1]
+        norm = stored["norm"].astype(jnp.float32)
         signs = 2.0 * unpack_bits(stored["signs"], 1, d).astype(jnp.float32) - 1.0
-        u = math.sqrt(math.pi / 2) / d * stored["residual_norm"].astype(jnp.float32) * (signs @ constants["sketch"])
-        if mse_bits:
-            u = u + _mse_values(stored["codes"], constants, mse_bits, d)
-        return u * stored["norm"].astype(jnp.float32)
+        sketched = (math.sqrt(math.pi / 2) / d * stored["residual_norm"].astype(jnp.float32) * norm) * signs
+        if not mse_bits:
+            return (sketched,)
+        return (_mse_rotated(stored["codes"], constants, mse_bits, d) * norm, sketched)
 
-    return Codec(f"turbo_prod_{bits}", _turbo_setup(mse_bits, sketch=True), encode, decode,
+    def bases(constants, role="key"):
+        return (constants["rotation"], constants["sketch"]) if mse_bits else (constants["sketch"],)
+
+    return Codec(f"turbo_prod_{bits}", _turbo_setup(mse_bits, sketch=True), encode, rows, bases,
                  doc=f"TurboQuant_prod: {mse_bits}-bit MSE code + 1-bit QJL of the residual (unbiased inner products)")
 
 
 CODECS: dict[str, Codec] = {c.name: c for c in [
-    Codec("int8", _no_constants, _int8_encode, _int8_decode, doc="per-token int8 with a float16 scale"),
-    Codec("int4_kivi", _no_constants, _kivi_encode, _kivi_decode,
+    Codec("int8", _no_constants, _int8_encode, _int8_rows, _identity_basis, doc="per-token int8 with a float16 scale"),
+    Codec("int4_kivi", _no_constants, _kivi_encode, _kivi_rows, _identity_basis, group=KIVI_GROUP,
           doc="KIVI: 4-bit asymmetric, keys per channel over token groups, values per token"),
     *(turbo_mse(b) for b in (1, 2, 3, 4)), *(turbo_prod(b) for b in (1, 2, 3, 4))]}
 

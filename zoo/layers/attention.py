@@ -5,7 +5,9 @@ platform and features (cuDNN's flash kernel on GPUs where it applies, a blockwis
 with O(T * block) memory for long sequences, XLA's dense form otherwise). The cached path (`extend`) serves prefill, streaming a long
 context in segments, and one-token decoding alike: the cache is a ring buffer of `cache_size`
 slots (the window for sliding-window attention, so memory is constant in context length; the
-maximum length otherwise) that remembers each slot's absolute position for masking.
+maximum length otherwise) that remembers each slot's absolute position for masking. With a
+quantized `kv_cache` format (zoo.layers.kv_cache) the cache is a packed store plus a
+full-precision window of the newest tokens, read by `kernels.quantized_attention`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from flax import nnx, struct
 
 from zoo.layers.attend import IMPLEMENTATIONS, attend, attend_at
 from zoo.layers.conv import ShortConv
+from zoo.layers.kv_cache import KVCacheFormat, QuantizedKVCache, layout_of, qcache, quantized
 from zoo.layers.linear import Projection
 from zoo.layers.param import normal_param
 from zoo.layers.rotary import apply_rotary
@@ -47,14 +50,17 @@ class Attention(nnx.Module):
     """`x: [batch, seq, d_model] -> [batch, seq, d_model]`, causal, `num_heads` query heads sharing
     `num_kv_heads` key/value heads. `sliding_window = W > 0`: token t sees tokens t-W+1 .. t.
     `persistent = N_p > 0`: N_p learned key/value slots per KV head that every query sees
-    (Titans' persistent memory, Eq. 19, as per-head K/V; no rotary on them)."""
+    (Titans' persistent memory, Eq. 19, as per-head K/V; no rotary on them). `kv_cache`: how
+    `init_cache` / `extend` store keys and values (a float dtype or a quantized codec)."""
 
     def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  rope_theta: float, sliding_window: int, conv_width: int, std: float, out_std: float,
-                 dtype: jnp.dtype, rngs: nnx.Rngs, persistent: int = 0, implementation: str = "auto"):
+                 dtype: jnp.dtype, rngs: nnx.Rngs, persistent: int = 0, implementation: str = "auto",
+                 kv_cache: KVCacheFormat | None = None):
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(f"attention implementation {implementation!r}; allowed: {', '.join(IMPLEMENTATIONS)}")
         self.implementation = implementation
+        self.kv_cache = kv_cache or KVCacheFormat()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.rope_theta, self.sliding_window, self.dtype = rope_theta, sliding_window, dtype
         self.conv = ShortConv(d_model, conv_width, dtype=dtype) if conv_width else None
@@ -90,16 +96,25 @@ class Attention(nnx.Module):
                              persistent=self.persistent_slots(),
                              implementation=self.implementation))
 
-    def init_cache(self, batch_size: int, max_len: int) -> KVCache:
+    def init_cache(self, batch_size: int, max_len: int) -> KVCache | QuantizedKVCache:
+        tail = self.conv.init_tail(batch_size) if self.conv is not None else None
+        if self.kv_cache.quantized:
+            key_codec, value_codec = self.kv_cache.codecs()
+            layout = qcache.make_layout(key_codec, value_codec, kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+                                        max_len=max_len, window=self.sliding_window, recent=self.kv_cache.recent)
+            store = qcache.init(layout, batch_size, self.dtype, seed=self.kv_cache.seed)
+            return QuantizedKVCache(store, jnp.zeros((), jnp.int32), tail)
         size = min(self.sliding_window, max_len) if self.sliding_window else max_len
         shape = (batch_size, size, self.num_kv_heads, self.head_dim)
-        tail = self.conv.init_tail(batch_size) if self.conv is not None else None
-        return KVCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype),
+        dtype = self.kv_cache.float_dtype(self.dtype)
+        return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
                        jnp.full((size,), -1, jnp.int32), jnp.zeros((), jnp.int32), tail)
 
-    def extend(self, x: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    def extend(self, x: jax.Array, cache: KVCache | QuantizedKVCache) -> tuple[jax.Array, KVCache | QuantizedKVCache]:
         """Attends `x: [batch, seq, d_model]` (positions cache.pos ...) to the cache and itself,
-        then writes its keys/values into the ring buffer. Returns (y, new cache)."""
+        then writes its keys/values into the cache. Returns (y, new cache)."""
+        if isinstance(cache, QuantizedKVCache):
+            return self._extend_quantized(x, cache)
         seq = x.shape[1]
         size = cache.k.shape[1]
         qpos = cache.pos + jnp.arange(seq, dtype=jnp.int32)
@@ -119,3 +134,15 @@ class Attention(nnx.Module):
             conv_tail=tail,
         )
         return self.o(out), new_cache
+
+    def _extend_quantized(self, x: jax.Array, cache: QuantizedKVCache) -> tuple[jax.Array, QuantizedKVCache]:
+        """`extend` with a quantized cache: the call's tokens attend to the packed store, the
+        full-precision recent window and each other; then they are written (kernels.quantized_attention)."""
+        seq = x.shape[1]
+        qpos = cache.pos + jnp.arange(seq, dtype=jnp.int32)
+        q, k, v, tail = self._qkv(x, qpos, conv_tail=cache.conv_tail)
+        layout = layout_of(self.kv_cache, cache.store)
+        out = quantized.quantized_attention(q, qpos, cache.store, layout, k, v, cache.pos, window=self.sliding_window,
+                                            persistent=self.persistent_slots(), backend=self.kv_cache.backend)
+        store = qcache.write(layout, cache.store, k, v, cache.pos)
+        return self.o(out), QuantizedKVCache(store, cache.pos + seq, tail)

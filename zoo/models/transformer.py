@@ -20,7 +20,7 @@ def attention_from_config(cfg: ModelConfig, rngs: nnx.Rngs, *, persistent: int =
         cfg.d_model, cfg.num_heads, cfg.num_kv_heads or cfg.num_heads, head_dim,
         rope_theta=cfg.rope_theta, sliding_window=cfg.sliding_window, conv_width=cfg.attn_conv_width,
         std=cfg.init_std, out_std=residual_std(cfg), dtype=compute_dtype(cfg), rngs=rngs, persistent=persistent,
-        implementation=cfg.attention)
+        implementation=cfg.attention, kv_cache=cfg.kv_cache)
 
 
 def mlp_from_config(cfg: ModelConfig, rngs: nnx.Rngs) -> SwiGLU:
