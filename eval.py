@@ -31,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--babilong-data", default=None, metavar="DIR",
                    help="official BABILong splits as DIR/<length>/<qa>.jsonl (or .json/.parquet), used where present")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    p.add_argument("--kv-cache", default="", metavar="DTYPE[:BITS]",
+                   help="decode from this KV cache: bfloat16, float32, int8, int4_kivi, turbo_mse:B, turbo_prod:B "
+                        "(default: the run's model.kv_cache)")
+    p.add_argument("--kv-recent", type=int, default=0, help="with --kv-cache: newest tokens kept in full precision")
     p.add_argument("--no-plots", action="store_true", help="write no PNGs")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--compare", nargs="+", metavar="DIR", default=None,
@@ -62,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                 lengths=parse_lengths(args.lengths), depths=parse_depths(args.depths), num_samples=args.num_samples,
                 max_length=None if args.max_length is None else parse_length(args.max_length),
                 batch_size=args.batch_size, segment_len=parse_length(args.segment_len), haystack=args.haystack,
-                babilong_data=args.babilong_data, seed=args.seed, progress=not args.quiet)
+                babilong_data=args.babilong_data, seed=args.seed, progress=not args.quiet, kv_cache=args.kv_cache,
+                kv_recent=args.kv_recent)
             records, files = run(args.workdir, parse_tasks(args.tasks), step=args.step, output=args.output,
                                  settings=settings, make_plots=not args.no_plots)
             print(format_tables(records))

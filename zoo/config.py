@@ -119,7 +119,7 @@ class ModelConfig:
     # model's own (Samba-style hybrids: Miras-H / GDN-H, n = 2); models registered with hybrid=True
     hybrid_attention: int = 0
     # the attention layers' decoding cache (zoo.layers.kv_cache): dtype model|bfloat16|float32, or
-    # quantized int8|int4_kivi|turbo_mse|turbo_prod with bits (turbo), recent (full-precision tokens)
+    # quantized int8|int4_kivi|turbo_mse|turbo_prod with bits (turbo), recent (full-precision tokens, 128)
     kv_cache: KVCacheFormat = KVCacheFormat()
     memory: MemoryConfig = MemoryConfig()
 

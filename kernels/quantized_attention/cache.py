@@ -106,9 +106,13 @@ def rows_and_bases(layout: CacheLayout, stored: dict, constants: dict, role: str
 def init(layout: CacheLayout, batch: int, dtype, seed: int = 0) -> QuantizedKV:
     """An empty cache; the codecs' constants come from `seed`, one draw per KV head."""
     h, d, g = layout.kv_heads, layout.head_dim, layout.group
-    heads = jax.random.split(jax.random.key(seed), 2 * h).reshape(2, h)
-    constants = [jax.vmap(lambda k, name=name: codec(name).setup(k, d))(heads[i])
-                 for i, name in enumerate((layout.key_codec, layout.value_codec))]
+    # Constants are drawn when traced (they depend on the seed only), so a jitted init_cache embeds
+    # them instead of running a QR per call (XLA:CPU's LAPACK calls inside a large compiled decode
+    # loop deadlocked with jaxlib 0.10.2, see docs/fidelity.md).
+    with jax.ensure_compile_time_eval():
+        heads = jax.random.split(jax.random.key(seed), 2 * h).reshape(2, h)
+        constants = [jax.vmap(lambda k, name=name: codec(name).setup(k, d))(heads[i])
+                     for i, name in enumerate((layout.key_codec, layout.value_codec))]
     zeros = jnp.zeros((batch, h, layout.slots // g, g, d), jnp.float32)
     stored = [jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda x, c, role=role: encode(layout, x, c, role),
                                                           zeros, constants[i]))

@@ -107,7 +107,11 @@ def test_long_context_tasks_write_tables_json_and_plots(tmp_path):
         _png_ok(work / "eval" / "step_8" / name)
 
     other = tmp_path / "other.json"
-    _eval(work, "--tasks", "mqar", "--lengths", "64,128", "--num-samples", "2", "--output", str(other), "--no-plots")
+    _eval(work, "--tasks", "mqar", "--lengths", "64,128", "--num-samples", "2", "--output", str(other), "--no-plots",
+          "--kv-cache", "turbo_mse:3", "--kv-recent", "8")  # decoding from a quantized KV cache
+    assert json.loads(other.read_text())["settings"]["kv_cache"] == "turbo_mse:3"
+    bad_cache = run("eval.py", "--workdir", str(work), "--kv-cache", "turbo_mse:7")
+    assert bad_cache.returncode == 1 and "bits must be 1-4 for turbo_mse" in bad_cache.stderr
     cmp = run("eval.py", "--compare", str(work), str(other), "--output", str(tmp_path / "cmp"))
     assert cmp.returncode == 0, cmp.stderr[-3000:]
     assert "text@8" in cmp.stdout and "text@8'" in cmp.stdout

@@ -31,6 +31,7 @@ from zoo.evaluation.tasks import (
     ppl_by_position_task,
     ppl_task,
 )
+from zoo.layers.kv_cache import set_kv_cache
 from zoo.training.metrics import progress_bar, tensorboard_writer, write_scalars
 from zoo.training.restore import restore_run
 
@@ -85,6 +86,8 @@ def run(workdir: str | Path, tasks: list[str], step: int | None = None, devices:
         if name not in TASKS:
             parse_tasks(name)  # raises with a suggestion
     restored = restore_run(workdir, step, devices)
+    if settings.kv_cache:
+        set_kv_cache(restored.model, settings.kv_cache_format())
     main = jax.process_index() == 0
     total = len(tasks)
 

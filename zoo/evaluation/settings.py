@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
+from zoo.layers.kv_cache import FLOAT_DTYPES, QUANTIZED_DTYPES, KVCacheFormat
+
 NEEDLE_TASKS = ("s_niah_1", "s_niah_2", "s_niah_3", "mk_niah", "mv_niah", "mq_niah")
 BABILONG_TASKS = tuple(f"babilong_qa{i}" for i in range(1, 6))
 ALL_TASKS = ("ppl", "ppl_by_position", *NEEDLE_TASKS, *BABILONG_TASKS, "mqar")
@@ -18,7 +20,9 @@ class EvalSettings:
     depths in [0, 1]; num_samples: samples per (task, length, depth) cell; max_length: drop longer
     lengths; batch_size: sequences per device call; segment_len: streaming segment in tokens;
     haystack: a text file for essay haystacks (None = built-in corpus); babilong_data: a folder of
-    official BABILong splits (`<dir>/<length>/<qa>.jsonl`, used where present); seed: generator seed."""
+    official BABILong splits (`<dir>/<length>/<qa>.jsonl`, used where present); seed: generator seed;
+    kv_cache: the attention layers' decoding cache, "DTYPE[:BITS]" (e.g. int8, turbo_mse:3; "" = the
+    run's own `model.kv_cache`), with kv_recent full-precision recent tokens."""
 
     lengths: tuple[int, ...] | None = None
     depths: tuple[float, ...] = DEFAULT_DEPTHS
@@ -30,6 +34,8 @@ class EvalSettings:
     babilong_data: str | None = None
     seed: int = 0
     progress: bool = True
+    kv_cache: str = ""
+    kv_recent: int = 0
 
     def __post_init__(self):
         for name in ("num_samples", "batch_size", "segment_len"):
@@ -40,6 +46,21 @@ class EvalSettings:
             raise ValueError(f"--max-length must be a positive number of tokens, got {self.max_length}")
         if not self.depths or any(not 0.0 <= d <= 1.0 for d in self.depths):
             raise ValueError(f"--depths must be fractions (or percentages) in [0, 1], got {self.depths}")
+        if self.kv_cache:
+            self.kv_cache_format()  # a bad --kv-cache fails before the checkpoint loads
+
+    def kv_cache_format(self):
+        """The `--kv-cache DTYPE[:BITS]` / `--kv-recent N` format (a zoo.KVCacheFormat), or None."""
+        if not self.kv_cache:
+            return None
+        dtype, _, bits = self.kv_cache.partition(":")
+        if dtype not in FLOAT_DTYPES + QUANTIZED_DTYPES or (bits and not bits.isdigit()):
+            raise ValueError(f"--kv-cache must be DTYPE[:BITS] with DTYPE one of {', '.join(FLOAT_DTYPES + QUANTIZED_DTYPES)}"
+                             f" (BITS 1-4 for turbo_*), got {self.kv_cache!r}")
+        try:
+            return KVCacheFormat(dtype=dtype, bits=int(bits or 4), recent=self.kv_recent)
+        except ValueError as e:
+            raise ValueError(f"--kv-cache {self.kv_cache!r}: {e}") from None
 
     def lengths_for(self, task: str, task_defaults: tuple[int, ...]) -> tuple[int, ...]:
         """The lengths to run for `task`: the asked ones (else the task's defaults) up to

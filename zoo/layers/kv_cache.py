@@ -4,7 +4,7 @@ dtype (`model`, `bfloat16`, `float32`) or quantized by a codec of `kernels.quant
 and full-sequence calls never touch it: a checkpoint decodes with any format.
 
     model:
-      kv_cache: {dtype: turbo_mse, bits: 4, recent: 0}
+      kv_cache: {dtype: turbo_mse, bits: 4, recent: 128}
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ QUANTIZED_DTYPES = ("int8", "int4_kivi", "turbo_mse", "turbo_prod")
 class KVCacheFormat:
     """The KV cache's storage. `bits`: TurboQuant's bits per coordinate (1-4; turbo_* only);
     turbo_prod codes keys with (bits - 1)-bit MSE codes + a 1-bit QJL sketch and values with
-    turbo_mse (spec §3.6). `recent`: newest tokens kept in full precision (at least the codec's
-    group - 1: 31 for int4_kivi). `backend`: quantized_attention's. `seed`: the codecs' rotations
+    turbo_mse (spec §3.6). `recent`: a query reads the keys of its last `recent` tokens in full
+    precision (spec §3.6 step 6, KIVI's residual; at least the codec's group - 1: 31 for int4_kivi;
+    128 by default: measured, most of the quality loss is in the newest tokens, docs/fidelity.md). `backend`: quantized_attention's. `seed`: the codecs' rotations
     and sketches (one draw per KV head)."""
 
     dtype: str = dataclasses.field(default="model", metadata={"choices": FLOAT_DTYPES + QUANTIZED_DTYPES})
     bits: int = 4
-    recent: int = 0
+    recent: int = 128
     backend: str = dataclasses.field(default="auto", metadata={"choices": ("auto", *quantized.IMPLEMENTATIONS)})
     seed: int = 0
 

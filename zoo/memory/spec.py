@@ -113,7 +113,7 @@ class MemorySpec:
         for name in ("chunk_size", "kernel_chunk", "window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MemorySpec.{name} must be >= 1, got {getattr(self, name)}")
-        backends = {name for table in kernels.IMPLEMENTATIONS.values() for name in table} | {"auto"}
+        backends = {name for op in kernels.MEMORY_OPS for name in kernels.IMPLEMENTATIONS[op]} | {"auto"}
         names = self.kernel_backends
         names = (names,) if names == "auto" else names
         if not names or any(n not in backends for n in names) or ("auto" in names and len(names) > 1):

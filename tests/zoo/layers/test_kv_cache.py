@@ -31,11 +31,12 @@ def decode_tokens(model, tokens, cache, start):
 
 
 @pytest.mark.parametrize("name, overrides", [
-    ("transformer", ["model.kv_cache.dtype=int8"]),
-    ("transformer", ["model.kv_cache.dtype=int4_kivi", "model.num_kv_heads=2"]),
-    ("transformer", ["model.kv_cache.dtype=turbo_mse", "model.kv_cache.bits=3", "model.sliding_window=9"]),
+    ("transformer", ["model.kv_cache.dtype=int8", "model.kv_cache.recent=0"]),
+    ("transformer", ["model.kv_cache.dtype=int4_kivi", "model.kv_cache.recent=0", "model.num_kv_heads=2"]),
+    ("transformer", ["model.kv_cache.dtype=turbo_mse", "model.kv_cache.bits=3", "model.kv_cache.recent=0",
+                     "model.sliding_window=9"]),
     ("transformer", ["model.kv_cache.dtype=turbo_prod", "model.kv_cache.recent=4", "model.kv_cache.backend=pallas"]),
-    ("titans_mal", ["model.kv_cache.dtype=turbo_mse"]),
+    ("titans_mal", ["model.kv_cache.dtype=turbo_mse", "model.kv_cache.recent=0"]),
 ])
 def test_decode_after_prefill_equals_decode_token_by_token(name, overrides):
     model, cfg = build(name, "model.d_model=64", "model.num_heads=2", *overrides)
@@ -58,7 +59,7 @@ def test_float_cache_dtypes_and_set_kv_cache_on_a_built_model():
     cache = model.init_cache(1, 20)
     assert cache[0].k.dtype == jnp.bfloat16
     np.testing.assert_allclose(decode_tokens(model, tokens, cache, 0), want, atol=0.05)
-    zoo.set_kv_cache(model, zoo.KVCacheFormat(dtype="turbo_mse", bits=2))
+    zoo.set_kv_cache(model, zoo.KVCacheFormat(dtype="turbo_mse", bits=2, recent=0))
     assert model.init_cache(1, 20)[0].store.keys["codes"].dtype == jnp.uint8
     with pytest.raises(TypeError, match="takes a KVCacheFormat"):
         zoo.set_kv_cache(model, "int8")
@@ -82,7 +83,7 @@ def test_a_trained_models_perplexity_moves_under_one_percent_with_int8_and_4_bit
         return float(jnp.exp(jnp.sum(nll * mask) / jnp.sum(mask)))
 
     base = perplexity(zoo.KVCacheFormat())
-    for fmt in (zoo.KVCacheFormat(dtype="int8"), zoo.KVCacheFormat(dtype="turbo_mse", bits=4)):
+    for fmt in (zoo.KVCacheFormat(dtype="int8", recent=0), zoo.KVCacheFormat(dtype="turbo_mse", bits=4, recent=0)):
         ppl = perplexity(fmt)
         assert ppl != base and abs(ppl / base - 1) < 0.01, (fmt, ppl, base)
 
