@@ -35,8 +35,9 @@ from bench_memory import best_time  # noqa: E402  (scripts/: the fastest of the 
 import zoo  # noqa: E402
 from kernels.quantized_attention import cache as qcache  # noqa: E402
 from kernels.quantized_attention.attention import quantized_attention  # noqa: E402
+from zoo.data.pipeline import make_data  # noqa: E402
+from zoo.evaluation.perplexity import cached_perplexity  # noqa: E402
 from zoo.evaluation.settings import parse_length  # noqa: E402
-from zoo.streaming import stream_nll  # noqa: E402
 
 FORMATS = [("int8", 0), ("int4_kivi", 0), *(("turbo_mse", b) for b in (4, 3, 2)),
            *(("turbo_prod", b) for b in (4, 3, 2))]
@@ -93,15 +94,11 @@ def quality_rows(steps: int) -> tuple[float, list[dict]]:
     workdir = tempfile.mkdtemp(prefix="bench_kv_")
     zoo.train(cfg, workdir)
     model, cfg = zoo.load_checkpoint(workdir)
-    from zoo.data.pipeline import make_data
-
     batches = make_data(cfg).heldout_batches(8, 2)
-    inputs, targets, mask = (jnp.concatenate([b[key] for b in batches]) for key in ("inputs", "targets", "loss_mask"))
 
     def perplexity(fmt):
         zoo.set_kv_cache(model, fmt)
-        nll = stream_nll(model, inputs, targets, cfg.data.seq_len)
-        return float(jnp.exp(jnp.sum(nll * mask) / jnp.sum(mask)))
+        return cached_perplexity(model, batches, cfg.data.seq_len)
 
     base = perplexity(zoo.KVCacheFormat())
     rows = []

@@ -11,7 +11,8 @@ from flax import nnx
 
 import zoo
 from zoo.config import ConfigError
-from zoo.streaming import stream_nll
+from zoo.data.pipeline import make_data
+from zoo.evaluation.perplexity import cached_perplexity
 
 
 def build(name, *overrides):
@@ -72,15 +73,11 @@ def test_a_trained_models_perplexity_moves_under_one_percent_with_int8_and_4_bit
     cfg = zoo.load_config("configs/transformer/tiny.yaml", overrides=overrides)
     zoo.train(cfg, tmp_path)
     model, cfg = zoo.load_checkpoint(tmp_path)
-    from zoo.data.pipeline import make_data
-
     batches = make_data(cfg).heldout_batches(8, 2)
-    inputs, targets, mask = (jnp.concatenate([b[key] for b in batches]) for key in ("inputs", "targets", "loss_mask"))
 
     def perplexity(fmt):
         zoo.set_kv_cache(model, fmt)
-        nll = stream_nll(model, inputs, targets, cfg.data.seq_len)
-        return float(jnp.exp(jnp.sum(nll * mask) / jnp.sum(mask)))
+        return cached_perplexity(model, batches, cfg.data.seq_len)
 
     base = perplexity(zoo.KVCacheFormat())
     for fmt in (zoo.KVCacheFormat(dtype="int8", recent=0), zoo.KVCacheFormat(dtype="turbo_mse", bits=4, recent=0)):
