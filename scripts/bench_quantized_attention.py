@@ -19,6 +19,7 @@ window 0, 32 and 128 tokens) against the float cache.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -39,22 +40,28 @@ from zoo.data.pipeline import make_data  # noqa: E402
 from zoo.evaluation.perplexity import cached_perplexity  # noqa: E402
 from zoo.evaluation.settings import parse_length  # noqa: E402
 
-FORMATS = [("int8", 0), ("int4_kivi", 0), *(("turbo_mse", b) for b in (4, 3, 2)),
-           *(("turbo_prod", b) for b in (4, 3, 2))]
+
+def formats(head_dim: int) -> list[zoo.KVCacheFormat]:
+    """The quantized formats measured: the outlier split puts a quarter of the channels at bits + 1
+    (the paper's 32 of 128)."""
+    out = [zoo.KVCacheFormat(dtype="int8"), zoo.KVCacheFormat(dtype="int4_kivi")]
+    out += [zoo.KVCacheFormat(dtype="turbo_mse", bits=b) for b in (4, 3, 2)]
+    out += [zoo.KVCacheFormat(dtype="turbo_mse", bits=b, outliers=head_dim // 4) for b in (3, 2)]
+    out += [zoo.KVCacheFormat(dtype="turbo_prod", bits=b) for b in (4, 3, 2)]
+    return out
 
 
-def fmt_name(dtype: str, bits: int) -> str:
-    return f"{dtype}_{bits}" if dtype.startswith("turbo") else dtype
+def fmt_name(fmt: zoo.KVCacheFormat) -> str:
+    return fmt.codecs()[0]
 
 
 def memory_rows() -> list[dict]:
     rows = []
     for d in (64, 128):
-        for dtype, bits in FORMATS:
-            key_codec, value_codec = zoo.KVCacheFormat(dtype=dtype, bits=bits or 4).codecs()
-            layout = qcache.make_layout(key_codec, value_codec, kv_heads=1, head_dim=d, max_len=4096)
+        for fmt in formats(d):
+            layout = qcache.make_layout(*fmt.codecs(), kv_heads=1, head_dim=d, max_len=4096)
             per_token = qcache.stored_bytes_per_token(layout)
-            rows.append(dict(head_dim=d, format=fmt_name(dtype, bits), bytes_per_token=per_token,
+            rows.append(dict(head_dim=d, format=fmt_name(fmt), bytes_per_token=per_token,
                              bits_per_element=per_token * 8 / (2 * d), vs_bf16=(2 * 2 * d) / per_token))
     return rows
 
@@ -71,16 +78,18 @@ def latency_rows(lengths, backends, batch, repeats) -> list[dict]:
         base = best_time(bf16, q, k, v, repeats=repeats)
         rows.append(dict(length=length, format="bf16", backend="xla", ms=base * 1e3, vs_bf16=1.0))
         print(json.dumps(rows[-1]), flush=True)
-        for dtype, bits in [("int8", 0), ("int4_kivi", 0), ("turbo_mse", 4), ("turbo_prod", 3)]:
-            key_codec, value_codec = zoo.KVCacheFormat(dtype=dtype, bits=bits or 4).codecs()
-            layout = qcache.make_layout(key_codec, value_codec, kv_heads=hkv, head_dim=d, max_len=length + 1)
+        for fmt in [zoo.KVCacheFormat(dtype="int8"), zoo.KVCacheFormat(dtype="int4_kivi"),
+                    zoo.KVCacheFormat(dtype="turbo_mse", bits=4),
+                    zoo.KVCacheFormat(dtype="turbo_mse", bits=3, outliers=32),
+                    zoo.KVCacheFormat(dtype="turbo_prod", bits=3)]:
+            layout = qcache.make_layout(*fmt.codecs(), kv_heads=hkv, head_dim=d, max_len=length + 1)
             cache = jax.jit(lambda k, v, layout=layout: qcache.write(layout, qcache.init(layout, batch, jnp.bfloat16),
                                                                        k, v, 0))(k, v)
             for backend in backends:
                 step = jax.jit(lambda q, cache, k1, v1, layout=layout, backend=backend: quantized_attention(
                     q, jnp.array([length]), cache, layout, k1, v1, length, backend=backend))
                 seconds = best_time(step, q, cache, k[:, :1], v[:, :1], repeats=repeats)
-                rows.append(dict(length=length, format=fmt_name(dtype, bits), backend=backend, ms=seconds * 1e3,
+                rows.append(dict(length=length, format=fmt_name(fmt), backend=backend, ms=seconds * 1e3,
                                  vs_bf16=seconds / base))
                 print(json.dumps(rows[-1]), flush=True)
             del cache
@@ -102,10 +111,10 @@ def quality_rows(steps: int) -> tuple[float, list[dict]]:
 
     base = perplexity(zoo.KVCacheFormat())
     rows = []
-    for dtype, bits in FORMATS:
+    for fmt in formats(64):
         for recent in (0, 32, 128):
-            ppl = perplexity(zoo.KVCacheFormat(dtype=dtype, bits=bits or 4, recent=recent))
-            rows.append(dict(format=fmt_name(dtype, bits), recent=recent, perplexity=ppl,
+            ppl = perplexity(dataclasses.replace(fmt, recent=recent))
+            rows.append(dict(format=fmt_name(fmt), recent=recent, perplexity=ppl,
                              change_percent=100 * (ppl / base - 1)))
             print(json.dumps(rows[-1]), flush=True)
     return base, rows
@@ -125,7 +134,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=600, help="training steps of the quality model (0: skip)")
-    p.add_argument("--out", default=None, help="JSON path (default scripts/results/bench_quantized_attention_<platform>.json)")
+    p.add_argument("--out", default=None,
+                   help="JSON path (default scripts/results/bench_quantized_attention_<platform>.json)")
     args = p.parse_args(argv)
     dev = jax.devices()[0]
     memory = memory_rows()

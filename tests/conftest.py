@@ -29,3 +29,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import jax  # noqa: E402  (environment must be set first)
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def no_compilation_cache():
+    """Compiles without the persistent cache: with jaxlib 0.10.2 a CI run segfaulted inside
+    `compilation_cache.put_executable_and_time` while writing a Pallas-interpret quantized-attention
+    program (not reproducible alone); these programs compile once per test anyway."""
+    jax.config.update("jax_enable_compilation_cache", False)
+    yield
+    jax.config.update("jax_enable_compilation_cache", True)

@@ -104,12 +104,12 @@ def _extra_partial(q_rows, row_pos, lo, layout, cache, k_new, v_new, pos, persis
 
 
 def _rotate(x, basis):
-    """`x @ basis^T` per KV head (`basis [hkv, d, d]`; None = identity): a query into a part's domain."""
+    """`x @ basis^T` per KV head (`basis [hkv, width, d]`; None = identity): a query into a part's domain."""
     return x if basis is None else jnp.einsum("bhmd,hed->bhme", x, basis, precision="highest")
 
 
 def _unrotate(acc, basis):
-    """`acc @ basis` per KV head: accumulated value rows back to the model's domain."""
+    """`acc @ basis` per KV head (`[.., width] -> [.., d]`): accumulated value rows back to the model's domain."""
     return acc if basis is None else jnp.einsum("bhme,hed->bhmd", acc, basis, precision="highest")
 
 
@@ -203,7 +203,9 @@ def _pallas_store_partial(layout, cache, q_parts, lo, hi):
     v_leaves, v_tree = jax.tree.flatten(cache.values)
     kc_leaves, kc_tree = jax.tree.flatten(cache.key_constants)
     vc_leaves, vc_tree = jax.tree.flatten(cache.value_constants)
-    n_value_parts = len(value_codec.bases(cache.value_constants, "value"))
+    value_bases = value_codec.bases(cache.value_constants, "value")
+    value_widths = [d if basis is None else basis.shape[-2] for basis in value_bases]
+    n_value_parts = len(value_widths)
     lo_hi = jnp.stack([lo, jnp.broadcast_to(hi, lo.shape)])  # [2, M]
 
     def kernel(*refs):
@@ -226,8 +228,8 @@ def _pallas_store_partial(layout, cache, q_parts, lo, hi):
             groups = pl.ds(i * tile_groups, tile_groups)
             k_tile = jax.tree.unflatten(k_tree, [r[0, 0, groups] for r in k_refs])
             v_tile = jax.tree.unflatten(v_tree, [r[0, 0, groups] for r in v_refs])
-            key_rows = [x.reshape(tile_tokens, d) for x in key_codec.rows(k_tile, k_constants, "key")]
-            value_rows = [x.reshape(tile_tokens, d) for x in value_codec.rows(v_tile, v_constants, "value")]
+            key_rows = [x.reshape(tile_tokens, x.shape[-1]) for x in key_codec.rows(k_tile, k_constants, "key")]
+            value_rows = [x.reshape(tile_tokens, x.shape[-1]) for x in value_codec.rows(v_tile, v_constants, "value")]
             slot_pos = slot_ref[groups].reshape(tile_tokens)
             scores = sum(jnp.dot(qp, kr.T, preferred_element_type=jnp.float32, precision="highest")
                          for qp, kr in zip(qs, key_rows))
@@ -242,7 +244,7 @@ def _pallas_store_partial(layout, cache, q_parts, lo, hi):
             return m_new, l_run * correction + jnp.sum(p, axis=-1), accs
 
         init = (jnp.full((m_rows,), _NEG, jnp.float32), jnp.zeros((m_rows,), jnp.float32),
-                tuple(jnp.zeros((m_rows, d), jnp.float32) for _ in range(n_value_parts)))
+                tuple(jnp.zeros((m_rows, width), jnp.float32) for width in value_widths))
         m_run, l_run, accs = jax.lax.fori_loop(0, tiles_per_split, tile, init)
         m_ref[0, 0, 0] = m_run
         l_ref[0, 0, 0] = l_run
@@ -264,10 +266,10 @@ def _pallas_store_partial(layout, cache, q_parts, lo, hi):
                 + [store_block(x) for x in k_leaves + v_leaves]
                 + [constant_block(x) for x in kc_leaves + vc_leaves])
     stat = jax.ShapeDtypeStruct((b, h, splits, m_rows), jnp.float32)
-    acc = jax.ShapeDtypeStruct((b, h, splits, m_rows, d), jnp.float32)
+    accs = [jax.ShapeDtypeStruct((b, h, splits, m_rows, width), jnp.float32) for width in value_widths]
     out_specs = ([pl.BlockSpec((1, 1, 1, m_rows), lambda i, j, s: (i, j, s, 0))] * 2
-                 + [pl.BlockSpec((1, 1, 1, m_rows, d), lambda i, j, s: (i, j, s, 0, 0))] * n_value_parts)
-    outs = pl.pallas_call(kernel, out_shape=[stat, stat] + [acc] * n_value_parts, grid=(b, h, splits),
+                 + [pl.BlockSpec((1, 1, 1, m_rows, width), lambda i, j, s: (i, j, s, 0, 0)) for width in value_widths])
+    outs = pl.pallas_call(kernel, out_shape=[stat, stat, *accs], grid=(b, h, splits),
                           in_specs=in_specs, out_specs=out_specs, interpret=interpret_mode(),
                           name="quantized_decode_attention")(*q_parts, lo_hi, cache.slot_pos, *k_leaves, *v_leaves,
                                                               *kc_leaves, *vc_leaves)

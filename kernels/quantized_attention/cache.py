@@ -95,24 +95,27 @@ def encode(layout: CacheLayout, x: jax.Array, constants: dict, role: str) -> dic
 
 
 def rows_and_bases(layout: CacheLayout, stored: dict, constants: dict, role: str):
-    """The store as the codec's parts: (rows, bases) with rows `[batch, kv_heads, S, d]` each and
-    bases `[kv_heads, d, d]` each (None: identity); decoded = sum_i rows_i @ bases_i per head."""
+    """The store as the codec's parts: (rows, bases) with rows `[batch, kv_heads, S, width_i]` and
+    bases `[kv_heads, width_i, d]` (None: identity, width d); decoded = sum_i rows_i @ bases_i per head."""
     c = codec(layout.key_codec if role == "key" else layout.value_codec)
     rows = _per_head(lambda s, ch: c.rows(s, ch, role), stored, constants)
     rows = tuple(r.reshape(r.shape[:2] + (-1, r.shape[-1])) for r in rows)
     return rows, c.bases(constants, role)  # bases only pick constants: the [kv_heads] axis stays in front
 
 
-def init(layout: CacheLayout, batch: int, dtype, seed: int = 0) -> QuantizedKV:
-    """An empty cache; the codecs' constants come from `seed`, one draw per KV head."""
+def init(layout: CacheLayout, batch: int, dtype, seed: int = 0, key_scores=None, value_scores=None) -> QuantizedKV:
+    """An empty cache; the codecs' constants come from `seed`, one draw per KV head.
+    `key_scores`, `value_scores`: `[kv_heads, d]` expected channel magnitudes (an outlier-split
+    codec gives its largest channels more bits; None: the first channels)."""
     h, d, g = layout.kv_heads, layout.head_dim, layout.group
     # Constants are drawn when traced (they depend on the seed only), so a jitted init_cache embeds
     # them instead of running a QR per call (XLA:CPU's LAPACK calls inside a large compiled decode
     # loop deadlocked with jaxlib 0.10.2, see docs/fidelity.md).
     with jax.ensure_compile_time_eval():
         heads = jax.random.split(jax.random.key(seed), 2 * h).reshape(2, h)
-        constants = [jax.vmap(lambda k, name=name: codec(name).setup(k, d))(heads[i])
-                     for i, name in enumerate((layout.key_codec, layout.value_codec))]
+        constants = [jax.vmap(lambda k, sc, name=name: codec(name).setup(k, d, sc))(heads[i], scores)
+                     for i, (name, scores) in enumerate(((layout.key_codec, key_scores),
+                                                         (layout.value_codec, value_scores)))]
     zeros = jnp.zeros((batch, h, layout.slots // g, g, d), jnp.float32)
     stored = [jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda x, c, role=role: encode(layout, x, c, role),
                                                           zeros, constants[i]))

@@ -11,6 +11,8 @@ from `Codec.setup(key, d)` once and are not per-token storage.
 - turbo_mse_b, b = 1..4: TurboQuant_mse (arXiv 2504.19874, Algorithm 1): the unit vector rotated
   by a random orthogonal matrix, each coordinate quantized with the Lloyd-Max codebook of a unit
   vector's coordinate density (`lloyd_max.py`), and the float16 norm (b + 16/d bits).
+- turbo_mse_b+n: the mixed-precision outlier split (`turbo_split`): n channels at b + 1 bits, the
+  rest at b, two instances with their own rotations and norms.
 - turbo_prod_b: TurboQuant_prod (Algorithm 2): turbo_mse with b - 1 bits, then a 1-bit QJL sketch
   sign(S r) of the residual r (S Gaussian d x d) and the residual's float16 norm, decoded as
   x_mse + sqrt(pi/2)/d ||r|| S^T sign(S r): unbiased inner products (b + 32/d bits).
@@ -19,7 +21,9 @@ from `Codec.setup(key, d)` once and are not per-token storage.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import re
 from collections.abc import Callable
 
 import jax
@@ -63,7 +67,7 @@ def stored_bits_per_element(stored: dict, num_elements: int) -> float:
     return sum(x.size * x.dtype.itemsize * 8 for x in jax.tree.leaves(stored)) / num_elements
 
 
-def _no_constants(key, d):
+def _no_constants(key, d, scores=None):
     return {}
 
 
@@ -124,7 +128,7 @@ def _kivi_rows(stored, constants, role="key"):
 # -- TurboQuant ---------------------------------------------------------------------------------------
 
 def _turbo_setup(mse_bits: int, sketch: bool):
-    def setup(key, d):
+    def setup(key, d, scores=None):
         rotation_key, sketch_key = jax.random.split(key)
         constants = {"rotation": jax.random.orthogonal(rotation_key, d)}
         if mse_bits:
@@ -141,24 +145,25 @@ def _unit(x):
     return x / jnp.maximum(norm, 1e-30), norm.astype(jnp.float16)
 
 
-def _mse_codes(u, constants, bits):
-    c = constants["codebook"]
-    return pack_bits(jnp.searchsorted(0.5 * (c[1:] + c[:-1]), u @ constants["rotation"].T).astype(jnp.uint8), bits)
+def _mse_codes(coordinates, codebook, bits):
+    """A rotated unit vector's coordinates `[..., T, width]` -> their packed b-bit Lloyd-Max codes."""
+    thresholds = 0.5 * (codebook[1:] + codebook[:-1])
+    return pack_bits(jnp.searchsorted(thresholds, coordinates).astype(jnp.uint8), bits)
 
 
-def _mse_rotated(packed, constants, bits, d):
-    """The unit vectors' centroids in the rotated domain, `[..., T, d]` (times the rotation: decoded)."""
-    return lookup(constants["codebook"], unpack_bits(packed, bits, d))
+def _mse_rotated(packed, codebook, bits, width):
+    """The unit vectors' centroids in the rotated domain, `[..., T, width]` (times the basis: decoded)."""
+    return lookup(codebook, unpack_bits(packed, bits, width))
 
 
 def turbo_mse(bits: int) -> Codec:
     def encode(x, constants, role="key"):
         u, norm = _unit(x)
-        return {"codes": _mse_codes(u, constants, bits), "norm": norm}
+        return {"codes": _mse_codes(u @ constants["rotation"].T, constants["codebook"], bits), "norm": norm}
 
     def rows(stored, constants, role="key"):
         d = constants["rotation"].shape[-1]
-        return (_mse_rotated(stored["codes"], constants, bits, d) * stored["norm"].astype(jnp.float32),)
+        return (_mse_rotated(stored["codes"], constants["codebook"], bits, d) * stored["norm"].astype(jnp.float32),)
 
     def bases(constants, role="key"):
         return (constants["rotation"],)
@@ -175,8 +180,9 @@ def turbo_prod(bits: int) -> Codec:
         stored = {"norm": norm}
         residual = u
         if mse_bits:
-            stored["codes"] = _mse_codes(u, constants, mse_bits)
-            residual = u - _mse_rotated(stored["codes"], constants, mse_bits, x.shape[-1]) @ constants["rotation"]
+            stored["codes"] = _mse_codes(u @ constants["rotation"].T, constants["codebook"], mse_bits)
+            centroids = _mse_rotated(stored["codes"], constants["codebook"], mse_bits, x.shape[-1])
+            residual = u - centroids @ constants["rotation"]
         stored["signs"] = pack_bits((residual @ constants["sketch"].T >= 0).astype(jnp.uint8), 1)
         stored["residual_norm"] = jnp.linalg.norm(residual, axis=-1, keepdims=True).astype(jnp.float16)
         return stored
@@ -188,13 +194,56 @@ def turbo_prod(bits: int) -> Codec:
         sketched = (math.sqrt(math.pi / 2) / d * stored["residual_norm"].astype(jnp.float32) * norm) * signs
         if not mse_bits:
             return (sketched,)
-        return (_mse_rotated(stored["codes"], constants, mse_bits, d) * norm, sketched)
+        return (_mse_rotated(stored["codes"], constants["codebook"], mse_bits, d) * norm, sketched)
 
     def bases(constants, role="key"):
         return (constants["rotation"], constants["sketch"]) if mse_bits else (constants["sketch"],)
 
     return Codec(f"turbo_prod_{bits}", _turbo_setup(mse_bits, sketch=True), encode, rows, bases,
                  doc=f"TurboQuant_prod: {mse_bits}-bit MSE code + 1-bit QJL of the residual (unbiased inner products)")
+
+
+def turbo_split(bits: int, outliers: int) -> Codec:
+    """TurboQuant's mixed precision (spec §3.3, §3.6): the `outliers` channels with the largest
+    `scores` (setup's per-channel magnitudes; None: the first channels) coded by their own
+    TurboQuant_mse instance at bits + 1, the other channels by another at `bits`, each with its own
+    rotation and float16 norm. Each part's basis is its rotation times its channel selection
+    (`[width, d]`, orthonormal rows), so attention reads it like turbo_mse. At d = 128 and 32
+    outliers: 2 bits -> 2.5 bits per element with both norms, 3 -> 3.5."""
+    name = f"turbo_mse_{bits}+{outliers}"
+    part_bits = {"outlier": bits + 1, "rest": bits}
+
+    def setup(key, d, scores=None):
+        if not 3 <= outliers <= d - 3:
+            raise ValueError(f"{name}: the outlier split needs 3 <= outliers <= head_dim - 3 = {d - 3} (each part is a "
+                             f"TurboQuant instance of >= 3 channels); got {outliers}")
+        order = jnp.arange(d) if scores is None else jnp.argsort(-jnp.asarray(scores, jnp.float32), stable=True)
+        channels = {"outlier": jnp.sort(order[:outliers]), "rest": jnp.sort(order[outliers:])}
+        constants = {}
+        for part_key, part in zip(jax.random.split(key), ("outlier", "rest"), strict=True):
+            width = channels[part].shape[0]
+            rotation = jax.random.orthogonal(part_key, width)
+            constants[part] = {"basis": jnp.zeros((width, d)).at[:, channels[part]].set(rotation),
+                               "codebook": jnp.asarray(lloyd_max.codebook(width, part_bits[part]), jnp.float32)}
+        return constants
+
+    def encode(x, constants, role="key"):
+        stored = {}
+        for part in ("outlier", "rest"):
+            u, norm = _unit(x @ constants[part]["basis"].T)  # the part's channels, rotated
+            stored[part] = {"codes": _mse_codes(u, constants[part]["codebook"], part_bits[part]), "norm": norm}
+        return stored
+
+    def rows(stored, constants, role="key"):
+        return tuple(_mse_rotated(stored[p]["codes"], constants[p]["codebook"], part_bits[p],
+                                  constants[p]["basis"].shape[-2]) * stored[p]["norm"].astype(jnp.float32)
+                     for p in ("outlier", "rest"))
+
+    def bases(constants, role="key"):
+        return tuple(constants[p]["basis"] for p in ("outlier", "rest"))
+
+    return Codec(name, setup, encode, rows, bases,
+                 doc=f"TurboQuant_mse with {outliers} outlier channels at {bits + 1} bits, the rest at {bits}")
 
 
 CODECS: dict[str, Codec] = {c.name: c for c in [
@@ -204,7 +253,17 @@ CODECS: dict[str, Codec] = {c.name: c for c in [
     *(turbo_mse(b) for b in (1, 2, 3, 4)), *(turbo_prod(b) for b in (1, 2, 3, 4))]}
 
 
+@functools.cache
+def _split_codec(bits: int, outliers: int) -> Codec:
+    return turbo_split(bits, outliers)
+
+
 def codec(name: str) -> Codec:
-    if name not in CODECS:
-        raise ValueError(f"unknown KV-cache codec {name!r}; available: {', '.join(CODECS)}")
-    return CODECS[name]
+    """A codec by name: one of `CODECS`, or `turbo_mse_B+N` (the outlier split of `turbo_split`)."""
+    if name in CODECS:
+        return CODECS[name]
+    split = re.fullmatch(r"turbo_mse_([1-4])\+(\d+)", name)
+    if split:
+        return _split_codec(int(split[1]), int(split[2]))
+    raise ValueError(f"unknown KV-cache codec {name!r}; available: {', '.join(CODECS)}, and turbo_mse_B+N (B bits, "
+                     "N outlier channels at B + 1)")

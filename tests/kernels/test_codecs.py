@@ -100,3 +100,24 @@ def test_int8_and_kivi_errors_and_bits():
     with pytest.raises(ValueError, match="unknown KV-cache codec 'int3'; available: int8"):
         codec("int3")
     assert set(CODECS) >= {"int8", "int4_kivi", "turbo_mse_2", "turbo_prod_3"}
+
+
+@pytest.mark.parametrize("bits, effective", [(2, 2.5), (3, 3.5)])
+def test_outlier_split_spends_its_extra_bits_on_the_named_channels(bits, effective):
+    """turbo_mse_b+32 at d = 128: 32 channels at b + 1 bits, 96 at b, two float16 norms: exactly the
+    paper's 2.5 / 3.5 bits. On vectors whose large channels are the ones the scores name, its error
+    is below turbo_mse_b's and below the same split on the wrong channels (scores None)."""
+    d = 128
+    scale = jnp.ones(d).at[jnp.arange(5, 128, 4)].set(6.0)  # 31 large channels, spread out
+    x = jax.random.normal(jax.random.key(0), (2048, d)) * scale
+    split, plain = codec(f"turbo_mse_{bits}+32"), codec(f"turbo_mse_{bits}")
+
+    def error(c, constants):
+        return float(jnp.mean(jnp.sum((c.decode(c.encode(x, constants), constants) - x) ** 2, -1)))
+
+    named = split.setup(jax.random.key(1), d, scale)
+    assert stored_bits_per_element(split.encode(x, named), x.size) == effective
+    assert error(split, named) < 0.8 * error(plain, plain.setup(jax.random.key(1), d))
+    assert error(split, named) < 0.8 * error(split, split.setup(jax.random.key(1), d))
+    with pytest.raises(ValueError, match=r"turbo_mse_2\+126: the outlier split needs 3 <= outliers <= head_dim - 3"):
+        codec("turbo_mse_2+126").setup(jax.random.key(0), d)

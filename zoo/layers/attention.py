@@ -18,7 +18,7 @@ from flax import nnx, struct
 
 from zoo.layers.attend import IMPLEMENTATIONS, attend, attend_at
 from zoo.layers.conv import ShortConv
-from zoo.layers.kv_cache import KVCacheFormat, QuantizedKVCache, layout_of, qcache, quantized
+from zoo.layers.kv_cache import KVCacheFormat, QuantizedKVCache, channel_scores, layout_of, qcache, quantized
 from zoo.layers.linear import Projection
 from zoo.layers.param import normal_param
 from zoo.layers.rotary import apply_rotary
@@ -102,7 +102,11 @@ class Attention(nnx.Module):
             key_codec, value_codec = self.kv_cache.codecs()
             layout = qcache.make_layout(key_codec, value_codec, kv_heads=self.num_kv_heads, head_dim=self.head_dim,
                                         max_len=max_len, window=self.sliding_window, recent=self.kv_cache.recent)
-            store = qcache.init(layout, batch_size, self.dtype, seed=self.kv_cache.seed)
+            scores = {}
+            if self.kv_cache.outliers:  # the outlier split gives the largest channels more bits
+                scores = dict(key_scores=channel_scores(self.k.kernel.value, rotary=True),
+                              value_scores=channel_scores(self.v.kernel.value, rotary=False))
+            store = qcache.init(layout, batch_size, self.dtype, seed=self.kv_cache.seed, **scores)
             return QuantizedKVCache(store, jnp.zeros((), jnp.int32), tail)
         size = min(self.sliding_window, max_len) if self.sliding_window else max_len
         shape = (batch_size, size, self.num_kv_heads, self.head_dim)

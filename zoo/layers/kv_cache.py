@@ -28,18 +28,27 @@ class KVCacheFormat:
     turbo_prod codes keys with (bits - 1)-bit MSE codes + a 1-bit QJL sketch and values with
     turbo_mse (spec §3.6). `recent`: a query reads the keys of its last `recent` tokens in full
     precision (spec §3.6 step 6, KIVI's residual; at least the codec's group - 1: 31 for int4_kivi;
-    128 by default: measured, most of the quality loss is in the newest tokens, docs/fidelity.md). `backend`: quantized_attention's. `seed`: the codecs' rotations
-    and sketches (one draw per KV head)."""
+    128 by default: measured, most of the quality loss is in the newest tokens, docs/fidelity.md).
+    `outliers`: turbo_mse only: this many channels per KV head (the largest by the K / V
+    projection's column norms; rotary pairs together) coded at bits + 1 by their own TurboQuant
+    instance (the paper's 2.5 / 3.5-bit mixed precision: 32 of 128 channels).
+    `backend`: quantized_attention's. `seed`: the codecs' rotations and sketches (one draw per KV
+    head)."""
 
-    dtype: str = dataclasses.field(default="model", metadata={"choices": FLOAT_DTYPES + QUANTIZED_DTYPES})
+    dtype: str = dataclasses.field(default="model",
+                                   metadata={"choices": FLOAT_DTYPES + QUANTIZED_DTYPES})
     bits: int = 4
     recent: int = 128
+    outliers: int = 0
     backend: str = dataclasses.field(default="auto", metadata={"choices": ("auto", *quantized.IMPLEMENTATIONS)})
     seed: int = 0
 
     def __post_init__(self):
         if self.dtype.startswith("turbo") and not 1 <= self.bits <= 4:
             raise ValueError(f"bits must be 1-4 for {self.dtype} (TurboQuant's Lloyd-Max codes), got {self.bits}")
+        if self.outliers < 0 or (self.outliers and self.dtype != "turbo_mse"):
+            raise ValueError(f"outliers ({self.outliers}) must be >= 0, and is a turbo_mse option (got dtype "
+                             f"{self.dtype}): the channels coded at bits + 1")
         if self.recent < 0:  # messages start with the field: the config prefixes its section
             raise ValueError(f"recent must be >= 0 (newest tokens kept in full precision), got {self.recent}")
 
@@ -51,7 +60,7 @@ class KVCacheFormat:
         """The (key, value) codec names of a quantized format."""
         if self.dtype in ("int8", "int4_kivi"):
             return self.dtype, self.dtype
-        mse = f"turbo_mse_{self.bits}"
+        mse = f"turbo_mse_{self.bits}" + (f"+{self.outliers}" if self.outliers else "")
         return (f"turbo_prod_{self.bits}" if self.dtype == "turbo_prod" else mse), mse
 
     def float_dtype(self, model_dtype) -> jnp.dtype:
@@ -66,6 +75,18 @@ class QuantizedKVCache:
     store: qcache.QuantizedKV
     pos: jax.Array
     conv_tail: jax.Array | None = None
+
+
+def channel_scores(kernel: jax.Array, rotary: bool) -> jax.Array:
+    """Expected magnitude of each output channel of a K or V projection `kernel: [d_model, heads,
+    head_dim]` -> `[heads, head_dim]` (column norms; with rotary the two channels of a half-split
+    pair rotate into each other, so both get the pair's norm)."""
+    norms = jnp.sqrt(jnp.sum(jnp.square(kernel.astype(jnp.float32)), axis=0))
+    if not rotary:
+        return norms
+    half = norms.shape[-1] // 2
+    pair = jnp.sqrt(norms[..., :half] ** 2 + norms[..., half:] ** 2)
+    return jnp.concatenate([pair, pair], axis=-1)
 
 
 def layout_of(fmt: KVCacheFormat, store: qcache.QuantizedKV) -> qcache.CacheLayout:

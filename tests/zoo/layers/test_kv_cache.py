@@ -14,6 +14,8 @@ from zoo.config import ConfigError
 from zoo.data.pipeline import make_data
 from zoo.evaluation.perplexity import cached_perplexity
 
+pytestmark = pytest.mark.usefixtures("no_compilation_cache")  # see tests/conftest.py
+
 
 def build(name, *overrides):
     cfg = zoo.load_config(zoo.registry.models()[name].tiny_config, overrides=list(overrides))
@@ -37,6 +39,8 @@ def decode_tokens(model, tokens, cache, start):
     ("transformer", ["model.kv_cache.dtype=turbo_mse", "model.kv_cache.bits=3", "model.kv_cache.recent=0",
                      "model.sliding_window=9"]),
     ("transformer", ["model.kv_cache.dtype=turbo_prod", "model.kv_cache.recent=4", "model.kv_cache.backend=pallas"]),
+    ("transformer", ["model.kv_cache.dtype=turbo_mse", "model.kv_cache.bits=2", "model.kv_cache.outliers=8",
+                     "model.kv_cache.recent=0"]),
     ("titans_mal", ["model.kv_cache.dtype=turbo_mse", "model.kv_cache.recent=0"]),
 ])
 def test_decode_after_prefill_equals_decode_token_by_token(name, overrides):
@@ -91,6 +95,9 @@ def test_config_errors_name_the_key_and_the_fix():
     with pytest.raises(ConfigError, match="model.kv_cache.bits must be 1-4 for turbo_mse"):
         zoo.load_config("configs/transformer/tiny.yaml", overrides=["model.kv_cache.dtype=turbo_mse",
                                                                     "model.kv_cache.bits=8"])
+    with pytest.raises(ConfigError, match=r"model.kv_cache.outliers \(8\) must be >= 0, and is a turbo_mse option"):
+        zoo.load_config("configs/transformer/tiny.yaml", overrides=["model.kv_cache.dtype=int8",
+                                                                    "model.kv_cache.outliers=8"])
     with pytest.raises(ConfigError, match="titans_mac caches one segment"):
         zoo.load_config("configs/titans/mac_tiny.yaml", overrides=["model.kv_cache.dtype=int8"])
     with pytest.raises(ConfigError, match="model.kv_cache.backend: 'triton' is not allowed"):
