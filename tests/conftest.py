@@ -18,8 +18,9 @@ if "MEMZOO_CACHE" not in os.environ:
 
     os.environ["MEMZOO_CACHE"] = tempfile.mkdtemp(prefix="memzoo-test-cache-")
 
-# A persistent XLA compilation cache for the run: the CLI tests' subprocesses (train.py, eval.py)
-# compile the same programs again and again; with the cache only the first one pays.
+# A persistent XLA compilation cache for the CLI tests' subprocesses (train.py, eval.py), which
+# compile the same programs again and again: with it only the first one pays. The test processes
+# themselves compile each program once and do not write it (below).
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import tempfile
 
@@ -29,16 +30,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import jax  # noqa: E402  (environment must be set first)
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# With jaxlib 0.10.2, two full runs segfaulted inside `compilation_cache.put_executable_and_time`
+# (XLA:CPU executable serialization) in a test process, on different tests each time and never
+# alone; the flag must be set before the first compile (the cache decision is made once).
+jax.config.update("jax_enable_compilation_cache", False)
 
-
-import pytest  # noqa: E402
-
-
-@pytest.fixture
-def no_compilation_cache():
-    """Compiles without the persistent cache: with jaxlib 0.10.2 a CI run segfaulted inside
-    `compilation_cache.put_executable_and_time` while writing a Pallas-interpret quantized-attention
-    program (not reproducible alone); these programs compile once per test anyway."""
-    jax.config.update("jax_enable_compilation_cache", False)
-    yield
-    jax.config.update("jax_enable_compilation_cache", True)

@@ -14,8 +14,6 @@ from kernels.quantized_attention import cache as qcache
 from kernels.quantized_attention.attention import IMPLEMENTATIONS, quantized_attention
 from zoo.layers.attend import attend_at
 
-pytestmark = pytest.mark.usefixtures("no_compilation_cache")  # see tests/conftest.py
-
 CODEC_PAIRS = [("int8", "int8"), ("int4_kivi", "int4_kivi"), ("turbo_mse_2", "turbo_mse_2"),
                ("turbo_prod_3", "turbo_mse_3"), ("turbo_prod_1", "turbo_prod_1"), ("turbo_mse_1+5", "turbo_mse_2+4")]
 

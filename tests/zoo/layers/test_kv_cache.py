@@ -14,8 +14,6 @@ from zoo.config import ConfigError
 from zoo.data.pipeline import make_data
 from zoo.evaluation.perplexity import cached_perplexity
 
-pytestmark = pytest.mark.usefixtures("no_compilation_cache")  # see tests/conftest.py
-
 
 def build(name, *overrides):
     cfg = zoo.load_config(zoo.registry.models()[name].tiny_config, overrides=list(overrides))
