@@ -25,7 +25,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import pallas as pl
 
 from kernels.common import Implementation, Implementations
 from kernels.quantized_attention.cache import TILE, CacheLayout, QuantizedKV, dequantized_span, rows_and_bases
@@ -190,6 +189,8 @@ def _pallas_store_partial(layout, cache, q_parts, lo, hi):
     """The store's softmax partial by a Pallas kernel: grid (batch, KV head, split); each program
     walks its split's tiles with an online softmax and writes (m, l, acc per value part); the
     splits are merged here."""
+    from jax.experimental import pallas as pl  # only where the kernel runs: importing Pallas registers
+    # its MLIR dialects in every process that imports memzoo otherwise (docs/fidelity.md)
     b, h, m_rows, d = q_parts[0].shape
     g = layout.group
     tile_tokens = min(layout.slots, TILE)
