@@ -24,6 +24,7 @@ import yaml
 from zoo.layers import tokamax_attention
 from zoo.layers.attend import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from zoo.layers.kv_cache import KVCacheFormat
+from zoo.layers.polysketch import PolySketchFormat
 from zoo.memory import parts as memory_parts  # the registered structures, objectives, learners, retentions
 from zoo.memory import spec as memory_spec  # the spec's tables of allowed values
 
@@ -121,6 +122,8 @@ class ModelConfig:
     # the attention layers' decoding cache (zoo.layers.kv_cache): dtype model|bfloat16|float32, or
     # quantized int8|int4_kivi|turbo_mse|turbo_prod with bits (turbo), recent (full-precision tokens, 128)
     kv_cache: KVCacheFormat = KVCacheFormat()
+    # model.name=polysketchformer: the sketch (learned | random, size r), block and exact local attention
+    polysketch: PolySketchFormat = PolySketchFormat()
     memory: MemoryConfig = MemoryConfig()
 
 
@@ -453,6 +456,12 @@ def validate(cfg: Config) -> Config:
             f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads={kv}; "
             "grouped-query attention needs num_heads = k * num_kv_heads"
         )
+    if m.name == "polysketchformer" and (m.sliding_window or m.attn_conv_width or m.num_kv_heads
+                                          or m.persistent_tokens or m.kv_cache.dtype != "model"):
+        raise ConfigError("polysketchformer attends through sketches with a constant-size state: it takes no "
+                          "model.sliding_window, attn_conv_width, num_kv_heads, persistent_tokens or kv_cache "
+                          f"(got {m.sliding_window}, {m.attn_conv_width}, {m.num_kv_heads}, {m.persistent_tokens}, "
+                          f"{m.kv_cache.dtype}); set them to 0 / model")
     if m.kv_cache.dtype != "model" and m.name == "titans_mac":
         raise ConfigError(f"model.kv_cache.dtype={m.kv_cache.dtype}: titans_mac caches one segment of keys "
                           f"(memory.chunk_size={m.memory.chunk_size} tokens) and reads the rest from its memory; "

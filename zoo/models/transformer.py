@@ -34,12 +34,13 @@ def residual_std(cfg: ModelConfig) -> float:
 
 
 class TransformerBlock(nnx.Module):
-    """x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)); `x: [batch, seq, d_model]`."""
+    """x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)); `x: [batch, seq, d_model]`. `attn`: another
+    attention layer with Attention's interface (`__call__`, `init_cache`, `extend`), e.g. PolySketch."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, attn: nnx.Module | None = None):
         dtype = compute_dtype(cfg)
         self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
-        self.attn = attention_from_config(cfg, rngs)
+        self.attn = attn if attn is not None else attention_from_config(cfg, rngs)
         self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype)
         self.mlp = mlp_from_config(cfg, rngs)
 

@@ -1,0 +1,297 @@
+"""PolySketchFormer attention (Kacham, Mirrokni & Zhong, arXiv 2310.01655; spec
+msssm-polysketch-quantized-attention-pallas §2): polynomial attention made linear by sketches.
+
+Per head, with q, k after RoPE and a LayerNorm over the head dimension (shared by q and k, no
+1/sqrt(h) temperature, §2.1):
+
+    w_ij = <phi(q_i), phi(k_j)>^2  (j <= i),    o_i = sum_j w_ij v_j / (1 + sum_j w_ij)      (§2.1-2.2)
+
+phi maps R^h to R^r; squaring the inner product is the self-tensoring phi (x) phi in R^(r^2), so
+every weight is >= 0 and ~ <q, k>^4:
+- "random": phi(x) = c (x G1) * (x G2), G1, G2 ~ N(0, 1)^(h x r) drawn once per layer and fixed
+  (the degree-2 Gaussian sketch, §2.2); c = 1/sqrt(r) (unbiased: E <phi(q), phi(k)> = <q, k>^2) or
+  1/r (the released code's scaling), `sketch_scale`.
+- "learned": phi(x) = sqrt(r) tanh(x1 * x2 / sqrt(r)), x_a = f_a2(f_a1(x)), f(x) =
+  Dense_r(GELU(Dense_8r(LN(x)))) without biases (the released `sketch_layer.py`, §2.2).
+- "exact": no sketch, w_ij = <LN(q_i), LN(k_j)>^degree for every pair: the quadratic polynomial
+  attention (§2.1), the reference and baseline; its decoding cache holds every past token.
+With `local_exact`, pairs inside one block of `block` tokens use the exact weight
+<LN_q(q_i), LN_k(k_j)>^degree instead (separate LayerNorms, §2.3 "mixed"); one normaliser.
+
+Training runs the block algorithm (§2.3): blocks of `block` tokens in a `lax.scan` carrying the
+state S = sum phi(k) (x) phi(k) v^T `[r^2, d]` and z = sum phi(k) (x) phi(k) `[r^2]`; each block adds
+its exact lower-triangular part. Packed documents reset the state (a token reads the carried state
+only if its document started before its block). Decoding (§2.4) keeps (S, z) plus the current
+block's tokens (their local keys, values and features), folded into (S, z) when the block ends.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from kernels.common import in_chunk_documents
+from zoo.layers.attention import positions_in_documents
+from zoo.layers.linear import Projection
+from zoo.layers.param import constant_param, normal_param
+from zoo.layers.rotary import apply_rotary
+
+FEATURES = ("learned", "random", "exact")
+SKETCH_SCALES = ("unbiased", "code")
+LN_EPS = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class PolySketchFormat:
+    """The `model.polysketch` section. `feature`: learned | random sketch, or exact (quadratic
+    polynomial attention); `sketch_size` r (r^2 features); `block`: tokens per block of the causal
+    algorithm, and the window of exact local attention when `local_exact`; `degree`: the exact
+    kernel's even power p; `sketch_scale`: the random sketch's 1/sqrt(r) (unbiased) or 1/r (the
+    released code)."""
+
+    feature: str = dataclasses.field(default="learned", metadata={"choices": FEATURES})
+    sketch_size: int = 32
+    block: int = 256
+    local_exact: bool = True
+    degree: int = 4
+    sketch_scale: str = dataclasses.field(default="unbiased", metadata={"choices": SKETCH_SCALES})
+
+    def __post_init__(self):
+        if self.degree < 2 or self.degree % 2:
+            raise ValueError(f"degree must be even and >= 2 (odd powers give negative weights), got {self.degree}")
+        if self.sketch_size < 1 or self.block < 1:
+            raise ValueError(f"sketch_size and block must be >= 1, got {self.sketch_size} and {self.block}")
+
+
+class SketchMatrix(nnx.Variable):
+    """A fixed random sketch (drawn at init, saved with checkpoints, never trained)."""
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last dim `[..., dim]` with a learned scale and bias (eps 1e-5), fp32 statistics."""
+
+    def __init__(self, dim: int):
+        self.scale = constant_param(jnp.ones((dim,)), ("kv",))
+        self.bias = constant_param(jnp.zeros((dim,)), ("kv",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + LN_EPS) * self.scale.value + self.bias.value
+
+
+class SketchMLP(nnx.Module):
+    """f(x) = Dense_out(GELU(Dense_8out(LN(x)))), no biases: `[..., d_in] -> [..., d_out]`."""
+
+    def __init__(self, d_in: int, d_out: int, rngs: nnx.Rngs):
+        self.norm = LayerNorm(d_in)
+        self.up = normal_param(rngs, (d_in, 8 * d_out), ("kv", None), d_in ** -0.5)
+        self.down = normal_param(rngs, (8 * d_out, d_out), (None, "kv"), (8 * d_out) ** -0.5)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.gelu(self.norm(x) @ self.up.value) @ self.down.value
+
+
+class LearnedSketch(nnx.Module):
+    """phi(x) = sqrt(r) tanh(x1 * x2 / sqrt(r)), x_a = f_a2(f_a1(x)) (§2.2): `[..., h] -> [..., r]`."""
+
+    def __init__(self, head_dim: int, r: int, rngs: nnx.Rngs):
+        self.r = r
+        self.f11, self.f12 = SketchMLP(head_dim, r, rngs), SketchMLP(r, r, rngs)
+        self.f21, self.f22 = SketchMLP(head_dim, r, rngs), SketchMLP(r, r, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x1, x2 = self.f12(self.f11(x)), self.f22(self.f21(x))
+        return math.sqrt(self.r) * jnp.tanh(x1 * x2 / math.sqrt(self.r))
+
+
+class RandomSketch(nnx.Module):
+    """phi(x) = c (x G1) * (x G2), the degree-2 Gaussian sketch (§2.2): `[..., h] -> [..., r]`."""
+
+    def __init__(self, head_dim: int, r: int, scale: str, rngs: nnx.Rngs):
+        self.c = r ** -0.5 if scale == "unbiased" else 1.0 / r
+        key = rngs.params()
+        self.g1 = SketchMatrix(jax.random.normal(jax.random.fold_in(key, 1), (head_dim, r)))
+        self.g2 = SketchMatrix(jax.random.normal(jax.random.fold_in(key, 2), (head_dim, r)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.c * (x @ self.g1.value) * (x @ self.g2.value)
+
+
+def tensor_square(phi: jax.Array) -> jax.Array:
+    """`[..., r] -> [..., r^2]`: phi (x) phi, so <Phi(q), Phi(k)> = <phi(q), phi(k)>^2."""
+    return (phi[..., :, None] * phi[..., None, :]).reshape(phi.shape[:-1] + (-1,))
+
+
+@struct.dataclass
+class PolySketchCache:
+    """Decoding state per layer: `state [b, h, r^2, d]`, `norm [b, h, r^2]` over completed blocks
+    (every past token without local_exact); the current block's tokens: `local_k [b, block, h, dh]`,
+    `local_v [b, block, h, d]`, `local_phi [b, block, h, r]`; `pos: []` the next position."""
+
+    state: jax.Array
+    norm: jax.Array
+    local_k: jax.Array
+    local_v: jax.Array
+    local_phi: jax.Array
+    pos: jax.Array
+
+
+class PolySketchAttention(nnx.Module):
+    """`x: [batch, seq, d_model] -> [batch, seq, d_model]`, causal polynomial-sketch attention with
+    `num_heads` heads of `head_dim` (see the module docstring)."""
+
+    def __init__(self, d_model: int, num_heads: int, head_dim: int, *, spec: PolySketchFormat, rope_theta: float,
+                 std: float, out_std: float, dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.spec, self.num_heads, self.head_dim = spec, num_heads, head_dim
+        self.rope_theta, self.dtype = rope_theta, dtype
+        proj = dict(std=std, dtype=dtype, rngs=rngs)
+        self.q = Projection((d_model,), (num_heads, head_dim), axes=("embed", "heads", "kv"), **proj)
+        self.k = Projection((d_model,), (num_heads, head_dim), axes=("embed", "heads", "kv"), **proj)
+        self.v = Projection((d_model,), (num_heads, head_dim), axes=("embed", "heads", "kv"), **proj)
+        self.o = Projection((num_heads, head_dim), (d_model,), axes=("heads", "kv", "embed"), std=out_std, dtype=dtype,
+                            rngs=rngs)
+        self.qk_norm = LayerNorm(head_dim)
+        self.exact = spec.feature == "exact"
+        if spec.feature == "learned":
+            self.sketch = LearnedSketch(head_dim, spec.sketch_size, rngs)
+        elif spec.feature == "random":
+            self.sketch = RandomSketch(head_dim, spec.sketch_size, spec.sketch_scale, rngs)
+        if spec.local_exact and not self.exact:
+            self.local_q_norm, self.local_k_norm = LayerNorm(head_dim), LayerNorm(head_dim)
+
+    # -- pieces --------------------------------------------------------------------------------------
+
+    def _features(self, x: jax.Array, positions: jax.Array):
+        """-> (phi(q), phi(k) `[b, t, h, r]`, local q, k `[b, t, h, dh]` (None without local_exact), v)."""
+        q = apply_rotary(self.q(x), positions, self.rope_theta)
+        k = apply_rotary(self.k(x), positions, self.rope_theta)
+        if self.exact:  # every pair exact: the shared LayerNorm, no sketch
+            return None, None, self.qk_norm(q), self.qk_norm(k), self.v(x).astype(jnp.float32)
+        phi_q, phi_k = self.sketch(self.qk_norm(q)), self.sketch(self.qk_norm(k))
+        if not self.spec.local_exact:
+            return phi_q, phi_k, None, None, self.v(x).astype(jnp.float32)
+        return phi_q, phi_k, self.local_q_norm(q), self.local_k_norm(k), self.v(x).astype(jnp.float32)
+
+    def _local_weights(self, phi_q, phi_k, lq, lk):
+        """Weights of query rows against key rows (`[..., t, h, *] x [..., s, h, *] -> [..., h, t, s]`),
+        before masking: exact <lq, lk>^p with local_exact, else the sketched kernel."""
+        if self.spec.local_exact or self.exact:
+            return jnp.einsum("...thd,...shd->...hts", lq, lk) ** self.spec.degree
+        return jnp.einsum("...thr,...shr->...hts", phi_q, phi_k) ** 2
+
+    # -- training form -------------------------------------------------------------------------------
+
+    def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
+        """Full-sequence causal attention by the block algorithm; documents never see each other."""
+        b, t, _ = x.shape
+        phi_q, phi_k, lq, lk, v = self._features(x, positions_in_documents(segment_ids, t))
+        if self.exact:
+            return self.o(self._exact(lq, lk, v, segment_ids).astype(self.dtype))
+        blk = self.spec.block
+        n = -(-t // blk)
+        pad = n * blk - t
+        starts = jnp.zeros((b, t), bool) if segment_ids is None else jnp.concatenate(
+            [jnp.zeros((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+
+        def blocks(a):  # [b, t, ...] -> [n, b, blk, ...]
+            a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+            return jnp.moveaxis(a.reshape((b, n, blk) + a.shape[2:]), 1, 0)
+
+        xs = dict(phi_q=blocks(phi_q), phi_k=blocks(phi_k), v=blocks(v), starts=blocks(starts))
+        if lq is not None:
+            xs.update(lq=blocks(lq), lk=blocks(lk))
+        r2 = self.spec.sketch_size ** 2
+        init = (jnp.zeros((b, self.num_heads, r2, self.head_dim), jnp.float32),
+                jnp.zeros((b, self.num_heads, r2), jnp.float32))
+
+        def one_block(carry, blk_xs):
+            state, norm = carry
+            last, same = in_chunk_documents(blk_xs["starts"])  # [b, blk], [b, blk, blk]
+            causal = jnp.tril(jnp.ones((blk, blk), bool))
+            w = self._local_weights(blk_xs["phi_q"], blk_xs["phi_k"], blk_xs.get("lq"), blk_xs.get("lk"))
+            w = jnp.where((causal & same)[:, None], w, 0.0)  # [b, h, blk, blk]
+            big_q, big_k = tensor_square(blk_xs["phi_q"]), tensor_square(blk_xs["phi_k"])  # [b, blk, h, r^2]
+            reads = (last < 0)[:, :, None, None]  # the token's document started before the block
+            num = jnp.einsum("bhts,bshd->bthd", w, blk_xs["v"]) + jnp.where(
+                reads, jnp.einsum("bthf,bhfd->bthd", big_q, state), 0.0)
+            den = jnp.sum(w, axis=-1).transpose(0, 2, 1)[..., None] + jnp.where(
+                reads, jnp.einsum("bthf,bhf->bth", big_q, norm)[..., None], 0.0)
+            keep = (last == last[:, -1:])[:, :, None, None]  # the block's last document carries on
+            fresh = jnp.any(blk_xs["starts"], axis=1)[:, None, None]
+            big_k = jnp.where(keep, big_k, 0.0)
+            state = jnp.where(fresh[..., None], 0.0, state) + jnp.einsum("bthf,bthd->bhfd", big_k, blk_xs["v"])
+            norm = jnp.where(fresh, 0.0, norm) + jnp.sum(big_k, axis=1)
+            return (state, norm), num / (1.0 + den)
+
+        _, out = jax.lax.scan(jax.checkpoint(one_block), init, xs)
+        out = jnp.moveaxis(out, 0, 1).reshape((b, n * blk, self.num_heads, self.head_dim))[:, :t]
+        return self.o(out.astype(self.dtype))
+
+    def _exact(self, lq, lk, v, segment_ids):
+        """Quadratic polynomial attention (§2.1): dense `[b, h, t, t]` weights, causal, per document."""
+        t = lq.shape[1]
+        mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
+        if segment_ids is not None:
+            mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+        w = jnp.where(mask, self._local_weights(None, None, lq, lk), 0.0)
+        return jnp.einsum("bhts,bshd->bthd", w, v) / (1.0 + jnp.sum(w, axis=-1).transpose(0, 2, 1))[..., None]
+
+    # -- decoding ------------------------------------------------------------------------------------
+
+    def init_cache(self, batch_size: int, max_len: int) -> PolySketchCache:
+        h, d = self.num_heads, self.head_dim
+        r = 1 if self.exact else self.spec.sketch_size
+        local = max_len if self.exact else self.spec.block if self.spec.local_exact else 1  # sketches: constant size
+        return PolySketchCache(
+            jnp.zeros((batch_size, h, r * r, d), jnp.float32), jnp.zeros((batch_size, h, r * r), jnp.float32),
+            jnp.zeros((batch_size, local, h, d), jnp.float32), jnp.zeros((batch_size, local, h, d), jnp.float32),
+            jnp.zeros((batch_size, local, h, r), jnp.float32), jnp.zeros((), jnp.int32))
+
+    def extend(self, x: jax.Array, cache: PolySketchCache) -> tuple[jax.Array, PolySketchCache]:
+        """Continues from `cache` token by token (`x: [batch, seq, d_model]`); returns (y, cache)."""
+        seq = x.shape[1]
+        phi_q, phi_k, lq, lk, v = self._features(x, cache.pos + jnp.arange(seq, dtype=jnp.int32))
+        if lq is None:
+            lq = lk = jnp.zeros(v.shape, jnp.float32)  # unused without local_exact
+        if phi_q is None:  # exact: no sketch state (its r = 1 features stay zero)
+            phi_q = phi_k = jnp.zeros(v.shape[:-1] + (1,), jnp.float32)
+        blk = cache.local_k.shape[1] if self.exact else self.spec.block
+        local = self.spec.local_exact or self.exact
+
+        def step(c: PolySketchCache, xs):
+            pq, pk, q_loc, k_loc, vt = xs  # [b, h, *]
+            if local:  # the current block's earlier tokens and this one
+                slot = c.pos % blk
+                local_k, local_v, local_phi = (c.local_k.at[:, slot].set(k_loc), c.local_v.at[:, slot].set(vt),
+                                               c.local_phi.at[:, slot].set(pk))
+                w = self._local_weights(None, None, q_loc[:, None], local_k)[:, :, 0]  # [b, h, blk]
+                w = jnp.where((jnp.arange(blk) <= slot)[None, None], w, 0.0)
+                num = jnp.einsum("bhs,bshd->bhd", w, local_v)
+                den = jnp.sum(w, axis=-1)
+                state, norm = c.state, c.norm
+            else:  # every token folds in at once
+                big_k = tensor_square(pk)
+                state = c.state + big_k[..., None] * vt[:, :, None, :]
+                norm = c.norm + big_k
+                local_k, local_v, local_phi = c.local_k, c.local_v, c.local_phi
+                num, den = 0.0, 0.0
+            big_q = tensor_square(pq)
+            num = num + jnp.einsum("bhf,bhfd->bhd", big_q, state)
+            den = den + jnp.einsum("bhf,bhf->bh", big_q, norm)
+            y = num / (1.0 + den)[..., None]
+            if local:  # the block is complete: fold its tokens into the state
+                done = (c.pos + 1) % blk == 0
+                big = tensor_square(local_phi)  # [b, blk, h, r^2]
+                state = jnp.where(done, state + jnp.einsum("bshf,bshd->bhfd", big, local_v), state)
+                norm = jnp.where(done, norm + jnp.sum(big, axis=1), norm)
+            return PolySketchCache(state, norm, local_k, local_v, local_phi, c.pos + 1), y
+
+        xs = tuple(jnp.moveaxis(a, 1, 0) for a in (phi_q, phi_k, lq, lk, v))
+        cache, ys = jax.lax.scan(step, cache, xs)
+        return self.o(jnp.moveaxis(ys, 0, 1).astype(self.dtype)), cache
