@@ -24,6 +24,7 @@ import yaml
 from zoo.layers import tokamax_attention
 from zoo.layers.attend import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from zoo.layers.kv_cache import KVCacheFormat
+from zoo.layers.msssm import MSSSMFormat
 from zoo.layers.polysketch import PolySketchFormat
 from zoo.memory import parts as memory_parts  # the registered structures, objectives, learners, retentions
 from zoo.memory import spec as memory_spec  # the spec's tables of allowed values
@@ -124,6 +125,8 @@ class ModelConfig:
     kv_cache: KVCacheFormat = KVCacheFormat()
     # model.name=polysketchformer: the sketch (learned | random, size r), block and exact local attention
     polysketch: PolySketchFormat = PolySketchFormat()
+    # model.name=msssm: the multi-scale SSM mixer (variant s6 | s4, scales S, kernel K, state N per branch)
+    msssm: MSSSMFormat = MSSSMFormat()
     memory: MemoryConfig = MemoryConfig()
 
 
@@ -456,9 +459,10 @@ def validate(cfg: Config) -> Config:
             f"model.num_heads={m.num_heads} is not a multiple of model.num_kv_heads={kv}; "
             "grouped-query attention needs num_heads = k * num_kv_heads"
         )
-    if m.name == "polysketchformer" and (m.sliding_window or m.attn_conv_width or m.num_kv_heads
-                                          or m.persistent_tokens or m.kv_cache.dtype != "model"):
-        raise ConfigError("polysketchformer attends through sketches with a constant-size state: it takes no "
+    constant_state = {"polysketchformer": "attends through sketches", "msssm": "mixes tokens with SSMs"}
+    if m.name in constant_state and (m.sliding_window or m.attn_conv_width or m.num_kv_heads
+                                     or m.persistent_tokens or m.kv_cache.dtype != "model"):
+        raise ConfigError(f"{m.name} {constant_state[m.name]} with a constant-size state: it takes no "
                           "model.sliding_window, attn_conv_width, num_kv_heads, persistent_tokens or kv_cache "
                           f"(got {m.sliding_window}, {m.attn_conv_width}, {m.num_kv_heads}, {m.persistent_tokens}, "
                           f"{m.kv_cache.dtype}); set them to 0 / model")
