@@ -128,6 +128,12 @@ def tensor_square(phi: jax.Array) -> jax.Array:
     return (phi[..., :, None] * phi[..., None, :]).reshape(phi.shape[:-1] + (-1,))
 
 
+def _on_grid(a: jax.Array, offset, size: int) -> jax.Array:
+    """`a: [b, t, ...]` placed at slot `offset` (traced or static) of zeros `[b, size, ...]`."""
+    grid = jnp.zeros((a.shape[0], size) + a.shape[2:], a.dtype)
+    return jax.lax.dynamic_update_slice_in_dim(grid, a, offset, axis=1)
+
+
 @struct.dataclass
 class PolySketchCache:
     """Decoding state per layer: `state [b, h, r^2, d]`, `norm [b, h, r^2]` over completed blocks
@@ -193,45 +199,53 @@ class PolySketchAttention(nnx.Module):
         phi_q, phi_k, lq, lk, v = self._features(x, positions_in_documents(segment_ids, t))
         if self.exact:
             return self.o(self._exact(lq, lk, v, segment_ids).astype(self.dtype))
-        blk = self.spec.block
-        n = -(-t // blk)
-        pad = n * blk - t
+        n = -(-t // self.spec.block)
         starts = jnp.zeros((b, t), bool) if segment_ids is None else jnp.concatenate(
             [jnp.zeros((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
-
-        def blocks(a):  # [b, t, ...] -> [n, b, blk, ...]
-            a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
-            return jnp.moveaxis(a.reshape((b, n, blk) + a.shape[2:]), 1, 0)
-
-        xs = dict(phi_q=blocks(phi_q), phi_k=blocks(phi_k), v=blocks(v), starts=blocks(starts))
-        if lq is not None:
-            xs.update(lq=blocks(lq), lk=blocks(lk))
+        grid = {name: _on_grid(a, 0, n * self.spec.block) for name, a in
+                dict(phi_q=phi_q, phi_k=phi_k, v=v, starts=starts, lq=lq, lk=lk).items() if a is not None}
         r2 = self.spec.sketch_size ** 2
         init = (jnp.zeros((b, self.num_heads, r2, self.head_dim), jnp.float32),
                 jnp.zeros((b, self.num_heads, r2), jnp.float32))
+        _, out = self._block_scan(grid, jnp.ones((b, n * self.spec.block), bool), jnp.ones((n,), bool), init)
+        return self.o(out[:, :t].astype(self.dtype))
+
+    def _block_scan(self, grid: dict, keys: jax.Array, fold: jax.Array, init):
+        """The block algorithm (§2.3) over `grid` leaves `[b, n * block, ...]` (phi_q, phi_k, v,
+        starts; lq, lk with local_exact) from the state `init` = (S `[b, h, r^2, d]`, z `[b, h, r^2]`).
+        `keys: [b, n * block]`: slots that are keys (others are neither read nor folded); `fold: [n]`:
+        the blocks folded into the state after they are read. Returns ((S, z), out `[b, n * block, h, d]`)."""
+        b, g = keys.shape
+        blk = self.spec.block
+        n = g // blk
+
+        def blocks(a):  # [b, n * blk, ...] -> [n, b, blk, ...]
+            return jnp.moveaxis(a.reshape((b, n, blk) + a.shape[2:]), 1, 0)
+
+        xs = {name: blocks(a) for name, a in grid.items()}
+        xs.update(keys=blocks(keys), fold=fold)
 
         def one_block(carry, blk_xs):
             state, norm = carry
             last, same = in_chunk_documents(blk_xs["starts"])  # [b, blk], [b, blk, blk]
             causal = jnp.tril(jnp.ones((blk, blk), bool))
             w = self._local_weights(blk_xs["phi_q"], blk_xs["phi_k"], blk_xs.get("lq"), blk_xs.get("lk"))
-            w = jnp.where((causal & same)[:, None], w, 0.0)  # [b, h, blk, blk]
+            w = jnp.where((causal & same & blk_xs["keys"][:, None, :])[:, None], w, 0.0)  # [b, h, blk, blk]
             big_q, big_k = tensor_square(blk_xs["phi_q"]), tensor_square(blk_xs["phi_k"])  # [b, blk, h, r^2]
             reads = (last < 0)[:, :, None, None]  # the token's document started before the block
             num = jnp.einsum("bhts,bshd->bthd", w, blk_xs["v"]) + jnp.where(
                 reads, jnp.einsum("bthf,bhfd->bthd", big_q, state), 0.0)
             den = jnp.sum(w, axis=-1).transpose(0, 2, 1)[..., None] + jnp.where(
                 reads, jnp.einsum("bthf,bhf->bth", big_q, norm)[..., None], 0.0)
-            keep = (last == last[:, -1:])[:, :, None, None]  # the block's last document carries on
+            keep = ((last == last[:, -1:]) & blk_xs["keys"] & blk_xs["fold"])[:, :, None, None]  # carries on
             fresh = jnp.any(blk_xs["starts"], axis=1)[:, None, None]
             big_k = jnp.where(keep, big_k, 0.0)
             state = jnp.where(fresh[..., None], 0.0, state) + jnp.einsum("bthf,bthd->bhfd", big_k, blk_xs["v"])
             norm = jnp.where(fresh, 0.0, norm) + jnp.sum(big_k, axis=1)
             return (state, norm), num / (1.0 + den)
 
-        _, out = jax.lax.scan(jax.checkpoint(one_block), init, xs)
-        out = jnp.moveaxis(out, 0, 1).reshape((b, n * blk, self.num_heads, self.head_dim))[:, :t]
-        return self.o(out.astype(self.dtype))
+        carry, out = jax.lax.scan(jax.checkpoint(one_block), init, xs)
+        return carry, jnp.moveaxis(out, 0, 1).reshape((b, g, self.num_heads, self.head_dim))
 
     def _exact(self, lq, lk, v, segment_ids):
         """Quadratic polynomial attention (§2.1): dense `[b, h, t, t]` weights, causal, per document."""
@@ -254,9 +268,48 @@ class PolySketchAttention(nnx.Module):
             jnp.zeros((batch_size, local, h, r), jnp.float32), jnp.zeros((), jnp.int32))
 
     def extend(self, x: jax.Array, cache: PolySketchCache) -> tuple[jax.Array, PolySketchCache]:
-        """Continues from `cache` token by token (`x: [batch, seq, d_model]`); returns (y, cache)."""
+        """Continues from `cache` (`x: [batch, seq, d_model]`); returns (y, cache). One token (decoding)
+        and the exact baseline step token by token; a longer sketched call (prefill) runs the block
+        algorithm over the blocks it touches, the current block's earlier tokens taken from the cache."""
         seq = x.shape[1]
-        phi_q, phi_k, lq, lk, v = self._features(x, cache.pos + jnp.arange(seq, dtype=jnp.int32))
+        features = self._features(x, cache.pos + jnp.arange(seq, dtype=jnp.int32))
+        if seq == 1 or self.exact:
+            return self._extend_tokens(features, cache)
+        return self._extend_blocks(features, cache)
+
+    def _extend_blocks(self, features, cache: PolySketchCache) -> tuple[jax.Array, PolySketchCache]:
+        """The call's tokens placed on the block grid at `pos % block`: slots before them hold the
+        current block's earlier tokens (keys only, local_exact) or nothing (without it the state
+        already holds them); complete blocks fold into (S, z), the last partial one stays local."""
+        phi_q, phi_k, lq, lk, v = features
+        b, seq = v.shape[:2]
+        blk, local = self.spec.block, self.spec.local_exact
+        off = cache.pos % blk
+        n = -(-(blk - 1 + seq) // blk)
+        g = n * blk
+        grid = dict(phi_q=_on_grid(phi_q, off, g), phi_k=_on_grid(phi_k, off, g), v=_on_grid(v, off, g),
+                    starts=jnp.zeros((b, g), bool))
+        slot = jnp.arange(g)
+        if local:
+            earlier = (slot < off)[None, :, None, None]
+            pad = lambda a: jnp.pad(a, [(0, 0), (0, g - blk), (0, 0), (0, 0)])  # noqa: E731
+            grid.update(lq=_on_grid(lq, off, g), lk=_on_grid(lk, off, g))
+            for name, kept in (("lk", cache.local_k), ("v", cache.local_v), ("phi_k", cache.local_phi)):
+                grid[name] = jnp.where(earlier, pad(kept), grid[name])
+        keys = (slot < off + seq) & ((slot >= off) | local)
+        fold = (jnp.arange(n) + 1) * blk <= off + seq if local else jnp.ones((n,), bool)
+        (state, norm), out = self._block_scan(grid, jnp.broadcast_to(keys, (b, g)), fold, (cache.state, cache.norm))
+        y = jax.lax.dynamic_slice_in_dim(out, off, seq, axis=1)
+        local_k, local_v, local_phi = cache.local_k, cache.local_v, cache.local_phi
+        if local:  # the block the next token falls in (its earlier slots; clamped when the call ends on the grid)
+            here = (off + seq) // blk * blk
+            local_k, local_v, local_phi = (jax.lax.dynamic_slice_in_dim(grid[name], here, blk, axis=1)
+                                           for name in ("lk", "v", "phi_k"))
+        return self.o(y.astype(self.dtype)), PolySketchCache(state, norm, local_k, local_v, local_phi, cache.pos + seq)
+
+    def _extend_tokens(self, features, cache: PolySketchCache) -> tuple[jax.Array, PolySketchCache]:
+        """Token by token (§2.4): the current block's exact part plus the state's read."""
+        phi_q, phi_k, lq, lk, v = features
         if lq is None:
             lq = lk = jnp.zeros(v.shape, jnp.float32)  # unused without local_exact
         if phi_q is None:  # exact: no sketch state (its r = 1 features stay zero)

@@ -89,7 +89,7 @@ def test_decoding_in_pieces_equals_the_forward(spec):
     full = attn(x)
     cache = attn.init_cache(2, 23)
     outs = []
-    for lo, hi in [(0, 7), (7, 8), (8, 13), (13, 23)]:  # across block ends and inside blocks
+    for lo, hi in [(0, 7), (7, 8), (8, 13), (13, 18), (18, 19), (19, 23)]:  # blocks of 6: across, inside, on the grid
         y, cache = attn.extend(x[:, lo:hi], cache)
         outs.append(y)
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, rtol=1e-5, atol=1e-5 * float(jnp.abs(full).max()))
