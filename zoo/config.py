@@ -75,6 +75,7 @@ class MemoryConfig:
     kernel_backend: str = "auto"  # that op's backend: auto, a kernels.IMPLEMENTATIONS name, or "a,b" tried in order
     num_heads: int = 0  # 0 = model.num_heads
     head_dim: int = 0  # 0 = model.d_model // memory heads
+    key_dim: int = 0  # q and k size per head (Lattice's m slots); 0 = head_dim
     conv_width: int = 4  # causal depthwise conv on q, k, v (Titans §4.4)
     lr_max: float = 0.1  # inner learning rate rho_t = lr_max * sigmoid(x w + b)
     lr_init: float = 0.01  # rho_t at initialisation (sets the gate bias b)

@@ -157,8 +157,8 @@ def outer_sum(coefficients: jax.Array, a: jax.Array, d: jax.Array) -> jax.Array:
 
 def positionwise_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, log_retention: jax.Array,
                       m: jax.Array, n: jax.Array, valid: jax.Array, *, write: Callable | None = None,
-                      view: Callable | None = None, activation: Callable, residual: bool, output_norm: bool = False
-                      ) -> tuple[tuple[Weights, Weights], jax.Array]:
+                      view: Callable | None = None, pullback: Callable | None = None, activation: Callable,
+                      residual: bool, output_norm: bool = False) -> tuple[tuple[Weights, Weights], jax.Array]:
     """The chunk step with the state materialised at every position (O(C^2 |W|) work and O(C |W|)
     memory per chunk), for what `dual_read`'s closed form cannot express:
 
@@ -169,7 +169,10 @@ def positionwise_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, 
       write, W_r = beta_r W_s + f_r S_s - sum_i G[r, i] u_i directly (`decayed_terms`);
     - a state read through a view (`view(weights) -> weights`, one position's matrices: Moneta's
       A / ||A||_q^(q-2), Memora's per-slice softmax of log-weights; Miras §1.7): (d) each query is
-      read through the view of its own position's state.
+      read through the view of its own position's state;
+    - `pullback(weights) -> weights` (linear: a riemannian view's VJP at the anchor, Lattice): the
+      cumulative update at every position, W_r - W_s, is mapped through it before the read (no
+      decay: the retention of a riemannian view has no gate).
 
     `log_retention: [C]` (one decay per token); m, n as in `dual_read` (n may span a
     halo-extended key set). Returns ((W_C, S_C), Y [C, dv])."""
@@ -189,6 +192,9 @@ def positionwise_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, 
         summed = (decay @ steps.reshape(steps.shape[0], -1)).reshape(steps.shape)
         per_position.append(beta[:, None, None] * ws[None] + summed)  # (c)
         new_s.append(momenta[-1])
+    if pullback is not None:
+        pulled = jax.vmap(pullback)(tuple(p - ws[None] for p, ws in zip(per_position, w_start, strict=True)))
+        per_position = [ws[None] + p for p, ws in zip(pulled, w_start, strict=True)]
     read_weights = tuple(per_position) if view is None else jax.vmap(view)(tuple(per_position))
     z = q
     for layer, w in enumerate(read_weights):  # (d)

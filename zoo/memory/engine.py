@@ -79,7 +79,7 @@ def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates
     the step is clipped to norm spec.max_grad_norm (by scaling rho_t), or, with an Omega window,
     the window's gradients each. Returns (W_t, buffers, window)."""
     kept = retain(spec, state.weights, g.get("log_retention"))
-    point = view(spec, kept if spec.gradient_at == "retained" else at)
+    point, pull = gradient_point(spec, kept if spec.gradient_at == "retained" else at)
     if spec.window == 1:
         grads = token_gradient(spec, point, k, v, g)
         lr = g["lr"] * dual.clip_factor(spec.max_grad_norm, sum(jnp.sum(u * u) for u in grads))
@@ -89,7 +89,7 @@ def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates
         ext = window.extend(state.window, token)
         grads, lr = window_gradient(spec, point, ext, window.lag_weights(spec, g)), g["lr"]
         new_window = window.tail(ext, 1, spec.window - 1)
-    update, buffers = learner_step(spec, state.buffers, grads, lr, g)
+    update, buffers = learner_step(spec, state.buffers, pull(grads), lr, g)
     return tuple(w + d for w, d in zip(kept, update, strict=True)), buffers, new_window
 
 
@@ -113,6 +113,24 @@ def state_of_weights(spec: MemorySpec, weights: Weights) -> Weights:
     return weights if part.of_weights is None else part.of_weights(spec, weights)
 
 
+def gradient_point(spec: MemorySpec, state_weights: Weights) -> tuple[Weights, Callable]:
+    """(the weights a gradient is taken at: the state's view, the map of a gradient there to the
+    state's update): the identity, or for a riemannian retention the view's VJP at the state (the
+    Euclidean gradient projected onto the manifold's tangent space). One head's matrices."""
+    if not parts.retention(spec.retention).riemannian:
+        return view(spec, state_weights), lambda grads: grads
+    weights, vjp = jax.vjp(lambda w: view(spec, w), state_weights)
+    return weights, lambda grads: vjp(tuple(grads))[0]
+
+
+def retract(spec: MemorySpec, state_weights: Weights, done) -> Weights:
+    """A riemannian retention's chunk-end retraction: `view(state)` where `done` (a chunk ended),
+    the state otherwise (and always without one). One head's matrices."""
+    if not parts.retention(spec.retention).riemannian:
+        return state_weights
+    return jax.tree.map(lambda r, w: jnp.where(done, r, w), view(spec, state_weights), state_weights)
+
+
 def step(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[MemState, jax.Array]:
     """The exact per-token rule: gradient at W_{t-1}, write, then read."""
     return _advance(spec, state, *_apply_update(spec, state, state.weights, k, v, g), q)
@@ -121,6 +139,7 @@ def step(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[MemState
 def _advance(spec: MemorySpec, state: MemState, weights, buffers, new_window, q) -> tuple[MemState, jax.Array]:
     """The state after one token's write (the anchor moves on at the end of a chunk) and its read."""
     pos = (state.pos + 1) % spec.chunk_size
+    weights = retract(spec, weights, pos == 0)
     anchor = jax.tree.map(lambda a, w: jnp.where(pos == 0, w, a), state.anchor, weights)
     return (MemState(weights=weights, anchor=anchor, pos=pos, buffers=buffers, window=new_window),
             read(spec, weights, q))
@@ -191,7 +210,7 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
         keys, values, loss_gates = k, v, g
     objective_gates = {name: loss_gates[name] for name in parts.objective(spec.objective).gates}
 
-    w_grad = view(spec, w_a)  # gradients at the weights the anchor's state reads as
+    w_grad, pull = gradient_point(spec, w_a)  # gradients at the weights the anchor's state reads as
 
     def key_loss(probes):
         out, inputs = forward(spec, w_grad, keys, probes)
@@ -216,6 +235,7 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
         state, y = dual.positionwise_read(
             w_start, s_start, q, inputs, deltas, log_retention, m, n, valid, write=write,
             view=None if read_view is None else functools.partial(read_view, spec),
+            pullback=pull if parts.retention(spec.retention).riemannian else None,
             activation=functools.partial(activation, spec), residual=has_residual(spec), output_norm=spec.output_norm)
         return state, y, halo
     beta, f, big_g = dual.decayed_terms(log_retention, m, n, valid)
@@ -289,6 +309,8 @@ def dual_form(spec: MemorySpec) -> bool:
         return False
     if (part.write is not None or forget.view is not None) and forget.gate == "channel":
         return False
+    if forget.riemannian:  # one pullback at the anchor for the chunk; a momentum buffer would hold
+        return spec.semantics == "anchored" and part.dual_state is None  # unpulled gradients
     weight_free = not parts.objective(spec.objective).gradient_depends_on_weights
     return spec.semantics == "anchored" or (weight_free and spec.num_layers == 1)
 
@@ -431,6 +453,7 @@ def scan_chunks(spec: MemorySpec, state: MemState | None, fresh: MemState, carry
                                            (w, s, anchor, halo))
         (q, k, v, gates), block, aux = hooks.prologue(anchor, block, x, here, reset)
         (w, s), y, halo = write(w, s, anchor, q, k, v, gates, ok, halo, place_at, end)
+        w = jax.vmap(jax.vmap(lambda x: retract(spec, x, here[-1])))(w)  # a riemannian memory's chunk end
         out, block = hooks.epilogue(y, aux, block, here[-1])
         return (w, s), anchor, halo, block, out
 

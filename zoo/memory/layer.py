@@ -44,7 +44,7 @@ MAMBA2_DT_FLOOR = 1e-4
 
 @struct.dataclass
 class MixerState:
-    """memory: MemState with leading axes [batch, heads]; conv_tail: [batch, K-1, 3 * heads * dim]."""
+    """memory: MemState with leading axes [batch, heads]; conv_tail: [batch, K-1, heads * (2 qk_dim + dim)]."""
 
     memory: MemState
     conv_tail: jax.Array
@@ -77,15 +77,17 @@ class MemoryMixer(nnx.Module):
         self.remat = remat  # recompute the whole mixer in the backward pass (model.remat = "memory")
         self.memory_cfg = cfg  # the gates' forms read their settings (lr_max, ...) from it
         self.feature_map = parts.feature_map(cfg.qk_activation)
-        key_dim = self.feature_map.out_dim(head_dim)  # the memory maps keys of key_dim to values of head_dim
+        self.qk_dim = cfg.key_dim or head_dim  # q and k per head (Lattice: m-dim latent codes)
+        key_dim = self.feature_map.out_dim(self.qk_dim)  # the memory maps keys of key_dim to values of head_dim
         coefficients = jnp.log(jnp.expm1(jnp.asarray(self.feature_map.coefficients, jnp.float32)))  # softplus^-1
         self.feature_coefficients = (constant_param(jnp.tile(coefficients, (num_heads, 1)), ("heads", None))
                                      if self.feature_map.coefficients else None)  # [heads, n]: the map's a_i
         hd = (num_heads, head_dim)
         proj = dict(axes=("embed", "heads", "kv"), std=std, dtype=dtype, rngs=rngs)
-        self.q, self.k, self.v = Projection((d_model,), hd, **proj), Projection((d_model,), hd, **proj), \
+        qk = (num_heads, self.qk_dim)
+        self.q, self.k, self.v = Projection((d_model,), qk, **proj), Projection((d_model,), qk, **proj), \
             Projection((d_model,), hd, **proj)
-        self.conv = ShortConv(3 * num_heads * head_dim, cfg.conv_width, dtype=dtype, axis_name=None)
+        self.conv = ShortConv(num_heads * (2 * self.qk_dim + head_dim), cfg.conv_width, dtype=dtype, axis_name=None)
         gate = dict(std=std, rngs=rngs)
         heads = {}
         for name in spec.gate_names:
@@ -128,7 +130,7 @@ class MemoryMixer(nnx.Module):
         return jax.vmap(lambda w: engine.state_of_weights(self.spec, w))(w0)
 
     def queries_keys_values(self, x, *, segment_ids=None, conv_tail=None):
-        """`x: [B, T, d_model]` -> q, k, v `[B, H, T, dh]` in the compute dtype (the engine computes
+        """`x: [B, T, d_model]` -> q, k `[B, H, T, key_dim]`, v `[B, H, T, dh]` in the compute dtype (the engine computes
         in float32 inside each chunk) and the new conv tail. Only the projections' output is kept
         for the backward pass: the conv, activations and normalisation are recomputed."""
         b, t, _ = x.shape
@@ -137,7 +139,8 @@ class MemoryMixer(nnx.Module):
         @recompute
         def features(qkv, conv_tail, segment_ids):  # arrays in, not closed over (zoo.layers.recompute)
             qkv, tail = self.conv(qkv, segment_ids=segment_ids, tail=conv_tail)
-            q, k, v = jnp.split(qkv.astype(jnp.float32).reshape(b, t, self.num_heads, 3 * self.head_dim), 3, axis=-1)
+            q, k, v = jnp.split(qkv.astype(jnp.float32).reshape(b, t, self.num_heads, 2 * self.qk_dim + self.head_dim),
+                                [self.qk_dim, 2 * self.qk_dim], axis=-1)
             coefficients = None if self.feature_coefficients is None else self.feature_coefficients.value
             q, k = self.feature_map(q, coefficients), self.feature_map(k, coefficients)  # [B, T, H, key_dim]
             to_heads = lambda a: jnp.moveaxis(a, 2, 1).astype(self.dtype)  # noqa: E731  [B, T, H, d] -> [B, H, T, d]

@@ -175,7 +175,12 @@ class Retention:
         learned initial parameter to the state a document starts from (Moneta: the A whose view
         is W_0; Memora: the logits themselves). None: the state is W. The chunk form of a memory
         with a view materialises the state at every position and reads each query through its
-        own position's view (`positionwise_read`)."""
+        own position's view (`positionwise_read`).
+    riemannian: the view is a manifold the state lives on (Lattice's unit-norm slots): gradients
+        are taken through the view (the weight gradient pulled back by the view's VJP at the
+        gradient point, a Riemannian gradient on the manifold) instead of applied to the state
+        as they are, and the state is retracted onto the manifold (state <- view(state)) at the
+        end of every chunk; it needs a view and no forgetting gate."""
 
     name: str
     gate: str
@@ -184,6 +189,7 @@ class Retention:
     matrix_only: bool = False
     view: Callable | None = None
     of_weights: Callable | None = None
+    riemannian: bool = False
     doc: str = ""
 
     def __post_init__(self):
@@ -191,6 +197,8 @@ class Retention:
             raise ValueError(f"retention {self.name!r}: gate {self.gate!r}; allowed: {', '.join(RETENTION_GATES)}")
         if (self.view is None) != (self.of_weights is None):
             raise ValueError(f"retention {self.name!r}: a view needs its inverse (view and of_weights together)")
+        if self.riemannian and (self.view is None or self.gate != "none"):
+            raise ValueError(f"retention {self.name!r}: a riemannian retention needs a view and gate 'none'")
 
 
 class Registry(dict):
