@@ -85,6 +85,14 @@ class MemoryConfig:
     forget_init: float = 0.01  # sigmoid gate: fraction forgotten alpha_t = 1 - retention at initialisation
     qk_activation: str = dataclasses.field(default="silu", metadata=_registered(memory_parts.FEATURE_MAPS))
     output_gate_bias: float = 1.0  # output gate SiLU(x W_G + b): b at initialisation
+    # objective=compression (Trellis): phi of the loss 1/2 ||phi(M w) - alpha||^2 (spec T1)
+    compression_map: str = dataclasses.field(default="ln_silu", metadata=_choices(*memory_spec.COMPRESSION_MAPS))
+    # model.name=trellis: m memory slots per head (0 = the head dim), the inter-pass map r = f(K q)
+    # (spec T2), and the inner step gamma per head at initialisation (softplus; the forget gate beta
+    # starts at 1 - forget_init)
+    slots: int = 0
+    slot_map: str = dataclasses.field(default="ln_silu", metadata=_choices("ln_silu", "l2_silu"))
+    step_init: float = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -566,6 +574,14 @@ def _validate_memory(cfg: Config) -> None:
                           f"{head_dim}; set model.memory.residual=false or a feature map that keeps the size")
     if mem.conv_width < 1:
         raise ConfigError(f"model.memory.conv_width must be >= 1, got {mem.conv_width}")
+    if mem.slots < 0:
+        raise ConfigError(f"model.memory.slots must be >= 0 (Trellis's m memory slots per head; 0 = the head "
+                          f"dim {head_dim}), got {mem.slots}")
+    if mem.step_init <= 0:
+        raise ConfigError(f"model.memory.step_init must be > 0 (Trellis's inner step gamma at initialisation, a "
+                          f"softplus; the spec's 1e-2), got {mem.step_init}")
+    if cfg.model.name == "trellis":
+        _validate_trellis(mem)
     if mem.max_grad_norm > 0 and delta_kernel(dataclasses.replace(spec, max_grad_norm=0.0)) is not None:
         raise ConfigError(f"model.memory.max_grad_norm={mem.max_grad_norm}: the exact delta rule's kernels do not "
                           "clip the inner step, so this memory would run token by token; set "
@@ -577,6 +593,22 @@ def _validate_memory(cfg: Config) -> None:
         raise ConfigError(
             f"model.memory.chunk_size={c}: packed documents must start on the memory's chunk grid; set "
             f"data.align_documents={c} (a multiple of the chunk size; got {cfg.data.align_documents})")
+
+
+def _validate_trellis(mem: MemoryConfig) -> None:
+    """Trellis's memory is fixed by the paper up to the knobs it leaves open (docs/fidelity.md)."""
+    fixed = dict(structure="matrix", objective="compression", learner="gd", retention="scalar", window=1,
+                 gradient_at="previous", max_grad_norm=0.0)
+    wrong = {key: getattr(mem, key) for key, value in fixed.items() if getattr(mem, key) != value}
+    if wrong:
+        raise ConfigError("model.name=trellis: model.memory " + ", ".join(f"{k}={v!r}" for k, v in wrong.items())
+                          + " is not Trellis's memory (one OGD step with a forget gate on the compression loss: "
+                          + ", ".join(f"{k}={v!r}" for k, v in fixed.items()) + "); the choices it leaves open are "
+                          "compression_map, slot_map, slots, step_init, forget_init, chunk_size, semantics and bilevel")
+    if mem.qk_activation != "silu" or mem.retention_gate != "sigmoid":
+        raise ConfigError(f"model.name=trellis uses raw keys and the sigmoid forget gate beta_t: model.memory."
+                          f"qk_activation={mem.qk_activation!r} and retention_gate={mem.retention_gate!r} have no "
+                          "effect on it; leave them at their defaults (silu, sigmoid)")
 
 
 def _with_model_memory_defaults(values: dict) -> dict:

@@ -128,15 +128,24 @@ def decayed_terms(log_retention: jax.Array, m: jax.Array, n: jax.Array, valid: j
 
 
 def dual_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, beta, f, big_g, m, n, *,
-              activation: Callable, residual: bool, momentum: bool, output_norm: bool = False
-              ) -> tuple[tuple[Weights, Weights], jax.Array]:
+              activation: Callable, residual: bool, momentum: bool, output_norm: bool = False,
+              transposed: bool = False) -> tuple[tuple[Weights, Weights], jax.Array]:
     """The reads and the chunk-end state without per-token weights. Returns ((W_C, S_C), Y [C, dv]);
-    S_C is `s_start` unchanged when the learner carries no momentum (`momentum` False)."""
+    S_C is `s_start` unchanged when the learner carries no momentum (`momentum` False).
+
+    `transposed` (one matrix layer, one decay per token): the reads are y_r = W_r q_r for `q: [C, dv]`
+    -> Y `[C, dk]` (Trellis's value read V^T r, spec miras-lattice-trellis §3.6 step 4):
+    Y = diag(beta) (Q W_s^T) + diag(f) (Q S_s^T) - [(Q Delta^T) * G] A."""
     channel = beta.ndim == 2
+    if transposed and (channel or len(w_start) != 1 or residual or output_norm):
+        raise ValueError("a transposed read needs one matrix layer with one decay per token")
     z = q
     new_w, new_s = [], []
     for layer, (ws, ss, a, d) in enumerate(zip(w_start, s_start, inputs, deltas, strict=True)):
-        if channel:
+        if transposed:
+            p = beta[:, None] * (z @ ws.T) + f[:, None] * (z @ ss.T) - ((z @ d.T) * big_g) @ a
+            new_w.append(beta[-1] * ws + f[-1] * ss - (a * big_g[-1][:, None]).T @ d)
+        elif channel:
             p = (z * beta) @ ws + (z * f) @ ss - jnp.einsum("rd,id,rid->ri", z, a, big_g) @ d
             new_w.append(beta[-1][:, None] * ws + f[-1][:, None] * ss - (a * big_g[-1]).T @ d)
         else:

@@ -1,7 +1,8 @@
 """The generic memory engine: exact `step`, chunk-consistent `decode_step`, the anchored
 reference loop, and the chunk-parallel `chunk` (Titans spec §1.6-1.8, DESIGN §3).
 
-All functions here work on ONE sequence of one head: `q, k: [T, dk]`, `v: [T, dv]`, gates a dict
+All functions here work on ONE sequence of one head: `q, k: [T, dk]` (`q: [T, dv]` for a transposed
+read, `spec.read`: y = W q, Trellis's value memory), `v: [T, dv]`, gates a dict
 {name: [T]} of the gates the spec reads (`MemorySpec.gate_names`: "lr" rho_t, "log_retention" log l_t
 (`[T, dk]` for channel retention), the learner's own such as "log_momentum" log mu_t); the mixer
 vmaps them over [batch, heads].
@@ -95,7 +96,9 @@ def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates
 
 def read(spec: MemorySpec, weights: Weights, q: jax.Array) -> jax.Array:
     """y = M(q; W) for one query `q: [dk] -> [dv]` (Titans Eq. 15: no weight update), through the
-    retention's view of the state (`view`)."""
+    retention's view of the state (`view`); a transposed read (`spec.read`) is y = W q, `q: [dv] -> [dk]`."""
+    if spec.read == "transposed":
+        return view(spec, weights)[0] @ q
     return forward(spec, view(spec, weights), q[None])[0][0]
 
 
@@ -241,7 +244,8 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
     beta, f, big_g = dual.decayed_terms(log_retention, m, n, valid)
     state, y = dual.dual_read(w_start, s_start, q, inputs, deltas, beta, f, big_g, m, n,
                               activation=functools.partial(activation, spec), residual=has_residual(spec),
-                              output_norm=spec.output_norm, momentum=_dual_state(spec) is not None)
+                              output_norm=spec.output_norm, momentum=_dual_state(spec) is not None,
+                              transposed=spec.read == "transposed")
     return state, y, halo
 
 
@@ -260,7 +264,7 @@ def delta_kernel(spec: MemorySpec) -> str | None:
     if not (spec.semantics == "exact" and parts.structure(spec.structure).linear and spec.objective == "l2"
             and spec.learner in ("gd", "momentum")  # the two learners the kernels implement
             and forget.multiplicative and forget.view is None and forget.gate != "channel"
-            and spec.max_grad_norm == 0 and spec.window == 1):
+            and spec.max_grad_norm == 0 and spec.window == 1 and spec.read == "forward"):
         return None
     if spec.gradient_at == "previous":
         return "momentum_delta_rule"
@@ -274,7 +278,7 @@ def anchored_kernel(spec: MemorySpec) -> bool:
     `scan_chunks` with the spec's registered parts."""
     return (spec.semantics == "anchored" and spec.objective == "l2" and spec.learner in ("gd", "momentum")
             and spec.retention in ("none", "scalar") and spec.structure in ("matrix", "mlp")
-            and spec.bilevel == "full" and not spec.output_norm and spec.window == 1)
+            and spec.bilevel == "full" and not spec.output_norm and spec.window == 1 and spec.read == "forward")
 
 
 def anchored_kernel_heads(spec: MemorySpec, fresh: MemState, q, k, v, g: Gates,

@@ -12,12 +12,14 @@ import dataclasses
 
 import kernels
 from kernels.anchored_memory.chunked import ACTIVATIONS as MEMORY_ACTIVATIONS
-from zoo.memory import parts
+from zoo.memory import compression, parts
 
 SEMANTICS = ("exact", "anchored")
 WINDOW_GATES = ("token", "lag")
 BILEVEL = ("full", "first_order")
 GRADIENT_POINTS = ("previous", "retained")
+READS = ("forward", "transposed")
+COMPRESSION_MAPS = tuple(compression.COMPRESSION_MAPS)  # phi of Trellis's compression objective
 ACTIVATIONS = tuple(MEMORY_ACTIVATIONS)
 
 
@@ -62,6 +64,11 @@ class MemorySpec:
         depend on.
     kernel_backend: that op's backend: "auto", a name in its `kernels.IMPLEMENTATIONS` table, or
         a comma-separated list tried in order (the first available on the platform runs).
+    compression_map: phi of the "compression" objective 1/2 ||phi(M(k)) - v||^2 (Trellis, spec
+        §3.3; zoo.memory.compression): "ln_silu", "l2_silu", "silu" or "identity".
+    read: "forward" (y = M(q; W) = q W) or "transposed" (y = W q for `q: [dv]` -> `[dk]`: the
+        decoder read of Trellis's value memory, V^T r, spec §3.6 step 4; one matrix layer only).
+        Not a config field: the model that owns the memory sets it.
     """
 
     structure: str = "mlp"
@@ -85,18 +92,22 @@ class MemorySpec:
     max_grad_norm: float = 0.0
     kernel_chunk: int = 64
     kernel_backend: str = "auto"
+    compression_map: str = "ln_silu"
+    read: str = "forward"
 
     @classmethod
     def of(cls, config) -> MemorySpec:
-        """The spec of any object with the spec's fields as attributes (a `model.memory` config)."""
-        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+        """The spec of any object with the spec's fields as attributes (a `model.memory` config);
+        fields the object lacks (`read`, which the owning model sets) keep their defaults."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if hasattr(config, f.name)})
 
     def __post_init__(self):
         for name, allowed in [("structure", tuple(parts.STRUCTURES)), ("objective", tuple(parts.OBJECTIVES)),
                               ("retention", tuple(parts.RETENTIONS)), ("learner", tuple(parts.LEARNERS)),
                               ("semantics", SEMANTICS), ("bilevel", BILEVEL),
                               ("gradient_at", GRADIENT_POINTS), ("window_gates", WINDOW_GATES),
-                              ("activation", ACTIVATIONS)]:
+                              ("activation", ACTIVATIONS), ("read", READS),
+                              ("compression_map", COMPRESSION_MAPS)]:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"MemorySpec.{name}={value!r}; allowed: {', '.join(allowed)}")
@@ -138,6 +149,14 @@ class MemorySpec:
         if parts.retention(self.retention).matrix_only and not parts.structure(self.structure).linear:
             raise ValueError(f"retention={self.retention!r} decays the key channels of a matrix memory; "
                              "use structure='matrix' or retention='scalar'")
+        if self.read == "transposed":
+            forget, part = parts.retention(self.retention), parts.learner(self.learner)
+            if not (parts.structure(self.structure).linear and self.window == 1 and forget.gate != "channel"
+                    and forget.view is None and part.write is None):
+                raise ValueError("read='transposed' (y = W q, Trellis's value read) needs one matrix layer, window=1, "
+                                 "no channel retention and no per-position state (a retention view or a learner's "
+                                 f"write); got structure={self.structure!r}, window={self.window}, "
+                                 f"retention={self.retention!r}, learner={self.learner!r}")
 
     @property
     def kernel_backends(self) -> str | tuple[str, ...]:

@@ -15,7 +15,8 @@ Counted as 3 x the forward pass (the backward costs two forwards), 2 FLOPs per m
   values (2 * C * (d_k + d_v)); MLP memory of depth 2: the forward at the anchor, the backward for
   the inner gradient and the weight-gradient outer products (3 * 2 * 2 d_k h), the read with the
   updated weights (2 * 2 d_k h) and the intra-chunk terms (2 * C * (d_k + h)). MAC reads its
-  memory twice (retrieval and output).
+  memory twice (retrieval and output). Trellis: two m x d memories, each with its code at the
+  anchor, its write and its read (3 * 2 m d) and the intra-chunk terms (2 * C * (d + m)).
 Not counted: norms, gates' elementwise work, convolutions, softmax. Recomputation (`model.remat`)
 is not counted either: this is model FLOPs, not hardware FLOPs.
 """
@@ -63,16 +64,22 @@ def _memory(mixer) -> float:
     return heads * per_head
 
 
+def _trellis(mixer) -> float:
+    d, m, c = mixer.head_dim, mixer.slots, mixer.spec.chunk_size
+    return mixer.num_heads * 2 * (3 * 2 * m * d + 2 * c * (d + m))
+
+
 def flops_per_token(model, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward) of `model` on sequences of `seq_len`."""
     from zoo.layers.attention import Attention
     from zoo.memory.layer import MemoryMixer
+    from zoo.memory.trellis_layer import TrellisMixer
 
     params = nnx.state(model, nnx.Param)
     matmul = 0
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        if leaf.ndim >= 2 and "init_state" not in names:
+        if leaf.ndim >= 2 and not {"init_state", "init_key", "init_value"} & set(names):
             matmul += math.prod(leaf.shape)
     mixing = 0.0
     for path, node in nnx.iter_graph(model):
@@ -84,6 +91,8 @@ def flops_per_token(model, seq_len: int) -> float:
         elif isinstance(node, MemoryMixer):
             block = _parent(model, path)
             mixing += _memory(node) * (2 if getattr(block, "segment", 0) else 1)
+        elif isinstance(node, TrellisMixer):
+            mixing += _trellis(node)
     return 3 * (2 * matmul + mixing)
 
 
