@@ -11,7 +11,8 @@ Prints a table, writes JSON.
 `--layer-lengths` adds whole layers (projections included, batch `--batch`, `--heads` x `--dim`):
 softmax `Attention` (implementation auto) against PolySketchFormer's `PolySketchAttention` (learned
 sketch r = 32 with exact local blocks of 256, the block algorithm) and, up to 4k tokens, exact
-polynomial attention (quadratic); forward and forward + backward (gradients of the input).
+polynomial attention (quadratic), and the MS-SSM mixer at the same d_model (default `model.msssm`:
+expand 2, S = 3, N = 16, chunk 64); forward and forward + backward (gradients of the input).
 
 Errors are measured on the first half of the sequence, which is one document in every variant
 (the segment-id rows put a second document in the second half), under
@@ -37,6 +38,7 @@ from flax import nnx  # noqa: E402
 from zoo.evaluation.settings import parse_length  # noqa: E402
 from zoo.layers import Attention, tokamax_attention  # noqa: E402
 from zoo.layers.attend import attend  # noqa: E402
+from zoo.layers.msssm import MSSSM, MSSSMFormat  # noqa: E402
 from zoo.layers.polysketch import PolySketchAttention, PolySketchFormat  # noqa: E402
 
 
@@ -71,6 +73,7 @@ def layer_rows(lengths, batch: int, heads: int, dim: int, dtype: str, repeats: i
         "polynomial_exact": lambda: PolySketchAttention(
             d_model, heads, dim, spec=PolySketchFormat(feature="exact"), rope_theta=10000.0, rngs=nnx.Rngs(0),
             **common),
+        "msssm": lambda: MSSSM(d_model, spec=MSSSMFormat(), rngs=nnx.Rngs(0), **common),  # a token mixer too
     }
     rows = []
     for t in lengths:

@@ -11,7 +11,8 @@ Settings (both start from configs/synthetic/mqar_tiny.yaml and change only what 
 Models with sliding-window attention next to the memory get model.sliding_window=4 in every
 setting, so a query can only be answered by the memory (MODEL_OVERRIDES); titans_mac runs as
 configured (segment attention over memory.chunk_size = 16 tokens, so the queries of the second
-segment need the memory).
+segment need the memory). PolySketchFormer and MS-SSM take no short conv on attention inputs, so
+they run with model.attn_conv_width=0 (their own token mixing only).
 
     python scripts/bench_recall.py --jobs 2 --output scripts/results/bench_recall_cpu.json
     python scripts/bench_recall.py --models titans_lmm,gated_deltanet --settings tiny --seeds 0
@@ -43,7 +44,9 @@ SETTINGS = {
     "tiny": (),
     "hard": ("data.seq_len=64", "data.mqar.num_pairs=8", "model.vocab_size=128"),
 }
-MODEL_OVERRIDES = {"titans_mag": ("model.sliding_window=4",), "titans_mal": ("model.sliding_window=4",)}
+MODEL_OVERRIDES = {"titans_mag": ("model.sliding_window=4",), "titans_mal": ("model.sliding_window=4",),
+                   # no short conv on attention inputs (they take none): their own mixing only
+                   "polysketchformer": ("model.attn_conv_width=0",), "msssm": ("model.attn_conv_width=0",)}
 
 
 @dataclasses.dataclass(frozen=True)

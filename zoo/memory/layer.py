@@ -1,6 +1,7 @@
 """The memory mixer: turns x into q, k, v and gates, runs the engine per head, gates the output.
 
-Input path (Titans §4.4, spec §1.1): q, k, v projections -> causal depthwise conv (width 4)
+Input path (Titans §4.4, spec §1.1): q, k, v projections (q and k of `key_dim` per head when the
+config sets it: Lattice's m-dim latent codes; head_dim otherwise) -> causal depthwise conv (width 4)
 -> feature map (SiLU by default) -> L2-normalised q and k per head. Gates per head and token
 from x (spec §1.4), one `GateHead` for each gate the spec reads (`MemorySpec.gate_names`), each
 bias set from the config's initial value (docs/fidelity.md):

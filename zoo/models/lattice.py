@@ -19,10 +19,11 @@ PAPER = "Karami & Mirrokni 2025, Lattice: an orthogonal state recurrence (arXiv:
 
 # m = 16 slots (spec L6: "m = 16 ... beats full-memory baselines" at d = 64); chunk 16 (L6); eta_t =
 # 2 rho_t (the l2 objective's sum convention) with rho_t = lr_max sigmoid(.), eta <= 1 as GDN's beta;
-# lr_init: docs/fidelity.md "Lattice". W_0 ~ N(0, 1) slots, normalised (any non-zero draw: the view
-# normalises them). Unit keys and the renormalisation bound every step: no inner gradient clipping.
+# eta = 0.025 at init, the spec's 0.1 / sqrt(m) (L4; measured on MQAR: docs/fidelity.md "Lattice").
+# W_0 ~ N(0, 1) slots, normalised (any non-zero draw: the view normalises them). Unit keys and the
+# renormalisation bound every step: no inner gradient clipping.
 LATTICE_MEMORY = dict(structure="matrix", objective="l2", learner="gd", retention="slot_norm", semantics="anchored",
-                      chunk_size=16, key_dim=16, lr_max=0.5, lr_init=0.05, last_layer_std=1.0, max_grad_norm=0.0)
+                      chunk_size=16, key_dim=16, lr_max=0.5, lr_init=0.0125, last_layer_std=1.0, max_grad_norm=0.0)
 
 register("lattice", family="Lattice", paper=PAPER, tiny_config="configs/lattice/tiny.yaml", uses_memory=True,
          hybrid=True, memory_defaults=LATTICE_MEMORY)(memory_language_model)

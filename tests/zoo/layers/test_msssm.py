@@ -92,7 +92,8 @@ def oracle(mixer: MSSSM, h: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("spec", [
     dict(),
-    dict(variant="s4", discretization="zoh", mixer="shared", chunk=4),
+    dict(variant="s4", discretization="zoh", mixer="shared", chunk=4, scan="associative"),
+    dict(scan="associative", chunk=8),
     dict(mixer="depthwise", silu="input", discretization="zoh", filter_init="random", kernel=3, scales=2, chunk=7),
     dict(variant="s4", a_init="mamba", mixer="depthwise", state=3, chunk=32),
 ])
