@@ -145,3 +145,16 @@ def test_mixer_latent_codes_have_their_own_size():
     np.testing.assert_allclose(jnp.linalg.norm(w0, axis=-1), 1.0, atol=1e-6)
     y, _ = mixer(jax.random.normal(jax.random.key(0), (2, 20, 32)))
     assert y.shape == (2, 20, 32) and np.isfinite(np.asarray(y)).all()
+
+
+def test_second_order_gradients_are_finite():
+    """A Hessian-vector product of an outer loss through the inner (Riemannian) updates."""
+    w0, q, k, v, lr = (jnp.asarray(a, jnp.float32) for a in data(5))
+    sp = spec(4)
+
+    def loss(keys):
+        _, y = engine.chunk(sp, None, q, keys, v, {"lr": lr}, init=(w0,))
+        return jnp.sum(y ** 2)
+
+    _, hvp = jax.jvp(jax.grad(loss), (k,), (jnp.ones_like(k),))
+    assert np.isfinite(np.asarray(hvp)).all() and float(jnp.abs(hvp).max()) > 0
