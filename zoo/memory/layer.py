@@ -62,6 +62,19 @@ def _mamba2_dt_bias(rngs: nnx.Rngs, num_heads: int) -> jax.Array:
     return dt + jnp.log(-jnp.expm1(-dt))
 
 
+def run_mixer(mixer: nnx.Module, x: jax.Array, state, segment_ids: jax.Array | None):
+    """A memory mixer's call, shared by every mixer with a `_mix(x, state, segment_ids)` and a `remat`
+    flag: checks `x: [batch, seq, d_model]` and that segment ids come only with a fresh sequence, then
+    runs `_mix`, recomputed in the backward pass when `mixer.remat` (model.remat = "memory")."""
+    if x.ndim != 3:
+        raise ValueError(f"the {type(mixer).__name__} takes x: [batch, seq, d_model], got shape {x.shape}")
+    if segment_ids is not None and state is not None:
+        raise ValueError("segment_ids are for fresh sequences; a carried state continues one sequence")
+    if mixer.remat and state is None:
+        return nnx.remat(lambda m, x, seg: m._mix(x, None, seg))(mixer, x, segment_ids)
+    return mixer._mix(x, state, segment_ids)
+
+
 class MemoryMixer(nnx.Module):
     """`mixer(x: [batch, seq, d_model], *, state=None, segment_ids=None) -> (y, state)`.
 
@@ -187,13 +200,7 @@ class MemoryMixer(nnx.Module):
 
     def __call__(self, x: jax.Array, *, state: MixerState | None = None,
                  segment_ids: jax.Array | None = None) -> tuple[jax.Array, MixerState]:
-        if x.ndim != 3:
-            raise ValueError(f"the memory mixer takes x: [batch, seq, d_model], got shape {x.shape}")
-        if segment_ids is not None and state is not None:
-            raise ValueError("segment_ids are for fresh sequences; a carried state continues one sequence")
-        if self.remat and state is None:
-            return nnx.remat(lambda mixer, x, seg: mixer._mix(x, None, seg))(self, x, segment_ids)
-        return self._mix(x, state, segment_ids)
+        return run_mixer(self, x, state, segment_ids)
 
     def _mix(self, x, state, segment_ids):
         q, k, v, tail = self.queries_keys_values(

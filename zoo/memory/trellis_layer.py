@@ -22,6 +22,7 @@ from flax import nnx, struct
 
 from zoo.layers import GateHead, Projection, ShortConv, constant_param, logit
 from zoo.layers.param import normal_param
+from zoo.memory.layer import run_mixer
 from zoo.memory.spec import MemorySpec
 from zoo.memory.trellis import TrellisMemory, initial_memory, two_pass
 
@@ -88,13 +89,7 @@ class TrellisMixer(nnx.Module):
 
     def __call__(self, x: jax.Array, *, state: TrellisState | None = None,
                  segment_ids: jax.Array | None = None) -> tuple[jax.Array, TrellisState]:
-        if x.ndim != 3:
-            raise ValueError(f"the Trellis mixer takes x: [batch, seq, d_model], got shape {x.shape}")
-        if segment_ids is not None and state is not None:
-            raise ValueError("segment_ids are for fresh sequences; a carried state continues one sequence")
-        if self.remat and state is None:
-            return nnx.remat(lambda mixer, x, seg: mixer._mix(x, None, seg))(self, x, segment_ids)
-        return self._mix(x, state, segment_ids)
+        return run_mixer(self, x, state, segment_ids)
 
     def _mix(self, x, state, segment_ids):
         q, k, v, alpha, log_beta, gamma, tail = self.inputs(
