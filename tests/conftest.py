@@ -43,14 +43,28 @@ jax.config.update("jax_enable_compilation_cache", False)
 collect_ignore = [] if os.environ.get("MEMZOO_ISOLATED") == "1" else ["isolated"]
 
 
-@pytest.fixture(autouse=True, scope="module")
+MAPS_LIMIT = 30000  # memory mappings a test process may reach before JAX's caches are dropped
+
+
+def _memory_maps() -> int:
+    """This process's memory mappings (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+@pytest.fixture(autouse=True)
 def _release_compiled_code():
-    """Drops JAX's caches after every test module. Each executable XLA:CPU compiles keeps about 3
-    memory mappings (an eager op one per primitive and shape: about 4.5), and a process may hold at
-    most vm.max_map_count of them (65530 by default): a worker that compiled for half the suite
-    reached it, and its next compile segfaulted inside XLA (2026-11-28: two crashes in one run, in
-    backend_compile_and_load). Clearing the caches unmaps that code (measured: 300 jits 435 -> 1399
-    maps, cleared 517)."""
+    """Drops JAX's caches after a test that leaves the process above MAPS_LIMIT memory mappings.
+    Each executable XLA:CPU compiles keeps about 3 mappings (an eager op one per primitive and
+    shape), and a process may hold at most vm.max_map_count of them (65530 by default): a worker
+    that compiled for half the suite reached it, and its next compile segfaulted inside XLA
+    (2026-11-28: two crashes in one full run, in backend_compile_and_load; test_engine.py alone
+    reaches 42k mappings). Clearing the caches unmaps that code (300 jits: 435 -> 1399 mappings,
+    cleared: 517); the next test recompiles what it needs."""
     yield
-    jax.clear_caches()
-    gc.collect()
+    if _memory_maps() > MAPS_LIMIT:
+        jax.clear_caches()
+        gc.collect()
