@@ -547,6 +547,8 @@ def _validate_memory(cfg: Config) -> None:
     if mem.head_dim == 0 and cfg.model.d_model % heads:
         raise ConfigError(f"model.d_model={cfg.model.d_model} is not divisible by the memory heads ({heads}); "
                           "set model.memory.num_heads or model.memory.head_dim")
+    if mem.key_dim < 0:
+        raise ConfigError(f"model.memory.key_dim must be >= 0 (0 = the head dim), got {mem.key_dim}")
     if mem.lr_max < 0:
         raise ConfigError(f"model.memory.lr_max must be >= 0, got {mem.lr_max}")
     if mem.lr_max > 0 and not 0 < mem.lr_init < mem.lr_max:

@@ -158,3 +158,8 @@ def test_second_order_gradients_are_finite():
 
     _, hvp = jax.jvp(jax.grad(loss), (k,), (jnp.ones_like(k),))
     assert np.isfinite(np.asarray(hvp)).all() and float(jnp.abs(hvp).max()) > 0
+
+
+def test_negative_key_dim_is_a_config_error():
+    with pytest.raises(zoo.config.ConfigError, match="model.memory.key_dim must be >= 0"):
+        zoo.load_config("configs/lattice/tiny.yaml", overrides=["model.memory.key_dim=-3"])
