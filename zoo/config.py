@@ -28,6 +28,7 @@ from zoo.layers.msssm import MSSSMFormat
 from zoo.layers.polysketch import PolySketchFormat
 from zoo.memory import parts as memory_parts  # the registered structures, objectives, learners, retentions
 from zoo.memory import spec as memory_spec  # the spec's tables of allowed values
+from zoo.memory.tnt import TNTFormat
 
 
 class ConfigError(ValueError):
@@ -136,6 +137,9 @@ class ModelConfig:
     polysketch: PolySketchFormat = PolySketchFormat()
     # model.name=msssm: the multi-scale SSM mixer (variant s6 | s4, scales S, kernel K, state N per branch)
     msssm: MSSSMFormat = MSSSMFormat()
+    # model.name=tnt: the local memories (chunk sizes, shard length S_L), the global branch, the Q-K
+    # projection; the global memory is model.memory (its chunk_size is TNT's C_G)
+    tnt: TNTFormat = TNTFormat()
     memory: MemoryConfig = MemoryConfig()
 
 
@@ -590,10 +594,19 @@ def _validate_memory(cfg: Config) -> None:
                           "model.memory.max_grad_norm=0 (unit keys bound the delta rule's step) or semantics=anchored")
     c = mem.chunk_size
     grid = dual_form(spec)  # the chunk grid is part of the model; exact delta-rule memories have none
+    what = f"model.memory.chunk_size={c}"
+    if cfg.model.name == "tnt":
+        try:
+            cfg.model.tnt.check(spec)
+        except ValueError as e:
+            raise ConfigError(f"model.{e}" if str(e).startswith("tnt.") else str(e)) from None
+        c = cfg.model.tnt.grid(mem.chunk_size)
+        what = (f"TNT's grid ({c}: the lcm of model.memory.chunk_size, model.tnt.shard and "
+                f"model.tnt.local_chunks)")
     if grid and cfg.data.source not in ("mqar", "niah") and c > 1 and (
             cfg.data.align_documents < c or cfg.data.align_documents % c):
         raise ConfigError(
-            f"model.memory.chunk_size={c}: packed documents must start on the memory's chunk grid; set "
+            f"{what}: packed documents must start on the memory's chunk grid; set "
             f"data.align_documents={c} (a multiple of the chunk size; got {cfg.data.align_documents})")
 
 

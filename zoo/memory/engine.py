@@ -418,8 +418,8 @@ def scan_chunks(spec: MemorySpec, state: MemState | None, fresh: MemState, carry
     fresh: the state a document starts from (leaves [B, H, ...]).
     carry: the block's own state between chunks (the hooks' `carry`; returned).
     xs: per-token inputs, leaves `[B, ..., T, ...]` with the tokens on `axis`.
-    segment_ids: [B, T] (fresh sequences only): documents start on the grid (multiples of C), 0 is
-        padding (never written).
+    segment_ids: [B, T]: documents start on the grid (multiples of C; in a continued call too,
+        where the state's document goes on until the ids change), 0 is padding (never written).
     A fresh call carries only (W, S) between chunks (W is each chunk's anchor) and runs a partial
     last chunk after the scan, so its start weights are the returned anchor; a continued call uses
     the state's anchor in its first chunk and records the start weights of the chunk it ends in.
@@ -512,18 +512,19 @@ def chunk_heads(spec: MemorySpec, state: MemState | None, q, k, v, gates: Gates,
                 segment_ids: jax.Array | None = None) -> tuple[MemState, jax.Array]:
     """`chunk` for every [batch, head] at once: `q, k: [B, H, T, dk]`, `v: [B, H, T, dv]`, gates
     {name: [B, H, T, ...]}, `init` the per-head W_0 (leaves [H, ...]), `state` (leaves [B, H, ...])
-    or None, `segment_ids: [B, T]`. Returns (state, y [B, H, T, dv]). All heads in one call: the exact
+    or None, `segment_ids: [B, T]` (with a state too: the memory restarts at W_0 where the ids
+    change, on the chunk grid; TNT's shard resets). Returns (state, y [B, H, T, dv]). All heads in one call: the exact
     delta-rule kernels; `kernels.anchored_memory` for Titans' deep memory on fresh sequences of whole
     chunks (training); `scan_chunks` for the rest of the dual form; the token loop otherwise (per head)."""
-    if segment_ids is not None and state is not None:
-        raise ValueError("segment_ids resets are supported from a fresh state (state=None) only")
     check_gates(spec, gates)
     fresh = initial_heads(spec, init, q.shape[0])
     if not dual_form(spec):  # the dual form casts inside each chunk (inputs may be bfloat16)
         q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
-    if delta_kernel(spec) is not None:
+    # resets in a continued call (TNT's shards): the kernels would restart from the state's weights
+    continued_resets = segment_ids is not None and state is not None
+    if delta_kernel(spec) is not None and not continued_resets:
         return delta_kernel_heads(spec, fresh if state is None else state, q, k, v, gates, segment_ids)
-    if not chunk_parallel(spec):  # token by token: the exact rule, or gradients at the anchor
+    if not dual_form(spec):  # token by token: the exact rule, or gradients at the anchor
         def one(st, q, k, v, g, w0, seg):
             return reference_chunked(spec, st, q, k, v, g, init=w0, segment_ids=seg)
 

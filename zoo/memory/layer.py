@@ -75,33 +75,25 @@ def run_mixer(mixer: nnx.Module, x: jax.Array, state, segment_ids: jax.Array | N
     return mixer._mix(x, state, segment_ids)
 
 
-class MemoryMixer(nnx.Module):
-    """`mixer(x: [batch, seq, d_model], *, state=None, segment_ids=None) -> (y, state)`.
+class AssociativeMemory(nnx.Module):
+    """One memory's own parameters and how it runs: a gate head for each gate its spec reads
+    (`MemorySpec.gate_names`), the retention gate's decay rate (Mamba-2 form) and the learned
+    initial state W_0 (`init_state`, per head). The mixer owns the input and output paths; TNT
+    (zoo.memory.tnt) owns several of these behind one input path.
 
-    Pass the returned state back to continue a sequence (prefill, streaming, decoding all use
-    it); `segment_ids: [batch, seq]` (fresh calls only) resets the memory to W_0 at every
-    document start; in the chunk-parallel form documents must start at multiples of the chunk
-    size (pack with data.align_documents = chunk_size).
+    `gates(x: [B, T, d_model])` -> {name: [B, H, T, ...]}; `fresh_state(batch)`;
+    `run(state, q, k, v, gates, segment_ids)` -> (state, y [B, H, T, dv]).
     """
 
-    def __init__(self, d_model: int, num_heads: int, head_dim: int, cfg: MemoryConfig, *, std: float = 0.02,
-                 out_std: float = 0.02, dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
-        spec = MemorySpec.of(cfg)
-        self.spec, self.num_heads, self.head_dim, self.dtype = spec, num_heads, head_dim, dtype
-        self.remat = remat  # recompute the whole mixer in the backward pass (model.remat = "memory")
+    def __init__(self, d_model: int, num_heads: int, key_dim: int, head_dim: int, spec: MemorySpec,
+                 cfg: MemoryConfig, *, std: float = 0.02, rngs: nnx.Rngs):
+        self._init_memory(d_model, num_heads, key_dim, head_dim, spec, cfg, std=std, rngs=rngs)
+
+    def _init_memory(self, d_model, num_heads, key_dim, head_dim, spec, cfg, *, std, rngs):
+        """Sets spec, memory_cfg, gate_heads, decay_rate and init_state (keys of `key_dim` after the
+        feature map, values of `head_dim`)."""
+        self.spec = spec
         self.memory_cfg = cfg  # the gates' forms read their settings (lr_max, ...) from it
-        self.feature_map = parts.feature_map(cfg.qk_activation)
-        self.qk_dim = cfg.key_dim or head_dim  # q and k per head (Lattice: m-dim latent codes)
-        key_dim = self.feature_map.out_dim(self.qk_dim)  # the memory maps keys of key_dim to values of head_dim
-        coefficients = jnp.log(jnp.expm1(jnp.asarray(self.feature_map.coefficients, jnp.float32)))  # softplus^-1
-        self.feature_coefficients = (constant_param(jnp.tile(coefficients, (num_heads, 1)), ("heads", None))
-                                     if self.feature_map.coefficients else None)  # [heads, n]: the map's a_i
-        hd = (num_heads, head_dim)
-        proj = dict(axes=("embed", "heads", "kv"), std=std, dtype=dtype, rngs=rngs)
-        qk = (num_heads, self.qk_dim)
-        self.q, self.k, self.v = Projection((d_model,), qk, **proj), Projection((d_model,), qk, **proj), \
-            Projection((d_model,), hd, **proj)
-        self.conv = ShortConv(num_heads * (2 * self.qk_dim + head_dim), cfg.conv_width, dtype=dtype, axis_name=None)
         gate = dict(std=std, rngs=rngs)
         heads = {}
         for name in spec.gate_names:
@@ -130,18 +122,96 @@ class MemoryMixer(nnx.Module):
         self.init_state = nnx.List([
             constant_param(jnp.stack([w[i] for w in per_head]), ("heads", None, None))
             for i in range(len(layer_shapes(spec, key_dim, head_dim)))])
-        self.out_norm = constant_param(jnp.ones(hd), ("heads", "kv"))
-        self.out_gate = GateHead(d_model, hd, axes=("heads", "kv"), bias_init=cfg.output_gate_bias, dtype=dtype,
-                                 **gate)
-        self.o = Projection(hd, (d_model,), axes=("heads", "kv", "embed"), std=out_std, dtype=dtype, rngs=rngs)
-
-    # -- pieces ----------------------------------------------------------------------------
 
     def _initial_weights(self) -> tuple[jax.Array, ...]:
         """The state every document starts from, per head: W_0 (the learned `init_state`, each
         [heads, d_in, d_out]), or the state whose view is W_0 (`engine.state_of_weights`)."""
         w0 = tuple(p.value for p in self.init_state)
         return jax.vmap(lambda w: engine.state_of_weights(self.spec, w))(w0)
+
+    def fresh_state(self, batch_size: int) -> MemState:
+        """The state of every [batch, head] before any token (leaves [B, H, ...])."""
+        return engine.initial_heads(self.spec, self._initial_weights(), batch_size)
+
+    def gates(self, x) -> Gates:
+        """The spec's gates {name: [B, H, T]} (channel retention: [B, H, T, key_dim]), float32,
+        recomputed in the backward pass from x."""
+        return recompute(self._gates)(x)
+
+    def _gates(self, x) -> Gates:
+        gates = {}
+        for name, head in self.gate_heads.items():
+            z = head(x)
+            if name != "log_retention":
+                gates[name] = parts.gate(name).value(z, self.memory_cfg)
+            elif self.decay_rate is not None:  # Mamba-2 / GDN: -A softplus(z + dt_bias), A per head
+                rate = jnp.exp(self.decay_rate.value)
+                gates[name] = -jax.nn.softplus(z) * (rate[:, None] if z.ndim == 4 else rate)
+            else:
+                gates[name] = -jax.nn.softplus(z)
+        return {name: jnp.moveaxis(g, 2, 1) for name, g in gates.items()}  # [B, T, H, ...] -> [B, H, T, ...]
+
+    def run(self, state: MemState | None, q, k, v, g: Gates, segment_ids=None) -> tuple[MemState, jax.Array]:
+        """Writes and reads `q, k: [B, H, T, dk]`, `v: [B, H, T, dv]` from `state` (None: a fresh
+        sequence from W_0): one token continuing a state is one `engine.decode_step` per [batch,
+        head] (O(1) in the chunk size), anything else one `engine.chunk_heads` call."""
+        if state is not None and q.shape[2] == 1:
+            return decode_heads(self.spec, state, q, k, v, g)
+        return engine.chunk_heads(self.spec, state, q, k, v, g, init=self._initial_weights(), segment_ids=segment_ids)
+
+
+def decode_heads(spec: MemorySpec, state: MemState, q, k, v, g: Gates) -> tuple[MemState, jax.Array]:
+    """One token for every [batch, head] (`q, k: [B, H, 1, dk]`, state leaves [B, H, ...]) through
+    `engine.decode_step`. Returns (state, y [B, H, 1, dv])."""
+    def one(st, q, k, v, g):
+        st, y = engine.decode_step(spec, st, q[0], k[0], v[0], engine.gates_at(g, 0))
+        return st, y[None]
+
+    q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
+    return jax.vmap(jax.vmap(one))(state, q, k, v, g)
+
+
+class MemoryMixer(AssociativeMemory):
+    """`mixer(x: [batch, seq, d_model], *, state=None, segment_ids=None) -> (y, state)`.
+
+    Pass the returned state back to continue a sequence (prefill, streaming, decoding all use
+    it); `segment_ids: [batch, seq]` (fresh calls only) resets the memory to W_0 at every
+    document start; in the chunk-parallel form documents must start at multiples of the chunk
+    size (pack with data.align_documents = chunk_size).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, head_dim: int, cfg: MemoryConfig, *, std: float = 0.02,
+                 out_std: float = 0.02, dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+        self._init_inputs(d_model, num_heads, head_dim, cfg, std=std, dtype=dtype, rngs=rngs)
+        self.remat = remat  # recompute the whole mixer in the backward pass (model.remat = "memory")
+        self._init_memory(d_model, num_heads, self.key_dim, head_dim, MemorySpec.of(cfg), cfg, std=std, rngs=rngs)
+        self._init_output(d_model, num_heads, head_dim, cfg, std=std, out_std=out_std, dtype=dtype, rngs=rngs)
+
+    def _init_inputs(self, d_model, num_heads, head_dim, cfg, *, std, dtype, rngs):
+        """The input path: q, k, v projections, the short conv, the feature map (and its learned
+        coefficients); sets `key_dim`, the size of the keys the memory sees."""
+        self.num_heads, self.head_dim, self.dtype = num_heads, head_dim, dtype
+        self.feature_map = parts.feature_map(cfg.qk_activation)
+        self.qk_dim = cfg.key_dim or head_dim  # q and k per head (Lattice: m-dim latent codes)
+        self.key_dim = self.feature_map.out_dim(self.qk_dim)  # the memory maps keys of key_dim to values of head_dim
+        coefficients = jnp.log(jnp.expm1(jnp.asarray(self.feature_map.coefficients, jnp.float32)))  # softplus^-1
+        self.feature_coefficients = (constant_param(jnp.tile(coefficients, (num_heads, 1)), ("heads", None))
+                                     if self.feature_map.coefficients else None)  # [heads, n]: the map's a_i
+        proj = dict(axes=("embed", "heads", "kv"), std=std, dtype=dtype, rngs=rngs)
+        qk = (num_heads, self.qk_dim)
+        self.q, self.k, self.v = Projection((d_model,), qk, **proj), Projection((d_model,), qk, **proj), \
+            Projection((d_model,), (num_heads, head_dim), **proj)
+        self.conv = ShortConv(num_heads * (2 * self.qk_dim + head_dim), cfg.conv_width, dtype=dtype, axis_name=None)
+
+    def _init_output(self, d_model, num_heads, head_dim, cfg, *, std, out_std, dtype, rngs):
+        """The output path: per-head RMSNorm scale, the SiLU output gate, W_O."""
+        hd = (num_heads, head_dim)
+        self.out_norm = constant_param(jnp.ones(hd), ("heads", "kv"))
+        self.out_gate = GateHead(d_model, hd, axes=("heads", "kv"), bias_init=cfg.output_gate_bias, dtype=dtype,
+                                 std=std, rngs=rngs)
+        self.o = Projection(hd, (d_model,), axes=("heads", "kv", "embed"), std=out_std, dtype=dtype, rngs=rngs)
+
+    # -- pieces ----------------------------------------------------------------------------
 
     def queries_keys_values(self, x, *, segment_ids=None, conv_tail=None):
         """`x: [B, T, d_model]` -> q, k `[B, H, T, key_dim]`, v `[B, H, T, dh]` in the compute dtype (the engine computes
@@ -162,24 +232,6 @@ class MemoryMixer(nnx.Module):
 
         return features(qkv, conv_tail, segment_ids)
 
-    def gates(self, x) -> Gates:
-        """The spec's gates {name: [B, H, T]} (channel retention: [B, H, T, key_dim]), float32,
-        recomputed in the backward pass from x."""
-        return recompute(self._gates)(x)
-
-    def _gates(self, x) -> Gates:
-        gates = {}
-        for name, head in self.gate_heads.items():
-            z = head(x)
-            if name != "log_retention":
-                gates[name] = parts.gate(name).value(z, self.memory_cfg)
-            elif self.decay_rate is not None:  # Mamba-2 / GDN: -A softplus(z + dt_bias), A per head
-                rate = jnp.exp(self.decay_rate.value)
-                gates[name] = -jax.nn.softplus(z) * (rate[:, None] if z.ndim == 4 else rate)
-            else:
-                gates[name] = -jax.nn.softplus(z)
-        return {name: jnp.moveaxis(g, 2, 1) for name, g in gates.items()}  # [B, T, H, ...] -> [B, H, T, ...]
-
     def output(self, x, y):
         """`y: [B, H, T, dh]` -> `[B, T, d_model]`: per-head RMSNorm, SiLU output gate, W_O (the
         normalisation and gate are recomputed in the backward pass)."""
@@ -194,9 +246,12 @@ class MemoryMixer(nnx.Module):
 
     # -- the mixer ---------------------------------------------------------------------------
 
+    def memories(self) -> list[AssociativeMemory]:
+        """The memories behind this mixer's input path (one; TNT's global and locals)."""
+        return [self]
+
     def init_state_for(self, batch_size: int) -> MixerState:
-        return MixerState(memory=engine.initial_heads(self.spec, self._initial_weights(), batch_size),
-                          conv_tail=self.conv.init_tail(batch_size))
+        return MixerState(memory=self.fresh_state(batch_size), conv_tail=self.conv.init_tail(batch_size))
 
     def __call__(self, x: jax.Array, *, state: MixerState | None = None,
                  segment_ids: jax.Array | None = None) -> tuple[jax.Array, MixerState]:
@@ -205,16 +260,5 @@ class MemoryMixer(nnx.Module):
     def _mix(self, x, state, segment_ids):
         q, k, v, tail = self.queries_keys_values(
             x, segment_ids=segment_ids, conv_tail=None if state is None else state.conv_tail)
-        g = self.gates(x)
-        spec, memory = self.spec, None if state is None else state.memory
-        if memory is not None and x.shape[1] == 1:  # one decoding step: O(1) in the chunk size
-            def one(st, q, k, v, g):
-                st, y = engine.decode_step(spec, st, q[0], k[0], v[0], engine.gates_at(g, 0))
-                return st, y[None]
-
-            q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
-            memory, y = jax.vmap(jax.vmap(one))(memory, q, k, v, g)
-        else:  # every [batch, head] in one engine call (one kernel call for the delta-rule memories)
-            memory, y = engine.chunk_heads(spec, memory, q, k, v, g, init=self._initial_weights(),
-                                           segment_ids=segment_ids)
+        memory, y = self.run(None if state is None else state.memory, q, k, v, self.gates(x), segment_ids)
         return self.output(x, y), MixerState(memory=memory, conv_tail=tail)

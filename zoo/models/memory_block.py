@@ -40,10 +40,11 @@ class Block(nnx.Module):
 
 
 class MemoryBlock(Block):
-    """The memory is the only token mixer: x + Mem(Norm x), then x + SwiGLU(Norm x)."""
+    """The memory is the only token mixer: x + Mem(Norm x), then x + SwiGLU(Norm x). `mixer`
+    builds the memory mixer from the config (default: `mixer_from_config`; TNT's its own)."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.mem_norm, self.mixer = self.norm(cfg), mixer_from_config(cfg, rngs)
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, mixer=mixer_from_config):
+        self.mem_norm, self.mixer = self.norm(cfg), mixer(cfg, rngs)
         self.mlp_norm, self.mlp = self.norm(cfg), mlp_from_config(cfg, rngs)
 
     def init_cache(self, batch_size, max_len):
@@ -54,14 +55,15 @@ class MemoryBlock(Block):
         return x + h, cache
 
 
-def memory_language_model(cfg: ModelConfig, rngs: nnx.Rngs) -> LanguageModel:
+def memory_language_model(cfg: ModelConfig, rngs: nnx.Rngs, mixer=mixer_from_config) -> LanguageModel:
     """A language model of `MemoryBlock`s. With `cfg.hybrid_attention` = n > 0, every n-th block
     (the n-th, 2n-th, ...) is a Transformer++ attention block instead: the Samba-style hybrids of
     Miras (Moneta-H / Yaad-H / Memora-H: n = 2, 1:1, window 2048; spec M10), Gated DeltaNet-H and
-    ATLAS. The attention window is `cfg.sliding_window` (0 = full causal attention)."""
+    ATLAS. The attention window is `cfg.sliding_window` (0 = full causal attention). `mixer`: the
+    memory blocks' mixer builder."""
     n = cfg.hybrid_attention
 
     def block(i: int, r: nnx.Rngs):
-        return TransformerBlock(cfg, r) if n and (i + 1) % n == 0 else MemoryBlock(cfg, r)
+        return TransformerBlock(cfg, r) if n and (i + 1) % n == 0 else MemoryBlock(cfg, r, mixer)
 
     return LanguageModel(cfg, block, rngs=rngs)

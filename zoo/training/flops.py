@@ -51,8 +51,7 @@ def _attention(attn, keys: float) -> float:
     return 4 * attn.num_heads * attn.head_dim * (keys + slots)
 
 
-def _memory(mixer) -> float:
-    spec, heads, d = mixer.spec, mixer.num_heads, mixer.head_dim
+def _memory(spec, heads: int, d: int) -> float:
     c = spec.chunk_size if spec.semantics == "anchored" else spec.kernel_chunk
     if spec.num_layers == 1:
         per_head = 2 * 2 * d * d + 2 * c * (d + d)
@@ -90,7 +89,8 @@ def flops_per_token(model, seq_len: int) -> float:
             mixing += _attention(node, keys)
         elif isinstance(node, MemoryMixer):
             block = _parent(model, path)
-            mixing += _memory(node) * (2 if getattr(block, "segment", 0) else 1)
+            per_token = sum(_memory(m.spec, node.num_heads, node.head_dim) for m in node.memories())
+            mixing += per_token * (2 if getattr(block, "segment", 0) else 1)
         elif isinstance(node, TrellisMixer):
             mixing += _trellis(node)
     return 3 * (2 * matmul + mixing)
