@@ -50,15 +50,22 @@ SIZES = {
 }
 WINDOW = 512  # sliding window of the hybrids (MAG, MAL); MAC's segment is the memory chunk
 CHUNK = 64
+TNT_GLOBAL = 2048  # TNT's C_G and S_L (the paper's efficiency runs), capped at the sequence length
 
 
 def config(name: str, size: dict, seq: int, *, remat: str = "none", chunk: int = CHUNK, loss_chunk: int = 1024):
+    """The benchmark config; for `tnt`, `chunk` is the local memory's C_L (C_G = S_L = TNT_GLOBAL)."""
     hybrid = name in ("titans_mag", "titans_mal")
     model = dict(name=name, dtype="bfloat16", remat=remat, sliding_window=WINDOW if hybrid else 0, **size)
     info = zoo.registry.models()[name]
+    align = chunk if info.uses_memory else 0
     if info.uses_memory:
         model["memory"] = dict(chunk_size=chunk)
-    data = dict(seq_len=seq, align_documents=chunk if info.uses_memory else 0, batch_size=1)
+    if name == "tnt":
+        model["memory"] = dict(chunk_size=min(TNT_GLOBAL, seq))
+        model["tnt"] = dict(local_chunks=[chunk], shard=min(TNT_GLOBAL, seq))
+        align = min(TNT_GLOBAL, seq)
+    data = dict(seq_len=seq, align_documents=align, batch_size=1)
     return from_dict(dict(model=model, data=data, train=dict(loss_chunk=loss_chunk)))
 
 
@@ -87,9 +94,9 @@ def memory_per_layer(name: str, seq: int, remat: str, chunk: int) -> dict:
                 two_layers_gb=temps[2] / 1e9)
 
 
-def compile_step(name: str, size_name: str, seq: int, batch: int, remat: str):
+def compile_step(name: str, size_name: str, seq: int, batch: int, remat: str, chunk: int = CHUNK):
     """(config, parts, optimizer, compiled AdamW step) for one speed point, lowered on abstract shapes."""
-    cfg = config(name, SIZES[size_name], seq, remat=remat)
+    cfg = config(name, SIZES[size_name], seq, remat=remat, chunk=chunk)
     parts = model_parts(cfg)
     tx = optax.adamw(1e-4)
     step = jax.jit(make_train_step(parts, tx, optax.constant_schedule(1e-4), loss_chunk=cfg.train.loss_chunk),
@@ -101,7 +108,8 @@ def compile_step(name: str, size_name: str, seq: int, batch: int, remat: str):
     return cfg, tx, step.lower(state, abstract_batch(batch, seq, (1,))).compile()
 
 
-def run_step(name: str, size_name: str, seq: int, batch: int, remat: str, steps: int, compiled_point) -> dict:
+def run_step(name: str, size_name: str, seq: int, batch: int, remat: str, chunk: int, steps: int,
+             compiled_point) -> dict:
     """Times the compiled step of `compile_step`: one warm-up, then the median of `steps`."""
     cfg, tx, compiled = compiled_point
     cost = compiled.cost_analysis()
@@ -126,15 +134,16 @@ def run_step(name: str, size_name: str, seq: int, batch: int, remat: str, steps:
                   - mem.alias_size_in_bytes)
     stats = jax.devices()[0].memory_stats() or {}  # GPU: the process's running peak (all models so far)
     peak_flops = device_peak_flops()
-    return dict(model=name, size=size_name, seq=seq, batch=batch, remat=remat, step_s=step_s,
+    return dict(model=name, size=size_name, seq=seq, batch=batch, remat=remat, chunk=chunk, step_s=step_s,
                 tokens_per_s=batch * seq / step_s, peak_gb=step_bytes / 1e9, peak_kind="compiled step",
                 process_peak_gb=stats["peak_bytes_in_use"] / 1e9 if "peak_bytes_in_use" in stats else None,
                 loss=float(metrics["loss"]), mfu=flops / step_s / peak_flops if peak_flops and flops else None)
 
 
-def unrun(name: str, size_name: str, seq: int, batch: int, remat: str, why: str) -> dict:
+def unrun(name: str, size_name: str, seq: int, batch: int, remat: str, chunk: int, why: str) -> dict:
     """The row of a speed point that did not run (`why`: out of memory, skipped)."""
-    return dict(model=name, size=size_name, seq=seq, batch=batch, remat=remat, step_s=None, tokens_per_s=None,
+    return dict(model=name, size=size_name, seq=seq, batch=batch, remat=remat, chunk=chunk, step_s=None,
+                tokens_per_s=None,
                 peak_gb=None, peak_kind=why, loss=None, mfu=None)
 
 
@@ -171,6 +180,9 @@ def main(argv=None) -> None:
     p.add_argument("--points", default="", help="speed grid as BATCHxT points, e.g. 4x8192,1x32768 "
                                                  "(instead of --batch and --speed-lengths)")
     p.add_argument("--remat", default="none", help="remat policy of the speed grid")
+    p.add_argument("--tnt-chunk", type=int, default=16,
+                   help="TNT's local chunk C_L in the speed grid (C_G = S_L = min(2048, T)); with titans_lmm in "
+                        "--models, Titans also runs at C = C_L: the paper's headline ratio (TNT Table 1)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per speed point (after one warm-up)")
     p.add_argument("--budget-s", type=float, default=0,
                    help="start no speed point after this many seconds (0 = no limit); the rest are recorded "
@@ -212,7 +224,12 @@ def main(argv=None) -> None:
         [(args.batch, seq) for seq in ints(args.speed_lengths)]
     speed_rows = []
     started = time.perf_counter()
-    jobs = [(name, args.size, seq, batch, args.remat) for batch, seq in points for name in names]
+    jobs = []
+    for batch, seq in points:
+        for name in names:
+            jobs.append((name, args.size, seq, batch, args.remat, args.tnt_chunk if name == "tnt" else CHUNK))
+            if name == "titans_lmm" and "tnt" in names and args.tnt_chunk != CHUNK:
+                jobs.append((name, args.size, seq, batch, args.remat, args.tnt_chunk))
     # Compiling is host work that releases the GIL: --compile-workers > 1 compiles the grid side by side
     # while the points run one at a time, in grid order.
     pool = concurrent.futures.ThreadPoolExecutor(max(1, args.compile_workers))
@@ -237,7 +254,8 @@ def main(argv=None) -> None:
     with_ratios(speed_rows, "tokens_per_s", ("seq", "batch"))
     if speed_rows:
         print_table(f"train step, size {args.size}, remat {args.remat}", speed_rows,
-                    ["model", "batch", "seq", "tokens_per_s", "tokens_per_s_vs_transformer", "step_s", "peak_gb",
+                    ["model", "chunk", "batch", "seq", "tokens_per_s", "tokens_per_s_vs_transformer", "step_s",
+                     "peak_gb",
                      "peak_kind", "mfu"])
 
     out = write_json(args, memory_rows, speed_rows, partial=False)
