@@ -50,11 +50,12 @@ SIZES = {
 }
 WINDOW = 512  # sliding window of the hybrids (MAG, MAL); MAC's segment is the memory chunk
 CHUNK = 64
-TNT_GLOBAL = 2048  # TNT's C_G and S_L (the paper's efficiency runs), capped at the sequence length
+TNT_GLOBAL = 2048  # TNT's C_G and S_L (the paper's efficiency runs), capped at the sequence length (--tnt-global)
 
 
 def config(name: str, size: dict, seq: int, *, remat: str = "none", chunk: int = CHUNK, loss_chunk: int = 1024):
-    """The benchmark config; for `tnt`, `chunk` is the local memory's C_L (C_G = S_L = TNT_GLOBAL)."""
+    """The benchmark config; for `tnt`, `chunk` is the local memory's C_L (C_G = S_L = TNT_GLOBAL,
+    at most the sequence length)."""
     hybrid = name in ("titans_mag", "titans_mal")
     model = dict(name=name, dtype="bfloat16", remat=remat, sliding_window=WINDOW if hybrid else 0, **size)
     info = zoo.registry.models()[name]
@@ -180,8 +181,9 @@ def main(argv=None) -> None:
     p.add_argument("--points", default="", help="speed grid as BATCHxT points, e.g. 4x8192,1x32768 "
                                                  "(instead of --batch and --speed-lengths)")
     p.add_argument("--remat", default="none", help="remat policy of the speed grid")
+    p.add_argument("--tnt-global", type=int, default=TNT_GLOBAL, help="TNT's C_G and shard length S_L")
     p.add_argument("--tnt-chunk", type=int, default=16,
-                   help="TNT's local chunk C_L in the speed grid (C_G = S_L = min(2048, T)); with titans_lmm in "
+                   help="TNT's local chunk C_L in the speed grid (C_G = S_L = min(--tnt-global, T)); with titans_lmm in "
                         "--models, Titans also runs at C = C_L: the paper's headline ratio (TNT Table 1)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per speed point (after one warm-up)")
     p.add_argument("--budget-s", type=float, default=0,
@@ -198,6 +200,8 @@ def main(argv=None) -> None:
         args.size, args.points, args.remat, args.memory_lengths = "170m", "4x8192,1x32768,4x4096", "block", ""
         args.budget_s = args.budget_s or 420  # the device machine's session: finish within 8 minutes
         args.compile_workers = max(args.compile_workers, 8)
+    global TNT_GLOBAL
+    TNT_GLOBAL = args.tnt_global
     names = [n for n in args.models.split(",") if n] or sorted(zoo.registry.models())
     unknown = [n for n in names if n not in zoo.registry.models()]
     if unknown:

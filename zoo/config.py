@@ -28,6 +28,7 @@ from zoo.layers.msssm import MSSSMFormat
 from zoo.layers.polysketch import PolySketchFormat
 from zoo.memory import parts as memory_parts  # the registered structures, objectives, learners, retentions
 from zoo.memory import spec as memory_spec  # the spec's tables of allowed values
+from zoo.memory.self_modifying import HopeFormat
 from zoo.memory.tnt import TNTFormat
 
 
@@ -140,6 +141,9 @@ class ModelConfig:
     # model.name=tnt: the local memories (chunk sizes, shard length S_L), the global branch, the Q-K
     # projection; the global memory is model.memory (its chunk_size is TNT's C_G)
     tnt: TNTFormat = TNTFormat()
+    # model.name=hope: the self-modifying Titans mixer (chunk, memory width, gates) and the continuum
+    # memory's levels (one update period each)
+    hope: HopeFormat = HopeFormat()
     memory: MemoryConfig = MemoryConfig()
 
 
@@ -420,6 +424,15 @@ def validate(cfg: Config) -> Config:
 
     if registry.models()[m.name].uses_memory:
         _validate_memory(cfg)
+    if m.name == "hope":
+        try:
+            m.hope.check()
+        except ValueError as e:
+            raise ConfigError(f"model.{e}") from None
+        c = m.hope.chunk
+        if d.source not in ("mqar", "niah") and c > 1 and (d.align_documents < c or d.align_documents % c):
+            raise ConfigError(f"model.hope.chunk={c}: packed documents must start on the self-modifying memories' "
+                              f"chunk grid; set data.align_documents={c} (a multiple of it; got {d.align_documents})")
     if t.trainable:
         try:
             re.compile(t.trainable)

@@ -22,13 +22,17 @@ class ModelInfo:
     # model.memory fields this model sets differently from MemoryConfig's defaults (the Titans
     # memory); a config file's own model.memory values still win over them.
     memory_defaults: dict = dataclasses.field(default_factory=dict, compare=False)
+    # parameter groups the outer optimiser updates less often: ModelConfig -> {path regex: period}
+    # (Hope's continuum memory levels; zoo.training.optimizer)
+    update_groups: Callable | None = dataclasses.field(default=None, compare=False)
 
 
 _MODELS: dict[str, ModelInfo] = {}
 
 
 def register(name: str, *, family: str, paper: str, tiny_config: str, status: str = "ready",
-             uses_memory: bool = False, hybrid: bool = False, memory_defaults: dict | None = None):
+             uses_memory: bool = False, hybrid: bool = False, memory_defaults: dict | None = None,
+             update_groups: Callable | None = None):
     """Decorator: `@register("titans_mac", family=..., paper=..., tiny_config=...)` on a
     `builder(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module`."""
 
@@ -36,7 +40,7 @@ def register(name: str, *, family: str, paper: str, tiny_config: str, status: st
         if name in _MODELS:
             raise ValueError(f"model '{name}' is registered twice")
         _MODELS[name] = ModelInfo(name, family, paper, tiny_config, status, builder, uses_memory, hybrid,
-                                  dict(memory_defaults or {}))
+                                  dict(memory_defaults or {}), update_groups)
         return builder
 
     return wrap
@@ -55,6 +59,13 @@ def memory_config(name: str, **overrides):
     from zoo.config import MemoryConfig
 
     return MemoryConfig(**{**_info(name).memory_defaults, **overrides})
+
+
+def update_groups(model_cfg) -> dict[str, int]:
+    """{parameter path regex: update period} of the groups model `model_cfg.name` updates every
+    `period` optimiser steps ({} for most models)."""
+    groups = _info(model_cfg.name).update_groups
+    return {} if groups is None else groups(model_cfg)
 
 
 def _info(name: str) -> ModelInfo:

@@ -68,10 +68,19 @@ def _trellis(mixer) -> float:
     return mixer.num_heads * 2 * (3 * 2 * m * d + 2 * c * (d + m))
 
 
+def _self_modifying(mixer) -> float:
+    """Hope's mixer, per token: for each of the five memories two MLP forwards (the input and the
+    self-generated target), its gradient and the two rank-one transitions, ~20 d e; W_O etc. are
+    parameters (counted as matmuls)."""
+    d = mixer.head_dim
+    return mixer.num_heads * 5 * 20 * d * mixer.fmt.expansion * d
+
+
 def flops_per_token(model, seq_len: int) -> float:
     """Training FLOPs per token (forward + backward) of `model` on sequences of `seq_len`."""
     from zoo.layers.attention import Attention
     from zoo.memory.layer import MemoryMixer
+    from zoo.memory.self_modifying import SelfModifyingTitans
     from zoo.memory.trellis_layer import TrellisMixer
 
     params = nnx.state(model, nnx.Param)
@@ -93,6 +102,8 @@ def flops_per_token(model, seq_len: int) -> float:
             mixing += per_token * (2 if getattr(block, "segment", 0) else 1)
         elif isinstance(node, TrellisMixer):
             mixing += _trellis(node)
+        elif isinstance(node, SelfModifyingTitans):
+            mixing += _self_modifying(node)
     return 3 * (2 * matmul + mixing)
 
 

@@ -46,14 +46,37 @@ def trainable_mask(params, pattern: str):
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
+    """Clipping, then AdamW. Parameters outside `train.trainable` get a zero update and no state
+    (clipping sees the trained gradients only); a group the model updates every p steps
+    (`zoo.registry.update_groups`: Hope's continuum memory) takes one AdamW step every p steps on
+    the gradients summed since its last step, at the learning rate of the current step."""
+    from zoo import registry  # late: the registry imports the models
+
     o = cfg.optimizer
-    parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
-    parts.append(optax.adamw(make_schedule(cfg), b1=o.b1, b2=o.b2, eps=o.eps,
-                             weight_decay=o.weight_decay, mask=decay_mask))
-    tx = optax.chain(*parts)
-    if not cfg.train.trainable:
-        return tx
-    # frozen parameters: a zero update and no state; clipping sees the trained gradients only
-    labels = lambda params: jax.tree.map(lambda train: "train" if train else "frozen",  # noqa: E731
-                                         trainable_mask(params, cfg.train.trainable))
-    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    schedule = make_schedule(cfg)
+
+    def adamw(period: int) -> optax.GradientTransformation:
+        lr = schedule if period == 1 else (lambda count: schedule(count * period + period - 1))  # the outer step
+        return optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask)
+
+    groups = registry.update_groups(cfg.model)
+    clip = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
+    if not cfg.train.trainable and not groups:
+        return optax.chain(*clip, adamw(1))
+    compiled = {re.compile(regex): period for regex, period in groups.items()}
+
+    def labels(params):
+        def label(path, train):
+            if not train:
+                return "frozen"
+            name = parameter_path(path)
+            return f"every_{next((p for r, p in compiled.items() if r.search(name)), 1)}"
+
+        return jax.tree_util.tree_map_with_path(label, trainable_mask(params, cfg.train.trainable))
+
+    steps = {f"every_{p}": optax.MultiSteps(adamw(p), every_k_schedule=p, use_grad_mean=False).gradient_transformation()
+             for p in set(groups.values()) if p > 1}
+    steps |= {"every_1": adamw(1), "frozen": optax.set_to_zero()}
+    frozen_to_zero = optax.multi_transform(
+        {name: optax.set_to_zero() if name == "frozen" else optax.identity() for name in steps}, labels)
+    return optax.chain(frozen_to_zero, *clip, optax.multi_transform(steps, labels))

@@ -19,6 +19,7 @@ from flax import nnx
 
 import zoo
 from zoo.config import ModelConfig
+from zoo.memory.self_modifying import HopeFormat
 from zoo.memory.tnt import TNTFormat
 from zoo.streaming import stream_logits
 
@@ -33,6 +34,7 @@ def model_config(name: str) -> ModelConfig:
     return ModelConfig(name=name, vocab_size=VOCAB, d_model=16, num_layers=1, num_heads=2, sliding_window=6,
                        attn_conv_width=3, persistent_tokens=2 if info.uses_memory else 0,
                        tnt=TNTFormat(local_chunks=(2,), shard=CHUNK),  # TNT: locals of 2, a shard per chunk
+                       hope=HopeFormat(chunk=CHUNK, cms_periods=(1, 2)),
                        memory=zoo.registry.memory_config(name, chunk_size=CHUNK, expansion=2))
 
 
