@@ -168,6 +168,7 @@ def print_table(title: str, rows: list[dict], cols: list[str]) -> None:
         print(" | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
 
 def main(argv=None) -> None:
+    global TNT_GLOBAL  # --tnt-global sets it for config()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="", help="comma-separated registry names (default: all)")
     p.add_argument("--memory-lengths", default="4096", help="T for the per-layer memory table ('' = skip)")
@@ -200,7 +201,6 @@ def main(argv=None) -> None:
         args.size, args.points, args.remat, args.memory_lengths = "170m", "4x8192,1x32768,4x4096", "block", ""
         args.budget_s = args.budget_s or 420  # the device machine's session: finish within 8 minutes
         args.compile_workers = max(args.compile_workers, 8)
-    global TNT_GLOBAL
     TNT_GLOBAL = args.tnt_global
     names = [n for n in args.models.split(",") if n] or sorted(zoo.registry.models())
     unknown = [n for n in names if n not in zoo.registry.models()]

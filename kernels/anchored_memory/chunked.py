@@ -110,28 +110,32 @@ def learner_terms(lr: jax.Array, log_momentum: jax.Array | None) -> tuple[jax.Ar
     return jnp.exp(cum), decay_ratios(cum) * lr[None, :]
 
 
-def decayed_terms(log_retention: jax.Array, m: jax.Array, n: jax.Array, valid: jax.Array
+def decayed_terms(log_retention: jax.Array, m: jax.Array, n: jax.Array, valid: jax.Array, last_only: bool = False
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Retention folded into the learner's terms: beta_r = prod_{j<=r} l_j and D[r, j] = beta_r /
     beta_j (log space, masked before the exp; invalid positions decay by 1), f = D (valid m),
     G = D (valid n). `log_retention: [C]` (one decay per token) or `[C, dk]` (per key channel of a
-    matrix memory). Returns (beta, f, G): `[C]`, `[C]`, `[C, C]`, or `[C, dk]`, `[C, dk]`, `[C, C, dk]`."""
+    matrix memory). Returns (beta, f, G): `[C]`, `[C]`, `[C, C]`, or `[C, dk]`, `[C, dk]`, `[C, C, dk]`;
+    `last_only`: their last rows only (leading axis 1), what the chunk-end state needs: G's row is
+    one [C] x [C, C] product instead of a [C, C] x [C, C] one."""
     vf = valid.astype(jnp.float32)
     log_ret = jnp.where(valid.reshape(valid.shape + (1,) * (log_retention.ndim - 1)), log_retention, 0.0)
     cum = jnp.cumsum(log_ret, axis=0)
     beta = jnp.exp(cum)
+    rows = slice(-1, None) if last_only else slice(None)
     if log_retention.ndim == 2:  # per channel: D [C, C, dk]
-        decay = jnp.moveaxis(decay_ratios(cum.T), 0, -1)
-        return beta, jnp.einsum("rjd,j->rd", decay, vf * m), jnp.einsum("rjd,ji->rid", decay, vf[:, None] * n)
-    decay = decay_ratios(cum)
-    return beta, decay @ (vf * m), decay @ (vf[:, None] * n)
+        decay = jnp.moveaxis(decay_ratios(cum.T), 0, -1)[rows]
+        return beta[rows], jnp.einsum("rjd,j->rd", decay, vf * m), jnp.einsum("rjd,ji->rid", decay, vf[:, None] * n)
+    decay = decay_ratios(cum)[rows]
+    return beta[rows], decay @ (vf * m), decay @ (vf[:, None] * n)
 
 
 def dual_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, beta, f, big_g, m, n, *,
               activation: Callable, residual: bool, momentum: bool, output_norm: bool = False,
-              transposed: bool = False) -> tuple[tuple[Weights, Weights], jax.Array]:
+              transposed: bool = False, read: bool = True) -> tuple[tuple[Weights, Weights], jax.Array | None]:
     """The reads and the chunk-end state without per-token weights. Returns ((W_C, S_C), Y [C, dv]);
-    S_C is `s_start` unchanged when the learner carries no momentum (`momentum` False).
+    S_C is `s_start` unchanged when the learner carries no momentum (`momentum` False). `read`
+    False: the chunk-end state only, in O(C |W|) (no C x C read matrices), and Y None.
 
     `transposed` (one matrix layer, one decay per token): the reads are y_r = W_r q_r for `q: [C, dv]`
     -> Y `[C, dk]` (Trellis's value read V^T r, spec miras-lattice-trellis §3.6 step 4):
@@ -142,18 +146,21 @@ def dual_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, 
     z = q
     new_w, new_s = [], []
     for layer, (ws, ss, a, d) in enumerate(zip(w_start, s_start, inputs, deltas, strict=True)):
-        if transposed:
-            p = beta[:, None] * (z @ ws.T) + f[:, None] * (z @ ss.T) - ((z @ d.T) * big_g) @ a
-            new_w.append(beta[-1] * ws + f[-1] * ss - (a * big_g[-1][:, None]).T @ d)
-        elif channel:
-            p = (z * beta) @ ws + (z * f) @ ss - jnp.einsum("rd,id,rid->ri", z, a, big_g) @ d
+        if channel:
             new_w.append(beta[-1][:, None] * ws + f[-1][:, None] * ss - (a * big_g[-1]).T @ d)
         else:
-            p = beta[:, None] * (z @ ws) + f[:, None] * (z @ ss) - ((z @ a.T) * big_g) @ d
             new_w.append(beta[-1] * ws + f[-1] * ss - (a * big_g[-1][:, None]).T @ d)
         new_s.append(m[-1] * ss - (a * n[-1][:, None]).T @ d if momentum else ss)
+        if not read:
+            continue
+        if transposed:
+            p = beta[:, None] * (z @ ws.T) + f[:, None] * (z @ ss.T) - ((z @ d.T) * big_g) @ a
+        elif channel:
+            p = (z * beta) @ ws + (z * f) @ ss - jnp.einsum("rd,id,rid->ri", z, a, big_g) @ d
+        else:
+            p = beta[:, None] * (z @ ws) + f[:, None] * (z @ ss) - ((z @ a.T) * big_g) @ d
         z = activation(p) if layer < len(w_start) - 1 else p
-    return (tuple(new_w), tuple(new_s)), finish(z, q, residual, output_norm)
+    return (tuple(new_w), tuple(new_s)), finish(z, q, residual, output_norm) if read else None
 
 
 def outer_sum(coefficients: jax.Array, a: jax.Array, d: jax.Array) -> jax.Array:

@@ -191,7 +191,7 @@ def reference_chunked(spec, state, q, k, v, gates, *, init=None, segment_ids=Non
 
 
 def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Weights,
-               q, k, v, g: Gates, valid, halo: window.Window, place_at, end):
+               q, k, v, g: Gates, valid, halo: window.Window, place_at, end, read: bool = True):
     """One chunk of C grid positions (invalid ones are exact no-ops), Titans spec §1.6: starts from
     (W, S) = (w_start, s_start) with inner gradients at `anchor`, in four hooks (the shared chunk
     algebra of `kernels.anchored_memory.chunked`): gradient factors of the spec's objective ->
@@ -202,6 +202,7 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
     of a call continuing mid-chunk, then the chunk's own) and the band Gamma of window weights
     folds into the learner's terms (n -> n Gamma). `end`: the slot after the call's last token in
     this chunk (C for a chunk it fills, 0 past its end), where the returned window is cut.
+    `read` False: the chunk-end state only (no C x C read terms in the closed form; Y is None).
     Returns ((W_C, S_C), Y [C, dv], the window after the chunk: {} without one)."""
     q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     w_a = jax.lax.stop_gradient(anchor) if spec.bilevel == "first_order" else anchor
@@ -241,11 +242,11 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
             pullback=pull if parts.retention(spec.retention).riemannian else None,
             activation=functools.partial(activation, spec), residual=has_residual(spec), output_norm=spec.output_norm)
         return state, y, halo
-    beta, f, big_g = dual.decayed_terms(log_retention, m, n, valid)
+    beta, f, big_g = dual.decayed_terms(log_retention, m, n, valid, last_only=not read)
     state, y = dual.dual_read(w_start, s_start, q, inputs, deltas, beta, f, big_g, m, n,
                               activation=functools.partial(activation, spec), residual=has_residual(spec),
                               output_norm=spec.output_norm, momentum=_dual_state(spec) is not None,
-                              transposed=spec.read == "transposed")
+                              transposed=spec.read == "transposed", read=read)
     return state, y, halo
 
 
@@ -397,6 +398,7 @@ class ChunkHooks:
 
     prologue: Callable
     epilogue: Callable
+    reads: bool = True  # False: the epilogue ignores `y` (None), so the chunk step skips the reads
 
 
 # The plain memory: its writes are its inputs (q, k, v, gates), its output the reads.
@@ -444,8 +446,8 @@ def scan_chunks(spec: MemorySpec, state: MemState | None, fresh: MemState, carry
     places = jnp.zeros((n,), jnp.int32).at[0].set(offset)
     inputs = (jax.tree.map(lambda x: place_on_grid(x, offset, n, c, axis), xs), present,
               present[:, None, :] & (seg > 0), resets, ends, places)  # chunks first; valid [n, B, C]: written
-    write = jax.vmap(jax.vmap(functools.partial(chunk_step, spec), in_axes=(0,) * 7 + (None, 0, None, None)),
-                     in_axes=(0,) * 9 + (None, None))
+    write = jax.vmap(jax.vmap(functools.partial(chunk_step, spec, read=hooks.reads),
+                              in_axes=(0,) * 7 + (None, 0, None, None)), in_axes=(0,) * 9 + (None, None))
     fresh_s = dual_momentum(spec, fresh)
     momentum = _dual_state(spec) is not None
 

@@ -14,7 +14,8 @@ with each layer's own input a (k for W_2, sigma(k W_2) for W_1; spec §5.3), on 
 with s_t = min(1, tau / ||grad||) (`max_grad_norm`, as the engine clips Titans' inner steps).
 Chunked (Eq. 90-91, spec §5.2): every quantity of a chunk (k, v, eta, alpha, v^, the gradients and
 the reads y) comes from the memories at the chunk start (the anchor); only the (alpha I - eta a a^T)
-transition acts on the running state, token after token. The read at the anchor is causal (the
+transition acts on the running state, token after token: a gated delta rule, run chunk-parallel by
+`kernels.gated_delta_rule` (chunk_update). The read at the anchor is causal (the
 printed C ceil(t / C) would read the chunk end: spec §5.2). Decoding is the same computation one
 token at a time (running state, anchor, position in the chunk), so it equals training at any chunk
 size. Document starts (on the chunk grid) restart every memory at its learned initial state.
@@ -31,6 +32,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import kernels
 from flax import nnx, struct
 from kernels.common import where_leading
 
@@ -39,6 +41,7 @@ from zoo.layers.recompute import recompute
 from zoo.memory.layer import run_mixer
 
 MEMORIES = ("k", "v", "eta", "alpha", "mem")
+ALPHA_FLOOR = 1e-3  # the smallest weight-decay factor alpha_t (a step keeps at least 0.1% of W)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,55 +109,63 @@ def mlp(w, z):
 
 
 def _step_terms(w, k, target):
-    """At the anchor weights w: the inputs of the two layers and the gradient of ||M(k) - target||^2,
-    for one token (`k`, `target`: [d])."""
+    """At the anchor weights w, for one token (`k`, `target`: [d]): each layer's input a (k for W_2,
+    GELU(k W_2) for W_1) and output error delta, so that grad_W ||M(k) - target||^2 = a delta^T."""
     hidden = k @ w[0]
     act = jax.nn.gelu(hidden)
     err = 2.0 * (k + act @ w[1] - target)  # [d]
-    g1 = jnp.outer(act, err)  # [e, d]
     delta = (w[1] @ err) * jax.grad(lambda h: jnp.sum(jax.nn.gelu(h)))(hidden)  # [e]
-    g2 = jnp.outer(k, delta)  # [d, e]
-    return (k, act), (g2, g1)
+    return (k, act), (delta, err)
 
 
-def _transition(w, inputs, grads, eta, alpha, max_grad_norm):
-    """W <- (alpha I - eta a^ a^T) W - eta s G, layer by layer (one token), s = min(1, tau / ||G||)
-    over the memory's layers (1 when tau = 0)."""
-    scale = 1.0
-    if max_grad_norm > 0:  # no sqrt at 0 (padding's zero gradient): its derivative is infinite
-        sq = sum(jnp.sum(g * g) for g in grads)
-        clipped = sq > max_grad_norm ** 2
-        scale = jnp.where(clipped, max_grad_norm * jax.lax.rsqrt(jnp.where(clipped, sq, 1.0)), 1.0)
-    out = []
-    for wl, a, g in zip(w, inputs, grads, strict=True):
-        a = _l2(a)
-        out.append(alpha * wl - eta * jnp.outer(a, a @ wl) - eta * scale * g)
-    return tuple(out)
+def _clip_scale(inputs, deltas, max_grad_norm: float):
+    """s = min(1, tau / ||grad||) over the memory's layers (rank one each: ||a delta^T|| = |a| |delta|);
+    no sqrt at 0 (padding's zero gradient has an infinite sqrt derivative). 1 when tau = 0."""
+    if max_grad_norm <= 0:
+        return jnp.ones(inputs[0].shape[:-1])
+    sq = sum(jnp.sum(a * a, -1) * jnp.sum(d * d, -1) for a, d in zip(inputs, deltas, strict=True))
+    clipped = sq > max_grad_norm ** 2
+    return jnp.where(clipped, max_grad_norm * jax.lax.rsqrt(jnp.where(clipped, sq, 1.0)), 1.0)
 
 
 def chunk_update(anchor: dict, running: dict, u, q, valid, readouts, max_grad_norm: float = 0.0):
     """One chunk of one head: `u, q: [C, d]` (valid: [C] bool, invalid slots change nothing), the
     memories at the chunk start `anchor` and the running state `running` (both {memory: (W_2, W_1)}).
     `readouts`: {"eta": (r [d], b, lr_max), "alpha": (r [d], b)}; `max_grad_norm`: HopeFormat's.
-    Returns (running after the chunk, y [C, d] read at the anchor)."""
+    Returns (running after the chunk, y [C, d] read at the anchor).
+
+    Per token and layer the update W <- (alpha I - eta a^ a^T) W - eta s a delta^T is the gated delta
+    rule S <- exp(g)(I - beta k k^T) S + beta k v^T with k = a^, exp(g) = alpha, beta = eta / alpha and
+    v = -alpha s |a| delta, so the chunk's transitions run as one `kernels.gated_delta_rule` call per
+    layer with the five memories as its heads (chunk-parallel, exact: its UT form)."""
     read = jax.vmap(mlp, in_axes=(None, 0))
     k = _l2(read(anchor["k"], u))
     v = read(anchor["v"], u)
     r_eta, b_eta, lr_max = readouts["eta"]
     r_alpha, b_alpha = readouts["alpha"]
     eta = lr_max * jax.nn.sigmoid(read(anchor["eta"], u) @ r_eta + b_eta)  # [C]
-    alpha = jax.nn.sigmoid(read(anchor["alpha"], u) @ r_alpha + b_alpha)  # [C]
+    # alpha >= ALPHA_FLOOR: the kernel's beta = eta / alpha must stay finite (and log alpha too)
+    alpha = jnp.maximum(jax.nn.sigmoid(read(anchor["alpha"], u) @ r_alpha + b_alpha), ALPHA_FLOOR)  # [C]
     eta, alpha = jnp.where(valid, eta, 0.0), jnp.where(valid, alpha, 1.0)
     y = read(anchor["mem"], _l2(q))
-    terms = {name: jax.vmap(_step_terms, in_axes=(None, 0, 0))(anchor[name], k, read(anchor[name], v))
-             for name in MEMORIES}  # self-generated targets v^ = M_box(v) at the anchor
-
-    def token(state, xs):
-        per_memory, e, a = xs
-        return {name: _transition(state[name], *per_memory[name], e, a, max_grad_norm) for name in MEMORIES}, None
-
-    running, _ = jax.lax.scan(token, running, (terms, eta, alpha))
-    return running, y
+    inputs, deltas = zip(*[jax.vmap(_step_terms, in_axes=(None, 0, 0))(anchor[name], k, read(anchor[name], v))
+                           for name in MEMORIES])  # self-generated targets v^ = M_box(v) at the anchor
+    scale = jnp.stack([_clip_scale(a, d, max_grad_norm) for a, d in zip(inputs, deltas, strict=True)], -1)  # [C, 5]
+    new = []
+    for layer in range(2):
+        a = jnp.stack([x[layer] for x in inputs], axis=1)  # [C, 5, d_in]
+        d = jnp.stack([x[layer] for x in deltas], axis=1)  # [C, 5, d_out]
+        norm = jnp.sqrt(jnp.sum(a * a, -1, keepdims=True) + 1e-6)
+        values = -(alpha[:, None] * scale)[..., None] * norm * d
+        gates = jnp.broadcast_to(jnp.log(alpha)[:, None], scale.shape)
+        beta = jnp.broadcast_to((eta / alpha)[:, None], scale.shape)
+        state = jnp.stack([running[name][layer] for name in MEMORIES])  # [5, d_in, d_out]
+        keys = a / norm  # a^, as _l2
+        _, final = kernels.gated_delta_rule(keys[None], keys[None], values[None], beta[None], gates[None], scale=1.0,
+                                            initial_state=state[None], output_final_state=True,
+                                            chunk_size=u.shape[0])
+        new.append(final[0])
+    return {name: (new[0][i], new[1][i]) for i, name in enumerate(MEMORIES)}, y
 
 
 class SelfModifyingTitans(nnx.Module):

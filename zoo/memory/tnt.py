@@ -104,14 +104,15 @@ class TNTState:
 
 def _read_at_anchor(spec: MemorySpec) -> engine.ChunkHooks:
     """scan_chunks hooks whose output is every token's read at its chunk's START weights
-    (TNT Eq. 7's global read), not the engine's read after the write."""
+    (TNT Eq. 7's global read), not the engine's read after the write, which is never computed
+    (`reads=False`: the chunk step keeps O(C_G |W|) work, no C_G x C_G read terms)."""
 
     def prologue(anchor, carry, x, here, reset):
         reads = jax.vmap(lambda w, q: engine.read(spec, w, q), in_axes=(None, 0))
         y = jax.vmap(jax.vmap(reads))(anchor, x[0].astype(jnp.float32))  # [B, H, C, dv]
         return x, carry, y
 
-    return engine.ChunkHooks(prologue=prologue, epilogue=lambda y, aux, carry, done: (aux, carry))
+    return engine.ChunkHooks(prologue=prologue, epilogue=lambda y, aux, carry, done: (aux, carry), reads=False)
 
 
 def _fresh_shards(memory: AssociativeMemory, q, k, v, g, segment_ids, shard: int):
