@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from zoo.config import MemoryConfig
 
 QK_RANGES = ("shard", "document", "chunk", "off")
+COMBINES = ("sum", "mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,8 @@ class TNTFormat:
         current chunk of the first local memory, Eq. 7's printed limit) or "off" (P = I, the
         "w/o Q-K projection" ablation).
     qk_scale: "none" (the paper) or "count" (P_t divided by its number of keys; item 2).
+    combine: how the local reads join the global one (spec §4.4, App. E not retrieved): "sum"
+        (o = f(V, q) + sum_n f(W^(n), P q)) or "mean" (the locals' average instead of their sum).
     """
 
     local_chunks: tuple[int, ...] = (8,)
@@ -62,6 +65,7 @@ class TNTFormat:
     global_memory: bool = True
     qk_range: str = dataclasses.field(default="shard", metadata={"choices": QK_RANGES})
     qk_scale: str = dataclasses.field(default="none", metadata={"choices": SCALES})
+    combine: str = dataclasses.field(default="sum", metadata={"choices": COMBINES})
 
     def check(self, spec: MemorySpec) -> None:
         """ValueError naming the problem when this format cannot wrap `spec`."""
@@ -75,6 +79,8 @@ class TNTFormat:
             raise ValueError(f"tnt.qk_range={self.qk_range!r}; allowed: {', '.join(QK_RANGES)}")
         if self.qk_scale not in SCALES:
             raise ValueError(f"tnt.qk_scale={self.qk_scale!r}; allowed: {', '.join(SCALES)}")
+        if self.combine not in COMBINES:
+            raise ValueError(f"tnt.combine={self.combine!r}; allowed: {', '.join(COMBINES)}")
         if spec.semantics != "anchored" or not engine.dual_form(spec):
             raise ValueError(f"TNT takes each chunk's gradients at its start (TNT Eq. 5-6): the wrapped memory needs "
                              f"semantics=anchored and a chunk-parallel form; got semantics={spec.semantics!r}, "
@@ -185,11 +191,11 @@ class TNTMixer(MemoryMixer):
             global_memory, y = self._global(None if state is None else state.global_memory, fresh.global_memory,
                                             q, k, v, self.gates(x), segment_ids)
         q_local, qk, keys = self._project(q, k, positions, fresh if state is None else state, segment_ids)
-        local_states = []
+        local_states, weight = [], 1.0 / len(self.local_memories) if self.tnt.combine == "mean" else 1.0
         for i, memory in enumerate(self.local_memories):
             st, y_local = self._local(memory, None if state is None else state.locals[i], fresh.locals[i],
                                       q_local, k, v, memory.gates(x), positions, segment_ids)
-            y, local_states = y + y_local, local_states + [st]
+            y, local_states = y + weight * y_local, local_states + [st]
         new = TNTState(global_memory=global_memory, locals=tuple(local_states), qk=qk, keys=keys,
                        position=start + t, conv_tail=tail)
         return self.output(x, y), new
