@@ -45,20 +45,6 @@ collect_ignore = [] if os.environ.get("MEMZOO_ISOLATED") == "1" else ["isolated"
 
 MAPS_LIMIT = 30000  # memory mappings a test process may reach before JAX's caches are dropped
 
-# The longest test files, dispatched first: pytest-xdist's --dist loadfile hands files to the two
-# workers in collection order, and the model contract (every registered model: about a fifth of the
-# suite) collected late kept one worker busy long after the other had run out of files.
-LONGEST_FIRST = ("zoo/models/test_model_contract.py", "zoo/memory/test_engine.py", "cli/test_eval_cli.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Moves the LONGEST_FIRST files to the front, in that order; every file keeps its own order."""
-    def rank(item):
-        path = item.nodeid.split("::")[0]
-        return next((i for i, name in enumerate(LONGEST_FIRST) if path.endswith(name)), len(LONGEST_FIRST))
-
-    items.sort(key=rank)
-
 
 def _memory_maps() -> int:
     """This process's memory mappings (0 where /proc is missing)."""

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from zoo.config import load_config
@@ -138,6 +139,7 @@ def test_slow_levels_step_every_period_on_summed_gradients():
     np.testing.assert_allclose(slow, want, rtol=1e-5)
 
 
+@pytest.mark.slow  # 19 s, over the suite's 15-minute budget; `python -m pytest -m slow tests` runs it
 def test_tiny_config_trains(tmp_path):
     from zoo.training import train
 

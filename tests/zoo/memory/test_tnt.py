@@ -199,7 +199,7 @@ def test_stage_one_then_stage_two(tmp_path):
     from zoo.training.optimizer import parameter_path
 
     cpu = jax.devices()[:1]
-    short = ["data.max_documents=60", "eval.max_batches=1"]
+    short = ["data.max_documents=60", "eval.max_batches=1", "model.num_layers=1"]  # one block: half the compile
     train(load_config("configs/tnt/tiny.yaml", overrides=short + ["train.steps=8"]), tmp_path / "one", devices=cpu)
     stage2 = load_config("configs/tnt/tiny_stage2.yaml",
                          overrides=short + ["train.steps=12", f"train.init_from={tmp_path / 'one'}",
