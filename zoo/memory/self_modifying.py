@@ -58,7 +58,7 @@ class HopeFormat:
     max_grad_norm: tau > 0 scales each token's inner gradient (all layers of one memory) to norm at
         most tau, as the engine's `memory.max_grad_norm` (a deep memory's self-generated targets
         make unclipped writes diverge: docs/fidelity.md "Hope"); 0 = off.
-    cms_levels / cms_periods: the Continuum Memory System (zoo/layers/cms.py): one SwiGLU MLP level per
+    cms_periods: the Continuum Memory System (zoo/layers/cms.py): one SwiGLU MLP level per
         entry, level i's parameters updated by the outer optimiser every cms_periods[i] steps with the
         gradients summed since its last update (spec §5.3 reading (A)); [1] = a plain MLP.
     """
@@ -149,7 +149,7 @@ def chunk_update(anchor: dict, running: dict, u, q, valid, readouts, max_grad_no
     eta, alpha = jnp.where(valid, eta, 0.0), jnp.where(valid, alpha, 1.0)
     y = read(anchor["mem"], _l2(q))
     inputs, deltas = zip(*[jax.vmap(_step_terms, in_axes=(None, 0, 0))(anchor[name], k, read(anchor[name], v))
-                           for name in MEMORIES])  # self-generated targets v^ = M_box(v) at the anchor
+                           for name in MEMORIES], strict=True)  # self-generated targets v^ = M_box(v) at the anchor
     scale = jnp.stack([_clip_scale(a, d, max_grad_norm) for a, d in zip(inputs, deltas, strict=True)], -1)  # [C, 5]
     new = []
     for layer in range(2):

@@ -148,3 +148,18 @@ def test_tiny_config_trains(tmp_path):
     result = train(cfg, tmp_path, devices=jax.devices()[:1])
     losses = [result.losses[s] for s in sorted(result.losses)]
     assert np.mean(losses[-5:]) < np.mean(losses[:3]) - 0.5
+
+
+def test_bad_formats_name_the_fix():
+    from zoo.config import ConfigError
+
+    base = ["model.name=hope", "model.hope.chunk=8", "data.align_documents=8"]
+    with pytest.raises(ConfigError, match="data.align_documents=8"):
+        load_config(None, overrides=base[:-1] + ["data.align_documents=4"])
+    with pytest.raises(ConfigError, match="model.hope.cms_periods"):
+        load_config(None, overrides=base + ["model.hope.cms_periods=[1,0]"])
+    with pytest.raises(ConfigError, match="model.hope.lr_init"):
+        load_config(None, overrides=base + ["model.hope.lr_init=2.0"])
+    with pytest.raises(ValueError, match="hope.chunk"):
+        SelfModifyingTitans(16, 2, 8, HopeFormat(chunk=0), rngs=nnx.Rngs(0))
+    assert load_config(None, overrides=base).model.hope.chunk == 8
