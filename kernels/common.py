@@ -10,6 +10,8 @@ per-token gates `[batch, seq, heads]`, recurrent states `[batch, heads, dk, dv]`
 from __future__ import annotations
 
 import dataclasses
+import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+ACCELERATORS = ("gpu", "tpu")  # where "auto" prefers a Pallas backend
 GATE_LAYOUT = "[batch, seq, heads]"
 STATE_LAYOUT = "[batch, heads, dk, dv]"
 
@@ -31,9 +34,29 @@ class Implementation:
     run: Callable
     platforms: tuple[str, ...] | None = None
     doc: str = ""
+    auto_platforms: tuple[str, ...] | None = None  # where "auto" may pick it (None: wherever it runs)
+    probe: Callable[[], Any] | None = None  # a tiny forward + backward compile, tried before "auto" picks it
 
     def available(self, platform: str) -> bool:
         return self.platforms is None or platform in self.platforms
+
+    def auto_picks(self, op: str, platform: str) -> bool:
+        """Whether `auto` may run it on `platform`: available, allowed there, and its probe (once per
+        op and platform) compiles; a probe that fails warns once and the next name is tried."""
+        if not self.available(platform) or (self.auto_platforms is not None and platform not in self.auto_platforms):
+            return False
+        return self.probe is None or _probe_compiles(op, self.name, platform, self.probe)
+
+
+@functools.cache
+def _probe_compiles(op: str, name: str, platform: str, probe: Callable[[], Any]) -> bool:
+    try:
+        probe()
+    except Exception as error:  # noqa: BLE001 (any lowering or compile error means: not on this device)
+        warnings.warn(f"{op}: the {name!r} backend does not compile on {platform} ({type(error).__name__}: "
+                      f"{str(error)[:300]}); 'auto' falls back to the next backend", RuntimeWarning, stacklevel=4)
+        return False
+    return True
 
 
 class Implementations(dict):
@@ -57,8 +80,8 @@ class Implementations(dict):
         return impl
 
     def select(self, backend: Any, platform: str | None = None) -> Implementation:
-        """The implementation that runs for `backend`: "auto" (the first available of the `auto`
-        list), one registered name, or a sequence of names tried in order (a fallback list: the
+        """The implementation that runs for `backend`: "auto" (the first of the `auto` list that
+        `auto_picks` on this platform), one registered name, or a sequence of names tried in order (a fallback list: the
         first available on this platform runs)."""
         platform = platform or jax.devices()[0].platform
         allowed = ", ".join(map(repr, ("auto", *self)))
@@ -74,7 +97,7 @@ class Implementations(dict):
             raise ValueError(f"{self.op}: backend must be one of {allowed}, or a list of names tried in order; "
                              f"got {backend!r} (unknown: {', '.join(map(repr, unknown))})")
         for name in names:
-            if self[name].available(platform):
+            if self[name].auto_picks(self.op, platform) if backend == "auto" else self[name].available(platform):
                 return self[name]
         raise ValueError(f"{self.op}: none of {list(names)} runs on platform {platform!r} "
                          f"({', '.join(f'{n}: {self[n].platforms}' for n in names)}); add 'xla' to the list")
@@ -234,13 +257,45 @@ def decay_ratios(log_cum: jax.Array, strict: bool = False) -> jax.Array:
     return jnp.where(mask, jnp.exp(diff), 0.0)
 
 
+def _grid(c: int) -> tuple[jax.Array, jax.Array]:
+    """`(r, j)`: `[C, C]` int32 row and column indices."""
+    return lax.broadcasted_iota(jnp.int32, (c, c), 0), lax.broadcasted_iota(jnp.int32, (c, c), 1)
+
+
+# The in-chunk helpers below are masked `[..., C, C]` reductions and products instead of cumsum,
+# cummax, gathers and static slices: the same code then runs in the xla backend and inside Pallas
+# kernels (Mosaic TPU lowers no cumsum; Pallas Triton no slice, gather or cummax).
+
+
+def prefix_sum(x: jax.Array) -> jax.Array:
+    """Inclusive prefix sum over the last axis, `[..., C] -> [..., C]`."""
+    r, j = _grid(x.shape[-1])
+    return jnp.sum(jnp.where(j <= r, x[..., None, :], 0.0), axis=-1)
+
+
+def last_entry(x: jax.Array, axis: int = -1) -> jax.Array:
+    """`x`'s last entry along `axis` (the axis dropped): `x[..., -1]` for axis -1, `x[..., -1, :]` for -2."""
+    axis = axis % x.ndim
+    index = lax.broadcasted_iota(jnp.int32, x.shape, axis)
+    return jnp.sum(jnp.where(index == x.shape[axis] - 1, x, jnp.zeros((), x.dtype)), axis=axis)
+
+
+def shift_down(x: jax.Array, rows: bool = False) -> jax.Array:
+    """Entry r gets entry r-1 (entry 0 gets 0) along the last axis (`x: [..., C]`) or, with `rows`,
+    along the rows of `x: [..., C, C']` (a product with the exact 0/1 shift matrix)."""
+    r, j = _grid(x.shape[-2] if rows else x.shape[-1])
+    if rows:
+        return jnp.einsum("rj,...jc->...rc", (j == r - 1).astype(x.dtype), x, precision=lax.Precision.HIGHEST)
+    return jnp.sum(jnp.where(j == r - 1, x[..., None, :], 0.0), axis=-1)
+
+
 def in_chunk_documents(starts: jax.Array) -> tuple[jax.Array, jax.Array]:
     """`starts: [..., C]` document-start flags of one chunk -> (`last: [..., C]` the in-chunk index of
     the latest start at or before r, -1 if none: r continues the chunk's start state), and
     `same: [..., C, C]`, for i <= r True when no document starts in (i, r] (tokens i and r are in
     one document); it masks the in-chunk decay matrices."""
-    c = starts.shape[-1]
-    last = lax.cummax(jnp.where(starts, jnp.arange(c), -1), axis=starts.ndim - 1)
+    r, j = _grid(starts.shape[-1])
+    last = jnp.max(jnp.where((j <= r) & starts[..., None, :], j, -1), axis=-1)
     return last, last[..., :, None] == last[..., None, :]
 
 
@@ -248,17 +303,18 @@ def log_since_start(log_cum: jax.Array, log_step: jax.Array, last: jax.Array) ->
     """Cumulative log decays restarted at each token's document start: `[..., C]` with entry r =
     sum of `log_step` over the tokens from the latest start at or before r (or the chunk start) to r."""
     exclusive = log_cum - log_step  # sum over the tokens before j
-    at_start = jnp.take_along_axis(exclusive, jnp.maximum(last, 0), axis=-1)
-    return log_cum - jnp.where(last >= 0, at_start, 0.0)
+    _, j = _grid(log_cum.shape[-1])
+    at_start = jnp.sum(jnp.where(j == last[..., :, None], exclusive[..., None, :], 0.0), axis=-1)
+    return log_cum - at_start
 
 
 def start_state_reads(x: jax.Array, state: jax.Array, initial: jax.Array, last: jax.Array | None) -> jax.Array:
-    """Row r of `x: [b, h, C, dk]` times the state its document starts from in this chunk: the
-    chunk's start `state` or, after an in-chunk start, `initial` (both `[b, h, dk, dv]`)."""
-    reads = jnp.einsum("bhrk,bhkv->bhrv", x, state)
+    """Row r of `x: [..., C, dk]` times the state its document starts from in this chunk: the
+    chunk's start `state` or, after an in-chunk start, `initial` (both `[..., dk, dv]`)."""
+    reads = jnp.einsum("...rk,...kv->...rv", x, state)
     if last is None:
         return reads
-    return jnp.where((last >= 0)[..., None], jnp.einsum("bhrk,bhkv->bhrv", x, initial), reads)
+    return jnp.where((last >= 0)[..., None], jnp.einsum("...rk,...kv->...rv", x, initial), reads)
 
 
 def solve_unit_lower(a: jax.Array, rhs: jax.Array) -> jax.Array:
@@ -284,3 +340,49 @@ def solve_by_xla(a: jax.Array, rhs: jax.Array) -> jax.Array:
     """`solve_unit_lower` for a strictly lower `a` by XLA's triangular solve (unit_diagonal: it never
     reads the diagonal, it takes it as ones)."""
     return jax.scipy.linalg.solve_triangular(a, rhs, lower=True, unit_diagonal=True)
+
+
+@jax.custom_vjp
+def solve_by_masked_rows(a: jax.Array, rhs: jax.Array) -> jax.Array:
+    """`solve_unit_lower` for a strictly lower `a` with no dynamic indexing, for Pallas kernels:
+    forward substitution whose step i selects row i with a mask (`[..., C, C]` and `[..., C, d]`
+    elementwise work per row; no `[1, C] x [C, d]` product: Triton's dots need 16 rows). Its VJP is the transposed solve:
+    (I + A)^T G = dX, d rhs = G, dA = -strict_lower(G X^T)."""
+    return _substitute(a, rhs, reverse=False)
+
+
+def substitute_rows(a: jax.Array, rhs: jax.Array) -> jax.Array:
+    """`solve_by_masked_rows` without its custom VJP (what a forward-only kernel traces: Pallas
+    cannot lower a `custom_vjp_call`)."""
+    return _substitute(a, rhs, reverse=False)
+
+
+def _substitute(a: jax.Array, rhs: jax.Array, reverse: bool) -> jax.Array:
+    """Solves (I + a) X = rhs for a strictly lower (reverse=False) or strictly upper (reverse=True)
+    `a`, one row per step, last row first when reverse."""
+    c = a.shape[-1]
+    rows = lax.broadcasted_iota(jnp.int32, (c, 1), 0)
+
+    def row(step, x):
+        pick = rows == (c - 1 - step if reverse else step)                  # [C, 1]
+        a_i = jnp.sum(jnp.where(pick, a, 0.0), axis=-2)                     # [..., C]: row i of a
+        r_i = jnp.sum(jnp.where(pick, rhs, 0.0), axis=-2, keepdims=True)    # [..., 1, d]
+        return jnp.where(pick, r_i - jnp.sum(a_i[..., :, None] * x, axis=-2, keepdims=True), x)
+
+    return lax.fori_loop(0, c, row, jnp.zeros_like(rhs))
+
+
+def _masked_rows_fwd(a, rhs):
+    x = _substitute(a, rhs, reverse=False)
+    return x, (a, x)
+
+
+def _masked_rows_bwd(residuals, dx):
+    a, x = residuals
+    c = a.shape[-1]
+    strict = lax.broadcasted_iota(jnp.int32, (c, c), 0) > lax.broadcasted_iota(jnp.int32, (c, c), 1)
+    g = _substitute(jnp.swapaxes(jnp.where(strict, a, 0.0), -1, -2), dx, reverse=True)
+    return -jnp.where(strict, g @ jnp.swapaxes(x, -1, -2), 0.0), g
+
+
+solve_by_masked_rows.defvjp(_masked_rows_fwd, _masked_rows_bwd)

@@ -10,8 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels.anchored_memory.chunked import ACTIVATIONS, chunk_anchored_memory
+from kernels.anchored_memory.pallas import pallas_anchored_memory
+from kernels.anchored_memory.pallas import probe as _pallas_probe
 from kernels.anchored_memory.reference import recurrent_anchored_memory
 from kernels.common import (
+    ACCELERATORS,
     GATE_LAYOUT,
     Implementation,
     Implementations,
@@ -40,15 +43,25 @@ def _xla(q, k, v, lr, log_retention, log_momentum, w0, s0, chunk_size, activatio
     return o.astype(jnp.asarray(v).dtype), w, s
 
 
+def _pallas(q, k, v, lr, log_retention, log_momentum, w0, s0, chunk_size, activation, residual, max_grad_norm,
+            segment_ids):
+    _check_documents_on_grid(segment_ids, chunk_size, "pallas")
+    o, w, s = pallas_anchored_memory(q, k, v, lr, log_retention, log_momentum, w0, s0, chunk_size, activation,
+                                     residual, max_grad_norm, segment_ids)
+    return o.astype(jnp.asarray(v).dtype), w, s
+
+
 # run(q, k, v, lr, log_retention, log_momentum, initial_weights, initial_momentum, chunk_size, activation,
 #     residual, max_grad_norm, segment_ids) -> (o in v's dtype, final weights fp32, final momentum fp32 or None)
 IMPLEMENTATIONS = Implementations("anchored_memory", [
     Implementation("reference", _reference, doc="token-by-token lax.scan with gradients at the chunk anchor (oracle)"),
     Implementation("xla", _xla, doc="the chunk-parallel dual form in pure JAX, fp32 inside each chunk"),
-], auto=("xla",))
+    Implementation("pallas", _pallas, doc="the dual form as Pallas forward and backward kernels (interpreted on CPU)",
+                   auto_platforms=ACCELERATORS, probe=_pallas_probe),
+], auto=("pallas", "xla"))
 
 
-def _check_documents_on_grid(segment_ids, chunk_size: int) -> None:
+def _check_documents_on_grid(segment_ids, chunk_size: int, backend: str = "xla") -> None:
     """The dual form restarts documents at chunk boundaries only; checked when the ids are concrete."""
     if segment_ids is None:
         return
@@ -59,7 +72,7 @@ def _check_documents_on_grid(segment_ids, chunk_size: int) -> None:
     starts = np.argwhere((seg[:, 1:] != seg[:, :-1]) & (seg[:, 1:] > 0))
     off = [(int(b), int(t) + 1) for b, t in starts if (t + 1) % chunk_size]
     if off:
-        raise ValueError(f"anchored_memory's 'xla' backend needs every document to start on the chunk grid (a "
+        raise ValueError(f"anchored_memory's {backend!r} backend needs every document to start on the chunk grid (a "
                          f"multiple of chunk_size={chunk_size}); documents start at (row, token) {off[:4]}. Pad "
                          "documents to multiples of the chunk size (segment id 0 = padding) or use backend='reference'")
 
@@ -110,7 +123,7 @@ def anchored_memory(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array, log
       output_final_state: also return (W_T, S_T).
       segment_ids: `[batch, seq]` integer document ids or None: where the id changes to a non-zero
         id, (W, S) restart from the initial states and the chunk grid from that token; id 0 marks
-        padding, which never writes (the state is held). The "xla" backend needs documents to start
+        padding, which never writes (the state is held). The "xla" and "pallas" backends need documents to start
         on multiples of C (checked when the ids are concrete).
       backend: "auto" (the first of `IMPLEMENTATIONS.auto` available: "xla"), "reference" (the
         token-by-token oracle), "xla" (the chunk-parallel dual form), or a list tried in order.

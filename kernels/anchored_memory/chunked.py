@@ -264,6 +264,19 @@ def chunk_step(w: Weights, s: Weights, q, k, v, lr, log_retention, log_momentum,
                      momentum=log_momentum is not None)
 
 
+def chunk_grid(segment_ids: jax.Array | None, batch: int, seq: int, heads: int, chunk_size: int
+               ) -> tuple[jax.Array, jax.Array]:
+    """The op's chunk grid over `n = ceil(seq / C)` chunks: (`valid: [batch, n C, heads]` bool, False
+    on padding (segment id 0) and on the padded tail; `resets: [batch, n C]` bool, True where a
+    document starts (the id changes to a non-zero id), read at each chunk's first token)."""
+    n = -(-seq // chunk_size)
+    seg = jnp.ones((batch, seq), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    seg = jnp.pad(seg, [(0, 0), (0, n * chunk_size - seq)])  # the padded tail is segment 0: invalid
+    valid = jnp.broadcast_to((seg > 0)[:, :, None], (batch, n * chunk_size, heads))
+    prev = jnp.concatenate([seg[:, :1], seg[:, :-1]], axis=1)
+    return valid, (seg != prev) & (seg > 0)
+
+
 def chunk_anchored_memory(q, k, v, lr, log_retention, log_momentum, initial_weights: Weights,
                           initial_momentum: Weights | None, chunk_size: int, activation: str, residual: bool,
                           max_grad_norm: float, segment_ids: jax.Array | None
@@ -279,12 +292,8 @@ def chunk_anchored_memory(q, k, v, lr, log_retention, log_momentum, initial_weig
     b, t, h = q.shape[:3]
     c = chunk_size
     n = -(-t // c)
-    pad = n * c - t
-    seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
-    seg = jnp.pad(seg, [(0, 0), (0, pad)])  # the padded tail is segment 0: invalid
-    valid = jnp.broadcast_to((seg > 0)[:, :, None], (b, n * c, h))
-    prev = jnp.concatenate([seg[:, :1], seg[:, :-1]], axis=1)
-    resets = ((seg != prev) & (seg > 0))[:, ::c].T  # [n, B]: a document starts at the chunk's first token
+    valid, resets = chunk_grid(segment_ids, b, t, h, c)
+    resets = resets[:, ::c].T  # [n, B]: a document starts at the chunk's first token
 
     def to_chunks(x):  # [B, T or n C, H, ...] -> [n, B, H, C, ...]
         x = jnp.pad(x, [(0, 0), (0, n * c - x.shape[1])] + [(0, 0)] * (x.ndim - 2))

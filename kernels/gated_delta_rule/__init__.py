@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels.common import (
+    ACCELERATORS,
     GATE_LAYOUT,
     Implementation,
     Implementations,
@@ -20,6 +21,8 @@ from kernels.common import (
     validate_qkv,
 )
 from kernels.gated_delta_rule.chunked import chunk_gated_delta_rule
+from kernels.gated_delta_rule.pallas import pallas_gated_delta_rule
+from kernels.gated_delta_rule.pallas import probe as _pallas_probe
 from kernels.gated_delta_rule.reference import recurrent_gated_delta_rule
 
 __all__ = ["IMPLEMENTATIONS", "chunk_gated_delta_rule", "gated_delta_rule", "recurrent_gated_delta_rule"]
@@ -36,11 +39,18 @@ def _xla(q, k, v, beta, g, s0, scale, chunk_size, starts):
     return o.astype(jnp.asarray(v).dtype), s
 
 
+def _pallas(q, k, v, beta, g, s0, scale, chunk_size, starts):
+    o, s = pallas_gated_delta_rule(q, k, v, beta, g, s0, scale, chunk_size, starts)
+    return o.astype(jnp.asarray(v).dtype), s
+
+
 # run(q, k, v, beta, g, initial_state, scale, chunk_size, starts) -> (o in v's dtype, final state fp32)
 IMPLEMENTATIONS = Implementations("gated_delta_rule", [
     Implementation("reference", _reference, doc="token-by-token lax.scan (the oracle)"),
     Implementation("xla", _xla, doc="exact chunk-parallel UT form in pure JAX, fp32"),
-], auto=("xla",))
+    Implementation("pallas", _pallas, doc="the UT form as Pallas forward and backward kernels (interpreted on CPU)",
+                   auto_platforms=ACCELERATORS, probe=_pallas_probe),
+], auto=("pallas", "xla"))
 
 
 def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, g: jax.Array,

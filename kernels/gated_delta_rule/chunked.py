@@ -23,6 +23,8 @@ exp(gamma_r - gamma_i) between two documents is masked to 0, so the same solve s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -30,10 +32,37 @@ from kernels.common import (
     chunk_scan,
     decay_ratios,
     in_chunk_documents,
+    last_entry,
     log_since_start,
+    prefix_sum,
     solve_unit_lower,
     start_state_reads,
 )
+
+
+def gated_delta_chunk(s: jax.Array, s0: jax.Array, chunk: tuple, scale: float,
+                      solve: Callable = solve_unit_lower) -> tuple[jax.Array, jax.Array]:
+    """One chunk of the UT form above for any leading axes (`[batch, heads]` in the xla backend,
+    none in a Pallas program): `s, s0: [..., dk, dv]` the chunk's start state and the reset state;
+    `chunk = (q, k: [..., C, dk], v: [..., C, dv], beta, g: [..., C], starts: [..., C] bool or None)`,
+    fp32; `solve`: the unit-lower-triangular solver. Returns (S at the chunk's end, o `[..., C, dv]`)."""
+    q_c, k_c, v_c, beta_c, g_c, start_c = chunk
+    gamma = prefix_sum(g_c)
+    decay = decay_ratios(gamma)                                       # [..., C, C]
+    last = None
+    if start_c is not None:
+        last, same = in_chunk_documents(start_c)
+        decay = jnp.where(same, decay, 0.0)
+        gamma = log_since_start(gamma, g_c, last)                     # decay from each row's start state
+    a = beta_c[..., :, None] * decay * jnp.einsum("...rk,...ik->...ri", k_c, k_c)
+    k_s = start_state_reads(k_c, s, s0, last)
+    e = solve(a, beta_c[..., None] * (v_c - jnp.exp(gamma)[..., None] * k_s))
+    qk = decay * jnp.einsum("...rk,...ik->...ri", q_c, k_c)
+    o = jnp.exp(gamma)[..., None] * start_state_reads(q_c, s, s0, last) + qk @ e
+    s_start = s if last is None else jnp.where((last_entry(last) >= 0)[..., None, None], s0, s)
+    s = jnp.exp(last_entry(gamma))[..., None, None] * s_start + jnp.einsum("...rk,...rv->...kv", k_c,
+                                                                          last_entry(decay, -2)[..., :, None] * e)
+    return s, scale * o
 
 
 def chunk_gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, g: jax.Array,
@@ -48,27 +77,6 @@ def chunk_gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.A
     bool document starts (the state restarts from `initial_state` there) or None.
     Returns `o: [batch, seq, heads, dv]` and the final state `[batch, heads, dk, dv]`, fp32.
     """
-    s0 = initial_state
-
-    def body(s, chunk):
-        # s: [b, h, dk, dv]; q_c, k_c: [b, h, C, dk]; v_c: [b, h, C, dv]; beta_c, g_c, start_c: [b, h, C].
-        q_c, k_c, v_c, beta_c, g_c, start_c = chunk
-        gamma = jnp.cumsum(g_c, axis=-1)
-        decay = decay_ratios(gamma)                                   # [b, h, C, C]
-        last = None
-        if start_c is not None:
-            last, same = in_chunk_documents(start_c)
-            decay = jnp.where(same, decay, 0.0)
-            gamma = log_since_start(gamma, g_c, last)                 # decay from each row's start state
-        a = beta_c[..., :, None] * decay * jnp.einsum("bhrk,bhik->bhri", k_c, k_c)
-        k_s = start_state_reads(k_c, s, s0, last)
-        e = solve_unit_lower(a, beta_c[..., None] * (v_c - jnp.exp(gamma)[..., None] * k_s))
-        qk = decay * jnp.einsum("bhrk,bhik->bhri", q_c, k_c)
-        o = jnp.exp(gamma)[..., None] * start_state_reads(q_c, s, s0, last) + qk @ e
-        s_start = s if last is None else jnp.where((last[..., -1] >= 0)[..., None, None], s0, s)
-        s = jnp.exp(gamma[..., -1])[..., None, None] * s_start + jnp.einsum("bhrk,bhrv->bhkv", k_c,
-                                                                              decay[..., -1, :, None] * e)
-        return s, scale * o
-
-    final_state, o = chunk_scan(body, initial_state, (q, k, v, beta, g, starts), chunk_size)
+    final_state, o = chunk_scan(lambda s, chunk: gated_delta_chunk(s, initial_state, chunk, scale), initial_state,
+                                (q, k, v, beta, g, starts), chunk_size)
     return o, final_state

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels.common import (
+    ACCELERATORS,
     GATE_LAYOUT,
     Implementation,
     Implementations,
@@ -22,6 +23,8 @@ from kernels.common import (
     validate_qkv,
 )
 from kernels.momentum_delta_rule.chunked import chunk_momentum_delta_rule
+from kernels.momentum_delta_rule.pallas import pallas_momentum_delta_rule
+from kernels.momentum_delta_rule.pallas import probe as _pallas_probe
 from kernels.momentum_delta_rule.reference import recurrent_momentum_delta_rule
 
 __all__ = ["IMPLEMENTATIONS", "chunk_momentum_delta_rule", "momentum_delta_rule", "recurrent_momentum_delta_rule"]
@@ -39,12 +42,19 @@ def _xla(q, k, v, lr, log_retention, log_momentum, w0, s0, scale, chunk_size, st
     return o.astype(jnp.asarray(v).dtype), w, s
 
 
+def _pallas(q, k, v, lr, log_retention, log_momentum, w0, s0, scale, chunk_size, starts):
+    o, w, s = pallas_momentum_delta_rule(q, k, v, lr, log_retention, log_momentum, w0, s0, scale, chunk_size, starts)
+    return o.astype(jnp.asarray(v).dtype), w, s
+
+
 # run(q, k, v, lr, log_retention, log_momentum, initial_state, initial_momentum, scale, chunk_size, starts)
 #   -> (o in v's dtype, final W fp32, final S fp32 or None)
 IMPLEMENTATIONS = Implementations("momentum_delta_rule", [
     Implementation("reference", _reference, doc="token-by-token lax.scan (the oracle)"),
     Implementation("xla", _xla, doc="exact chunk-parallel UT form in pure JAX, fp32"),
-], auto=("xla",))
+    Implementation("pallas", _pallas, doc="the UT form as Pallas forward and backward kernels (interpreted on CPU)",
+                   auto_platforms=ACCELERATORS, probe=_pallas_probe),
+], auto=("pallas", "xla"))
 
 
 def momentum_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array, log_retention: jax.Array,

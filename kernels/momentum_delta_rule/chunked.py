@@ -29,6 +29,8 @@ the coefficients of W_{r-1} at a start token are b = 1, f = 0 (the reset state i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -36,18 +38,63 @@ from kernels.common import (
     chunk_scan,
     decay_ratios,
     in_chunk_documents,
+    last_entry,
     log_since_start,
+    prefix_sum,
+    shift_down,
     solve_unit_lower,
     start_state_reads,
 )
 
 
-def _shift_down(x: jax.Array, axis: int, fill: float) -> jax.Array:
-    """Position r gets position r-1's value along `axis` (r = 1 gets `fill`): the coefficients of
-    W_{r-1}, which token r's error reads."""
-    size = x.shape[axis]
-    first = jnp.full_like(jax.lax.slice_in_dim(x, 0, 1, axis=axis), fill)
-    return jnp.concatenate([first, jax.lax.slice_in_dim(x, 0, size - 1, axis=axis)], axis=axis)
+def momentum_delta_chunk(carry: tuple, fresh: tuple, chunk: tuple, scale: float,
+                         solve: Callable = solve_unit_lower) -> tuple[tuple, jax.Array]:
+    """One chunk of the UT form above for any leading axes (`[batch, heads]` in the xla backend,
+    none in a Pallas program): `carry = (W_a, S_a)` the chunk's start states and `fresh = (W_0, S_0)`
+    the reset states, `[..., dk, dv]` (S None without momentum); `chunk = (q, k: [..., C, dk],
+    v: [..., C, dv], lr, log_retention, log_momentum (None: no momentum): [..., C],
+    starts: [..., C] bool or None)`, fp32; `solve`: the unit-lower-triangular solver.
+    Returns ((W, S) at the chunk's end, o `[..., C, dv]`)."""
+    (w, s), (w0, s0) = carry, fresh
+    q_c, k_c, v_c, lr_c, log_ret_c, log_mom_c, start_c = chunk
+    momentum = log_mom_c is not None
+    last, same = (None, None) if start_c is None else in_chunk_documents(start_c)
+    mask = (lambda x: x) if same is None else (lambda x: jnp.where(same, x, 0.0))  # noqa: E731
+    restart = (lambda c, step: c) if last is None else (lambda c, step: log_since_start(c, step, last))  # noqa: E731
+    cum_ret = prefix_sum(log_ret_c)
+    d = mask(decay_ratios(cum_ret))                                   # D_{r,j} = b_r / b_j
+    log_b = restart(cum_ret, log_ret_c)                               # log b_r from the row's start state
+    if momentum:
+        cum_mom = prefix_sum(log_mom_c)
+        n = mask(decay_ratios(cum_mom)) * lr_c[..., None, :]          # N_{j,i} = n_{i,j}
+        log_m = restart(cum_mom, log_mom_c)                           # log m_r
+        f = jnp.sum(d * jnp.exp(log_m)[..., None, :], axis=-1)
+        gm = d @ n                                                    # G_{r,i}
+    else:
+        gm = d * lr_c[..., None, :]
+    # coefficients of W_{r-1}: b_{r-1} (1 at a start: exp of the row's own log_b minus its step)
+    rhs = jnp.exp(log_b - log_ret_c)[..., None] * start_state_reads(k_c, w, w0, last) - v_c
+    if momentum:
+        f_prev = shift_down(f)
+        if start_c is not None:
+            f_prev = jnp.where(start_c, 0.0, f_prev)
+        rhs = rhs + f_prev[..., None] * start_state_reads(k_c, s, s0, last)
+    kk = jnp.einsum("...rk,...ik->...ri", k_c, k_c)
+    e = solve(mask(shift_down(gm, rows=True)) * kk, rhs)              # [..., C, dv]
+
+    qk = jnp.einsum("...rk,...ik->...ri", q_c, k_c)
+    o = jnp.exp(log_b)[..., None] * start_state_reads(q_c, w, w0, last) - (gm * qk) @ e
+    ends_fresh = None if last is None else (last_entry(last) >= 0)[..., None, None]
+    w_start = w if last is None else jnp.where(ends_fresh, w0, w)
+    w_next = (jnp.exp(last_entry(log_b))[..., None, None] * w_start
+              - jnp.einsum("...rk,...rv->...kv", k_c, last_entry(gm, -2)[..., :, None] * e))
+    if momentum:
+        s_start = s if last is None else jnp.where(ends_fresh, s0, s)
+        o = o + f[..., None] * start_state_reads(q_c, s, s0, last)
+        w_next = w_next + last_entry(f)[..., None, None] * s_start
+        s = (jnp.exp(last_entry(log_m))[..., None, None] * s_start
+             - jnp.einsum("...rk,...rv->...kv", k_c, last_entry(n, -2)[..., :, None] * e))
+    return (w_next, s), scale * o
 
 
 def chunk_momentum_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array,
@@ -66,51 +113,7 @@ def chunk_momentum_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.
     heads]` bool document starts (W, S restart from the initial states there) or None.
     Returns `o: [batch, seq, heads, dv]`, W_T and S_T (None without momentum), all fp32.
     """
-    momentum = log_momentum is not None
-    w0, s0 = initial_state, initial_momentum
-
-    def body(carry, chunk):
-        # w, s: [b, h, dk, dv]; q_c, k_c: [b, h, C, dk]; v_c: [b, h, C, dv]; gates, start_c: [b, h, C].
-        w, s = carry
-        q_c, k_c, v_c, lr_c, log_ret_c, log_mom_c, start_c = chunk
-        last, same = (None, None) if start_c is None else in_chunk_documents(start_c)
-        mask = (lambda x: x) if same is None else (lambda x: jnp.where(same, x, 0.0))  # noqa: E731
-        restart = (lambda c, step: c) if last is None else (lambda c, step: log_since_start(c, step, last))  # noqa: E731
-        cum_ret = jnp.cumsum(log_ret_c, axis=-1)
-        d = mask(decay_ratios(cum_ret))                               # D_{r,j} = b_r / b_j
-        log_b = restart(cum_ret, log_ret_c)                           # log b_r from the row's start state
-        if momentum:
-            cum_mom = jnp.cumsum(log_mom_c, axis=-1)
-            n = mask(decay_ratios(cum_mom)) * lr_c[..., None, :]      # N_{j,i} = n_{i,j}
-            log_m = restart(cum_mom, log_mom_c)                       # log m_r
-            f = jnp.einsum("bhrj,bhj->bhr", d, jnp.exp(log_m))
-            gm = d @ n                                                # G_{r,i}
-        else:
-            gm = d * lr_c[..., None, :]
-        # coefficients of W_{r-1}: b_{r-1} (1 at a start: exp of the row's own log_b minus its step)
-        rhs = jnp.exp(log_b - log_ret_c)[..., None] * start_state_reads(k_c, w, w0, last) - v_c
-        f_prev = _shift_down(f, -1, 0.0) if momentum else None
-        if momentum:
-            if start_c is not None:
-                f_prev = jnp.where(start_c, 0.0, f_prev)
-            rhs = rhs + f_prev[..., None] * start_state_reads(k_c, s, s0, last)
-        kk = jnp.einsum("bhrk,bhik->bhri", k_c, k_c)
-        e = solve_unit_lower(mask(_shift_down(gm, -2, 0.0)) * kk, rhs)  # [b, h, C, dv]
-
-        qk = jnp.einsum("bhrk,bhik->bhri", q_c, k_c)
-        o = jnp.exp(log_b)[..., None] * start_state_reads(q_c, w, w0, last) - (gm * qk) @ e
-        ends_fresh = None if last is None else (last[..., -1] >= 0)[..., None, None]
-        w_start = w if last is None else jnp.where(ends_fresh, w0, w)
-        w_next = (jnp.exp(log_b[..., -1])[..., None, None] * w_start
-                  - jnp.einsum("bhrk,bhrv->bhkv", k_c, gm[..., -1, :, None] * e))
-        if momentum:
-            s_start = s if last is None else jnp.where(ends_fresh, s0, s)
-            o = o + f[..., None] * start_state_reads(q_c, s, s0, last)
-            w_next = w_next + f[..., -1, None, None] * s_start
-            s = (jnp.exp(log_m[..., -1])[..., None, None] * s_start
-                 - jnp.einsum("bhrk,bhrv->bhkv", k_c, n[..., -1, :, None] * e))
-        return (w_next, s), scale * o
-
-    (w, s), o = chunk_scan(body, (initial_state, initial_momentum),
+    fresh = (initial_state, initial_momentum)
+    (w, s), o = chunk_scan(lambda carry, chunk: momentum_delta_chunk(carry, fresh, chunk, scale), fresh,
                            (q, k, v, lr, log_retention, log_momentum, starts), chunk_size)
     return o, w, s

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,10 +33,12 @@ OPS = [kernels.gated_delta_rule, kernels.momentum_delta_rule]
 
 def test_exports_and_implementation_tables():
     assert set(kernels.__all__) >= {"IMPLEMENTATIONS", "gated_delta_rule", "momentum_delta_rule"}
-    for op in ("gated_delta_rule", "momentum_delta_rule"):
+    for op in kernels.MEMORY_OPS:
         table = kernels.IMPLEMENTATIONS[op]
-        assert set(table) == {"reference", "xla"} and table.auto == ("xla",)
+        assert set(table) == {"reference", "xla", "pallas"} and table.auto == ("pallas", "xla")
+        # CPU: auto is the XLA form; Pallas runs (interpreted) only when named
         assert table.select("auto").name == "xla" and table.select("reference").name == "reference"
+        assert table.select("pallas").name == "pallas"
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -56,9 +60,9 @@ def test_defaults_auto_and_shapes(op):
 
 
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("backend", ["pallas", "XLA", "", None, [], ["xla", 3]])
+@pytest.mark.parametrize("backend", ["triton", "XLA", "", None, [], ["xla", 3]])
 def test_unknown_backend_lists_allowed_names(op, backend):
-    with pytest.raises(ValueError, match=r"backend must be one of 'auto', 'reference', 'xla'"):
+    with pytest.raises(ValueError, match=r"backend must be one of 'auto', 'reference', 'xla', 'pallas'"):
         op(**_args(op), backend=backend)
 
 
@@ -82,7 +86,7 @@ def table_with_a_tpu_backend():
 
 def test_fallback_lists_and_auto_skip_backends_the_platform_lacks(table_with_a_tpu_backend):
     table, calls = table_with_a_tpu_backend
-    assert table.auto == ("fake_tpu", "xla")
+    assert table.auto == ("fake_tpu", "pallas", "xla")
     assert table.select("auto", "cpu").name == "xla" and table.select("auto", "tpu").name == "fake_tpu"
     assert table.select(["fake_tpu", "reference"], "cpu").name == "reference"
     args = _args(kernels.gated_delta_rule)
@@ -192,8 +196,6 @@ def _anchored_args(seq=8):
 
 
 def test_anchored_memory_table_defaults_and_errors():
-    table = kernels.IMPLEMENTATIONS["anchored_memory"]
-    assert set(table) == {"reference", "xla"} and table.auto == ("xla",)
     args, weights = _anchored_args()
     o, (w, s) = kernels.anchored_memory(*args, initial_weights=weights, chunk_size=4, output_final_state=True)
     assert o.shape == (B, 8, H, DV) and [x.shape for x in w] == [x.shape for x in weights] == [x.shape for x in s]
@@ -211,3 +213,36 @@ def test_anchored_memory_table_defaults_and_errors():
         kernels.anchored_memory(*args, initial_weights=weights, chunk_size=4, segment_ids=off_grid)
     # the reference takes documents anywhere (each restarts its own chunk grid)
     kernels.anchored_memory(*args, initial_weights=weights, chunk_size=4, segment_ids=off_grid, backend="reference")
+
+
+@pytest.mark.parametrize("outcome", ["compiles", "fails"])
+def test_auto_prefers_pallas_on_accelerators_after_its_probe(outcome, monkeypatch):
+    """On a GPU or TPU, "auto" runs the Pallas kernels once their probe (a tiny forward + backward
+    compile, once per op and platform) succeeds; a failing probe warns once, naming the error, and
+    "auto" falls back to xla. On CPU, "auto" never probes."""
+    table = kernels.IMPLEMENTATIONS["gated_delta_rule"]
+    probes = []
+
+    def probe():
+        probes.append(outcome)
+        if outcome == "fails":
+            raise NotImplementedError("Unimplemented primitive in Pallas lowering: cumsum")
+
+    monkeypatch.setitem(table, "pallas", dataclasses.replace(table["pallas"], probe=probe))
+    assert table.select("auto", "cpu").name == "xla" and probes == []
+    if outcome == "compiles":
+        assert table.select("auto", "gpu").name == "pallas" and table.select("auto", "tpu").name == "pallas"
+    else:
+        with pytest.warns(RuntimeWarning, match=r"'pallas' backend does not compile on gpu .*cumsum.*falls back"):
+            assert table.select("auto", "gpu").name == "xla"
+    assert table.select("auto", "gpu").name == ("pallas" if outcome == "compiles" else "xla")
+    assert probes == [outcome] * (1 if outcome == "fails" else 2)  # once per platform, cached
+    assert table.select("pallas", "gpu").name == "pallas"  # named explicitly: no probe
+
+
+@pytest.mark.parametrize("op", ["gated_delta_rule", "momentum_delta_rule", "anchored_memory"])
+def test_probe_compiles_on_cpu(op):
+    """Each op's probe is a real compile of its kernels (here interpreted): it runs and raises nothing."""
+    import importlib
+
+    importlib.import_module(f"kernels.{op}.pallas").probe()

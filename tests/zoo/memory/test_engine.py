@@ -498,12 +498,13 @@ def test_exact_kernel_tile_and_backend_are_execution_choices():
     run = lambda s: engine.chunk(s, None, q, k, v, g, init=init, segment_ids=seg)  # noqa: E731
     st, y = run(spec)
     for other in (dataclasses.replace(spec, kernel_chunk=3), dataclasses.replace(spec, kernel_backend="reference"),
-                  dataclasses.replace(spec, kernel_backend="reference, xla")):
+                  dataclasses.replace(spec, kernel_backend="reference, xla"),
+                  dataclasses.replace(spec, kernel_backend="pallas")):
         st2, y2 = run(other)
         close(y2, y)
         close(st2.weights, st.weights)
-    with pytest.raises(ValueError, match="kernel_backend='pallas'.*allowed are 'auto', 'reference', 'xla'"):
-        dataclasses.replace(spec, kernel_backend="pallas")
+    with pytest.raises(ValueError, match="kernel_backend='triton'.*allowed are 'auto', 'pallas', 'reference', 'xla'"):
+        dataclasses.replace(spec, kernel_backend="triton")
 
 
 @pytest.mark.parametrize("semantics", ["exact", "anchored"])

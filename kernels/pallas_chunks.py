@@ -1,0 +1,258 @@
+"""The Pallas backend's driver, shared by every chunked memory op: one `pallas_call` per direction
+that runs an op's chunk step over the chunks of one (batch, head) per program.
+
+An op supplies `step(carry, fresh, chunk, aux) -> (carry, y)`: one chunk of one (batch, head), with
+`carry` / `fresh` pytrees of fp32 states (`fresh`: the states a document restarts from), `chunk` a
+tuple of differentiable per-token inputs `[C, ...]` (any float dtype) and `aux` a tuple of
+non-differentiable per-token fp32 flags `[C]` (document starts, validity); `y: [C, dv]` fp32.
+
+    forward kernel, grid (batch, heads): carry <- carry_0; for chunk i = 0..n-1:
+        save carry as chunk i's start state; (carry, y_i) <- step(carry, fresh, chunk_i, aux_i)
+    backward kernel, grid (batch, heads): d_carry <- d_final; for i = n-1..0:
+        recompute chunk i from its saved start state and pull (d_carry, dy_i) back through `step`
+        (its VJP, traced inside the kernel): d_chunk_i, d_fresh += ..., d_carry <- d(start state)
+
+The states stay fp32 in the kernel's carry; the saved chunk-start states `[batch, heads, n, ...]`
+are the only residuals (everything inside a chunk is recomputed), and the pair is wrapped in
+`jax.custom_vjp` (a bare `pallas_call` has no gradient). The chunk loop runs inside one program
+(a `fori_loop` with dynamic chunk slices), the form GPUs need (their grid programs run in no
+order); the (batch, head) grid axes are independent.
+
+`interpret`: True runs the kernels as ordinary JAX (the only mode on CPU; forced on accelerators by
+`MEMZOO_PALLAS_INTERPRET=1`, DESIGN §1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from kernels.common import ACCELERATORS
+
+INTERPRET_FLAG = "MEMZOO_PALLAS_INTERPRET"
+
+
+_TARGET: list[str] = []  # set by `lowering_target` (cross-platform lowering checks on CPU)
+
+
+@contextlib.contextmanager
+def lowering_target(platform: str):
+    """Traces the kernels for `platform` ("gpu" or "tpu") whatever this process runs on: no
+    interpret mode, that platform's compiler parameters (for `jax.export(..., platforms=[...])`
+    checks that the kernels lower, on a machine without the accelerator)."""
+    _TARGET.append(platform)
+    try:
+        yield
+    finally:
+        _TARGET.pop()
+
+
+def target_platform() -> str:
+    """The platform the kernels are traced for: `lowering_target`'s, else the default device's."""
+    return _TARGET[-1] if _TARGET else jax.devices()[0].platform
+
+
+def interpret_mode() -> bool:
+    """True on CPU (Pallas runs only interpreted there) or when `MEMZOO_PALLAS_INTERPRET=1`."""
+    return target_platform() not in ACCELERATORS or os.environ.get(INTERPRET_FLAG, "0") not in ("", "0")
+
+
+def compiler_params(interpret: bool):
+    """The target's compiler parameters: GPU lowers through Pallas Triton (the chunk step is general
+    JAX: masked matmuls, exponentials, loops; Triton takes it as written), TPU through Mosaic with
+    the (batch, head) grid axes parallel; None when interpreted."""
+    if interpret:
+        return None
+    if target_platform() == "gpu":
+        from jax.experimental.pallas import triton as pltriton
+
+        return pltriton.CompilerParams(num_warps=4, num_stages=1)
+    from jax.experimental.pallas import tpu as pltpu
+
+    return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel"))
+
+
+def _head_major(x: jax.Array) -> jax.Array:
+    """`[batch, seq, heads, ...] -> [batch, heads, seq, ...]` (a program's block is one head's sequence)."""
+    return jnp.swapaxes(x, 1, 2)
+
+
+def _spec(shape: tuple[int, ...]) -> pl.BlockSpec:
+    """One (batch, head)'s whole slab of a `[batch, heads, ...]` array, batch and head squeezed."""
+    return pl.BlockSpec((None, None) + tuple(shape[2:]), lambda b, h: (b, h) + (0,) * (len(shape) - 2))
+
+
+def _rows(ref, start, size: int):
+    """Rows [start, start + size) of a Ref's leading axis (any rank)."""
+    return ref[(pl.ds(start, size),) + (slice(None),) * (len(ref.shape) - 1)]
+
+
+def _set_rows(ref, start, value) -> None:
+    ref[(pl.ds(start, value.shape[0]),) + (slice(None),) * (len(ref.shape) - 1)] = value.astype(ref.dtype)
+
+
+def _take(refs: list, count: int) -> tuple[list, list]:
+    return refs[:count], refs[count:]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _scan(steps: tuple[Callable, Callable], chunk_size: int, interpret: bool, carry0, fresh, xs, aux):
+    carry, ys, _ = _forward(steps[0], chunk_size, interpret, carry0, fresh, xs, aux)
+    return carry, ys
+
+
+def _forward(step, chunk_size, interpret, carry0, fresh, xs, aux):
+    """The forward kernel on head-major inputs; returns (final carry, ys, saved start carries)."""
+    c = chunk_size
+    batch, heads, seq = xs[0].shape[:3]
+    n = seq // c
+    carry_leaves, carry_tree = jax.tree.flatten(carry0)
+    fresh_leaves, fresh_tree = jax.tree.flatten(fresh)
+    y_shape = jax.eval_shape(lambda cr, f, x, a: step(cr, f, x, a)[1],
+                             *jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[2:], x.dtype), (carry0, fresh)),
+                             tuple(jax.ShapeDtypeStruct((c,) + x.shape[3:], x.dtype) for x in xs),
+                             tuple(jax.ShapeDtypeStruct((c,), a.dtype) for a in aux))
+    ys_shape = jax.ShapeDtypeStruct((batch, heads, seq) + y_shape.shape[1:], jnp.float32)
+    saved_shapes = [jax.ShapeDtypeStruct((batch, heads, n) + x.shape[2:], jnp.float32) for x in carry_leaves]
+
+    def kernel(*refs):
+        refs = list(refs)
+        c_refs, refs = _take(refs, len(carry_leaves))
+        f_refs, refs = _take(refs, len(fresh_leaves))
+        x_refs, refs = _take(refs, len(xs))
+        a_refs, refs = _take(refs, len(aux))
+        y_ref, refs = refs[0], refs[1:]
+        final_refs, saved_refs = _take(refs, len(carry_leaves))
+        fresh_k = jax.tree.unflatten(fresh_tree, [r[...] for r in f_refs])
+
+        def body(i, leaves):
+            for leaf, ref in zip(leaves, saved_refs, strict=True):
+                _set_rows(ref, i, leaf[None])
+            carry, y = step(jax.tree.unflatten(carry_tree, leaves), fresh_k,
+                            tuple(_rows(r, i * c, c) for r in x_refs), tuple(_rows(r, i * c, c) for r in a_refs))
+            _set_rows(y_ref, i * c, y)
+            return [x.astype(jnp.float32) for x in jax.tree.leaves(carry)]
+
+        leaves = lax.fori_loop(0, n, body, [r[...] for r in c_refs])
+        for leaf, ref in zip(leaves, final_refs, strict=True):
+            ref[...] = leaf
+
+    inputs = [*carry_leaves, *fresh_leaves, *xs, *aux]
+    out_shapes = [ys_shape, *[jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in carry_leaves], *saved_shapes]
+    outs = pl.pallas_call(kernel, out_shape=out_shapes, grid=(batch, heads),
+                          in_specs=[_spec(x.shape) for x in inputs], out_specs=[_spec(s.shape) for s in out_shapes],
+                          interpret=interpret, compiler_params=compiler_params(interpret),
+                          name="memzoo_chunks_fwd")(*inputs)
+    ys, outs = outs[0], outs[1:]
+    final, saved = _take(outs, len(carry_leaves))
+    return jax.tree.unflatten(carry_tree, final), ys, saved
+
+
+def _scan_fwd(steps, chunk_size, interpret, carry0, fresh, xs, aux):
+    carry, ys, saved = _forward(steps[0], chunk_size, interpret, carry0, fresh, xs, aux)
+    return (carry, ys), (fresh, xs, aux, saved)
+
+
+def _scan_bwd(steps, chunk_size, interpret, residuals, cotangents):
+    step = steps[1]
+    fresh, xs, aux, saved = residuals
+    d_final, d_ys = cotangents
+    c = chunk_size
+    batch, heads, seq = xs[0].shape[:3]
+    n = seq // c
+    fresh_leaves, fresh_tree = jax.tree.flatten(fresh)
+    carry_tree = jax.tree.structure(d_final)
+    d_final_leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(d_final)]
+
+    def kernel(*refs):
+        refs = list(refs)
+        f_refs, refs = _take(refs, len(fresh_leaves))
+        x_refs, refs = _take(refs, len(xs))
+        a_refs, refs = _take(refs, len(aux))
+        s_refs, refs = _take(refs, len(saved))
+        dy_ref, refs = refs[0], refs[1:]
+        dfin_refs, refs = _take(refs, len(d_final_leaves))
+        dx_refs, refs = _take(refs, len(xs))
+        dc0_refs, df_refs = _take(refs, len(d_final_leaves))
+        fresh_k = jax.tree.unflatten(fresh_tree, [r[...] for r in f_refs])
+
+        def body(j, grads):
+            d_leaves, d_fresh = grads
+            i = n - 1 - j
+            start = jax.tree.unflatten(carry_tree, [_rows(r, i, 1)[0] for r in s_refs])
+            chunk = tuple(_rows(r, i * c, c) for r in x_refs)
+            flags = tuple(_rows(r, i * c, c) for r in a_refs)
+            _, pullback = jax.vjp(lambda cr, f, x: step(cr, f, x, flags), start, fresh_k, chunk)
+            d_start, d_f, d_chunk = pullback((jax.tree.unflatten(carry_tree, d_leaves), _rows(dy_ref, i * c, c)))
+            for ref, d in zip(dx_refs, d_chunk, strict=True):
+                _set_rows(ref, i * c, d)
+            d_fresh = [a + b.astype(jnp.float32) for a, b in zip(d_fresh, jax.tree.leaves(d_f), strict=True)]
+            return [x.astype(jnp.float32) for x in jax.tree.leaves(d_start)], d_fresh
+
+        init = ([r[...] for r in dfin_refs], [jnp.zeros(r.shape, jnp.float32) for r in df_refs])
+        d_leaves, d_fresh = lax.fori_loop(0, n, body, init)
+        for ref, d in zip(dc0_refs, d_leaves, strict=True):
+            ref[...] = d
+        for ref, d in zip(df_refs, d_fresh, strict=True):
+            ref[...] = d
+
+    inputs = [*fresh_leaves, *xs, *aux, *saved, d_ys.astype(jnp.float32), *d_final_leaves]
+    out_shapes = ([jax.ShapeDtypeStruct(x.shape, x.dtype) for x in xs]
+                  + [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in d_final_leaves]
+                  + [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in fresh_leaves])
+    outs = pl.pallas_call(kernel, out_shape=out_shapes, grid=(batch, heads),
+                          in_specs=[_spec(x.shape) for x in inputs], out_specs=[_spec(s.shape) for s in out_shapes],
+                          interpret=interpret, compiler_params=compiler_params(interpret),
+                          name="memzoo_chunks_bwd")(*inputs)
+    d_xs, outs = _take(outs, len(xs))
+    d_carry0, d_fresh = _take(outs, len(d_final_leaves))
+    return (jax.tree.unflatten(carry_tree, d_carry0), jax.tree.unflatten(fresh_tree, d_fresh), tuple(d_xs),
+            tuple(jnp.zeros_like(a) for a in aux))
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+def pallas_chunk_scan(step: Callable, carry0, fresh, xs: tuple, aux: tuple, chunk_size: int,
+                      interpret: bool | None = None, grad_step: Callable | None = None):
+    """Runs `step` (module docstring) over the chunks of every (batch, head), forward and backward
+    in Pallas. `xs`: per-token inputs `[batch, seq, heads, ...]` (any float dtype); `aux`: fp32
+    flags `[batch, seq, heads]`; `carry0`, `fresh`: fp32 state pytrees with leaves
+    `[batch, heads, ...]`; `step` must be hashable (a module-level function or a
+    `functools.partial` of one with hashable arguments). `grad_step` (default `step`): the same
+    function for the backward kernel to differentiate, where it may differ in how (e.g. a solve
+    with a `custom_vjp`, which must not reach the forward kernel: Triton cannot lower a
+    `custom_vjp_call`). The floor(seq / C) full chunks run in one
+    pair of kernels; a ragged tail of seq mod C tokens is one more, shorter chunk through a second
+    pair (no padding: the ops' chunk steps are exact for any length). Returns (final carry,
+    `ys: [batch, seq, heads, dv]` fp32)."""
+    interpret = interpret_mode() if interpret is None else interpret
+    seq = xs[0].shape[1]
+    n, rem = divmod(seq, chunk_size)
+    xs = tuple(_head_major(x) for x in xs)
+    aux = tuple(_head_major(a).astype(jnp.float32) for a in aux)
+    carry, ys = carry0, []
+    for start, size in ((0, n * chunk_size), (n * chunk_size, rem)):
+        if size:
+            piece = lambda x, s=start, z=size: x[:, :, s:s + z]  # noqa: E731
+            carry, y = _scan((step, grad_step or step), min(chunk_size, size), interpret, carry, fresh,
+                             tuple(map(piece, xs)), tuple(map(piece, aux)))
+            ys.append(y)
+    return carry, _head_major(ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=2))
+
+
+def compile_probe(loss: Callable, *shapes: jax.ShapeDtypeStruct) -> None:
+    """Compiles `loss(*args)` (a scalar) and its gradient in every argument for the default
+    device: what an op's Pallas `probe` runs once before `backend="auto"` picks the kernels."""
+    jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(shapes))))).lower(*shapes).compile()
+
+
+PROBE_SHAPE = (1, 32, 1, 16)  # [batch, seq, heads, dim]: two chunks of 16 (Triton's dots need 16 rows)
+PROBE_STARTS = jnp.zeros(PROBE_SHAPE[:3], bool).at[:, 20].set(True)  # a document starts mid-chunk
