@@ -275,9 +275,14 @@ def prefix_sum(x: jax.Array) -> jax.Array:
 
 def last_entry(x: jax.Array, axis: int = -1) -> jax.Array:
     """`x`'s last entry along `axis` (the axis dropped): `x[..., -1]` for axis -1, `x[..., -1, :]` for -2."""
+    return entry(x, x.shape[axis] - 1, axis)
+
+
+def entry(x: jax.Array, index: int, axis: int = -1) -> jax.Array:
+    """`x`'s entry `index` (a static int) along `axis`, the axis dropped."""
     axis = axis % x.ndim
-    index = lax.broadcasted_iota(jnp.int32, x.shape, axis)
-    return jnp.sum(jnp.where(index == x.shape[axis] - 1, x, jnp.zeros((), x.dtype)), axis=axis)
+    position = lax.broadcasted_iota(jnp.int32, x.shape, axis)
+    return jnp.sum(jnp.where(position == index, x, jnp.zeros((), x.dtype)), axis=axis)
 
 
 def shift_down(x: jax.Array, rows: bool = False) -> jax.Array:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels.anchored_memory.chunked import ACTIVATIONS, chunk_grid, chunk_step
+from kernels.common import entry
 from kernels.pallas_chunks import PROBE_SHAPE, compile_probe, pallas_chunk_scan
 
 
@@ -20,7 +21,7 @@ def _step(activation: str, residual: bool, max_grad_norm: float, momentum: bool,
     `[d_in, d_out]` leaves; chunk (q, k, v, lr, log_retention[, log_momentum]) `[C, ...]`;
     aux (valid, reset) `[C]` flags (a document starts at the chunk's first token when reset[0])."""
     valid, reset = aux
-    w, *s = jax.tree.map(lambda f, c: jnp.where(reset[0] > 0.5, f, c), fresh, carry)
+    w, *s = jax.tree.map(lambda f, c: jnp.where(entry(reset, 0) > 0.5, f, c), fresh, carry)
     q, k, v, lr, log_ret, *log_mom = chunk
     (w, s), y = chunk_step(w, s[0] if momentum else tuple(jnp.zeros_like(x) for x in w), q, k, v, lr, log_ret,
                            log_mom[0] if momentum else None, valid > 0.5, activation=ACTIVATIONS[activation],
