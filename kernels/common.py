@@ -35,25 +35,26 @@ class Implementation:
     platforms: tuple[str, ...] | None = None
     doc: str = ""
     auto_platforms: tuple[str, ...] | None = None  # where "auto" may pick it (None: wherever it runs)
-    probe: Callable[[], Any] | None = None  # a tiny forward + backward compile, tried before "auto" picks it
+    probe: Callable[..., Any] | None = None  # probe(*signature): a tiny forward + backward compile at the call's
+    # static shapes (head dims, chunk size, variant), tried before "auto" picks it
 
     def available(self, platform: str) -> bool:
         return self.platforms is None or platform in self.platforms
 
-    def auto_picks(self, op: str, platform: str) -> bool:
+    def auto_picks(self, op: str, platform: str, signature: tuple = ()) -> bool:
         """Whether `auto` may run it on `platform`: available, allowed there, and its probe (once per
-        op and platform) compiles; a probe that fails warns once and the next name is tried."""
+        op, platform and `signature`) compiles; a probe that fails warns once and the next name is tried."""
         if not self.available(platform) or (self.auto_platforms is not None and platform not in self.auto_platforms):
             return False
-        return self.probe is None or _probe_compiles(op, self.name, platform, self.probe)
+        return self.probe is None or _probe_compiles(op, self.name, platform, self.probe, signature)
 
 
 @functools.cache
-def _probe_compiles(op: str, name: str, platform: str, probe: Callable[[], Any]) -> bool:
+def _probe_compiles(op: str, name: str, platform: str, probe: Callable[..., Any], signature: tuple) -> bool:
     try:
-        probe()
+        probe(*signature)
     except Exception as error:  # noqa: BLE001 (any lowering or compile error means: not on this device)
-        warnings.warn(f"{op}: the {name!r} backend does not compile on {platform} ({type(error).__name__}: "
+        warnings.warn(f"{op}: the {name!r} backend does not compile on {platform} for {signature} ({type(error).__name__}: "
                       f"{str(error)[:300]}); 'auto' falls back to the next backend", RuntimeWarning, stacklevel=4)
         return False
     return True
@@ -79,7 +80,7 @@ class Implementations(dict):
             self.auto = (impl.name,) + self.auto
         return impl
 
-    def select(self, backend: Any, platform: str | None = None) -> Implementation:
+    def select(self, backend: Any, platform: str | None = None, signature: tuple = ()) -> Implementation:
         """The implementation that runs for `backend`: "auto" (the first of the `auto` list that
         `auto_picks` on this platform), one registered name, or a sequence of names tried in order (a fallback list: the
         first available on this platform runs)."""
@@ -97,7 +98,7 @@ class Implementations(dict):
             raise ValueError(f"{self.op}: backend must be one of {allowed}, or a list of names tried in order; "
                              f"got {backend!r} (unknown: {', '.join(map(repr, unknown))})")
         for name in names:
-            if self[name].auto_picks(self.op, platform) if backend == "auto" else self[name].available(platform):
+            if self[name].auto_picks(self.op, platform, signature) if backend == "auto" else self[name].available(platform):
                 return self[name]
         raise ValueError(f"{self.op}: none of {list(names)} runs on platform {platform!r} "
                          f"({', '.join(f'{n}: {self[n].platforms}' for n in names)}); add 'xla' to the list")
@@ -278,8 +279,14 @@ def last_entry(x: jax.Array, axis: int = -1) -> jax.Array:
     return entry(x, x.shape[axis] - 1, axis)
 
 
-def entry(x: jax.Array, index: int, axis: int = -1) -> jax.Array:
-    """`x`'s entry `index` (a static int) along `axis`, the axis dropped."""
+def end_entry(x: jax.Array, axis: int = -1, end: jax.Array | int | None = None) -> jax.Array:
+    """`x`'s entry `end - 1` along `axis` (the axis dropped): the last real row of a chunk whose
+    rows from `end` on are padding; the last entry when `end` is None."""
+    return last_entry(x, axis) if end is None else entry(x, end - 1, axis)
+
+
+def entry(x: jax.Array, index: jax.Array | int, axis: int = -1) -> jax.Array:
+    """`x`'s entry `index` (an int, or a traced int32 scalar) along `axis`, the axis dropped."""
     axis = axis % x.ndim
     position = lax.broadcasted_iota(jnp.int32, x.shape, axis)
     return jnp.sum(jnp.where(position == index, x, jnp.zeros((), x.dtype)), axis=axis)

@@ -1,10 +1,13 @@
 """The Pallas backend's driver, shared by every chunked memory op: one `pallas_call` per direction
 that runs an op's chunk step over the chunks of one (batch, head) per program.
 
-An op supplies `step(carry, fresh, chunk, aux) -> (carry, y)`: one chunk of one (batch, head), with
-`carry` / `fresh` pytrees of fp32 states (`fresh`: the states a document restarts from), `chunk` a
-tuple of differentiable per-token inputs `[C, ...]` (any float dtype) and `aux` a tuple of
-non-differentiable per-token fp32 flags `[C]` (document starts, validity); `y: [C, dv]` fp32.
+An op supplies `step(carry, fresh, chunk, aux, end) -> (carry, y)`: one chunk of one (batch, head),
+with `carry` / `fresh` pytrees of fp32 states (`fresh`: the states a document restarts from),
+`chunk` a tuple of differentiable per-token inputs `[C, ...]` (any float dtype), `aux` a tuple of
+non-differentiable per-token fp32 flags `[C]` (document starts, validity) and `end` (an int32
+scalar) the chunk's count of real tokens: a ragged sequence is zero-padded to whole chunks (every
+kernel sees `[C, d]` tiles; Triton needs power-of-two arrays), and a step returns the state after
+row `end - 1` (its rows are causal, so the padding after it changes no real row); `y: [C, dv]` fp32.
 
     forward kernel, grid (batch, heads): carry <- carry_0; for chunk i = 0..n-1:
         save carry as chunk i's start state; (carry, y_i) <- step(carry, fresh, chunk_i, aux_i)
@@ -102,20 +105,26 @@ def _take(refs: list, count: int) -> tuple[list, list]:
     return refs[:count], refs[count:]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _scan(steps: tuple[Callable, Callable], chunk_size: int, interpret: bool, carry0, fresh, xs, aux):
-    carry, ys, _ = _forward(steps[0], chunk_size, interpret, carry0, fresh, xs, aux)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _scan(steps: tuple[Callable, Callable], chunk_size: int, length: int, interpret: bool, carry0, fresh, xs, aux):
+    carry, ys, _ = _forward(steps[0], chunk_size, length, interpret, carry0, fresh, xs, aux)
     return carry, ys
 
 
-def _forward(step, chunk_size, interpret, carry0, fresh, xs, aux):
-    """The forward kernel on head-major inputs; returns (final carry, ys, saved start carries)."""
+def _end(i, chunk_size: int, length: int):
+    """Chunk i's count of real tokens (the rest is padding): C, or less in the last chunk."""
+    return jnp.minimum(chunk_size, length - i * chunk_size)
+
+
+def _forward(step, chunk_size, length, interpret, carry0, fresh, xs, aux):
+    """The forward kernel on head-major inputs padded to whole chunks (`length` real tokens);
+    returns (final carry, ys, saved start carries)."""
     c = chunk_size
     batch, heads, seq = xs[0].shape[:3]
     n = seq // c
     carry_leaves, carry_tree = jax.tree.flatten(carry0)
     fresh_leaves, fresh_tree = jax.tree.flatten(fresh)
-    y_shape = jax.eval_shape(lambda cr, f, x, a: step(cr, f, x, a)[1],
+    y_shape = jax.eval_shape(lambda cr, f, x, a: step(cr, f, x, a, c)[1],
                              *jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[2:], x.dtype), (carry0, fresh)),
                              tuple(jax.ShapeDtypeStruct((c,) + x.shape[3:], x.dtype) for x in xs),
                              tuple(jax.ShapeDtypeStruct((c,), a.dtype) for a in aux))
@@ -135,8 +144,8 @@ def _forward(step, chunk_size, interpret, carry0, fresh, xs, aux):
         def body(i, leaves):
             for leaf, ref in zip(leaves, saved_refs, strict=True):
                 _set_rows(ref, i, leaf[None])
-            carry, y = step(jax.tree.unflatten(carry_tree, leaves), fresh_k,
-                            tuple(_rows(r, i * c, c) for r in x_refs), tuple(_rows(r, i * c, c) for r in a_refs))
+            carry, y = step(jax.tree.unflatten(carry_tree, leaves), fresh_k, tuple(_rows(r, i * c, c) for r in x_refs),
+                            tuple(_rows(r, i * c, c) for r in a_refs), _end(i, c, length))
             _set_rows(y_ref, i * c, y)
             return [x.astype(jnp.float32) for x in jax.tree.leaves(carry)]
 
@@ -155,12 +164,12 @@ def _forward(step, chunk_size, interpret, carry0, fresh, xs, aux):
     return jax.tree.unflatten(carry_tree, final), ys, saved
 
 
-def _scan_fwd(steps, chunk_size, interpret, carry0, fresh, xs, aux):
-    carry, ys, saved = _forward(steps[0], chunk_size, interpret, carry0, fresh, xs, aux)
+def _scan_fwd(steps, chunk_size, length, interpret, carry0, fresh, xs, aux):
+    carry, ys, saved = _forward(steps[0], chunk_size, length, interpret, carry0, fresh, xs, aux)
     return (carry, ys), (fresh, xs, aux, saved)
 
 
-def _scan_bwd(steps, chunk_size, interpret, residuals, cotangents):
+def _scan_bwd(steps, chunk_size, length, interpret, residuals, cotangents):
     step = steps[1]
     fresh, xs, aux, saved = residuals
     d_final, d_ys = cotangents
@@ -189,7 +198,8 @@ def _scan_bwd(steps, chunk_size, interpret, residuals, cotangents):
             start = jax.tree.unflatten(carry_tree, [_rows(r, i, 1)[0] for r in s_refs])
             chunk = tuple(_rows(r, i * c, c) for r in x_refs)
             flags = tuple(_rows(r, i * c, c) for r in a_refs)
-            _, pullback = jax.vjp(lambda cr, f, x: step(cr, f, x, flags), start, fresh_k, chunk)
+            end = _end(i, c, length)
+            _, pullback = jax.vjp(lambda cr, f, x: step(cr, f, x, flags, end), start, fresh_k, chunk)
             d_start, d_f, d_chunk = pullback((jax.tree.unflatten(carry_tree, d_leaves), _rows(dy_ref, i * c, c)))
             for ref, d in zip(dx_refs, d_chunk, strict=True):
                 _set_rows(ref, i * c, d)
@@ -229,30 +239,28 @@ def pallas_chunk_scan(step: Callable, carry0, fresh, xs: tuple, aux: tuple, chun
     `functools.partial` of one with hashable arguments). `grad_step` (default `step`): the same
     function for the backward kernel to differentiate, where it may differ in how (e.g. a solve
     with a `custom_vjp`, which must not reach the forward kernel: Triton cannot lower a
-    `custom_vjp_call`). The floor(seq / C) full chunks run in one
-    pair of kernels; a ragged tail of seq mod C tokens is one more, shorter chunk through a second
-    pair (no padding: the ops' chunk steps are exact for any length). Returns (final carry,
-    `ys: [batch, seq, heads, dv]` fp32)."""
+    `custom_vjp_call`). A ragged sequence is zero-padded to whole chunks (`end` tells the last
+    chunk's step where the real tokens stop). Returns (final carry, `ys: [batch, seq, heads, dv]` fp32)."""
     interpret = interpret_mode() if interpret is None else interpret
     seq = xs[0].shape[1]
-    n, rem = divmod(seq, chunk_size)
-    xs = tuple(_head_major(x) for x in xs)
-    aux = tuple(_head_major(a).astype(jnp.float32) for a in aux)
-    carry, ys = carry0, []
-    for start, size in ((0, n * chunk_size), (n * chunk_size, rem)):
-        if size:
-            piece = lambda x, s=start, z=size: x[:, :, s:s + z]  # noqa: E731
-            carry, y = _scan((step, grad_step or step), min(chunk_size, size), interpret, carry, fresh,
-                             tuple(map(piece, xs)), tuple(map(piece, aux)))
-            ys.append(y)
-    return carry, _head_major(ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=2))
+    padded = -(-seq // chunk_size) * chunk_size
+    pad = lambda x: jnp.pad(_head_major(x), [(0, 0), (0, 0), (0, padded - seq)] + [(0, 0)] * (x.ndim - 3))  # noqa: E731
+    carry, ys = _scan((step, grad_step or step), chunk_size, seq, interpret, carry0, fresh, tuple(map(pad, xs)),
+                      tuple(pad(a).astype(jnp.float32) for a in aux))
+    return carry, _head_major(ys[:, :, :seq])
 
 
-def compile_probe(loss: Callable, *shapes: jax.ShapeDtypeStruct) -> None:
+def compile_probe(loss: Callable, *shapes) -> None:
     """Compiles `loss(*args)` (a scalar) and its gradient in every argument for the default
     device: what an op's Pallas `probe` runs once before `backend="auto"` picks the kernels."""
     jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(shapes))))).lower(*shapes).compile()
 
 
-PROBE_SHAPE = (1, 32, 1, 16)  # [batch, seq, heads, dim]: two chunks of 16 (Triton's dots need 16 rows)
-PROBE_STARTS = jnp.zeros(PROBE_SHAPE[:3], bool).at[:, 20].set(True)  # a document starts mid-chunk
+def probe_length(chunk_size: int) -> int:
+    """A probe's sequence length: two whole chunks and a ragged tail (the padded path)."""
+    return 2 * chunk_size + max(1, chunk_size // 2)
+
+
+def probe_starts(seq: int) -> jax.Array:
+    """`[1, seq, 1]` document starts for a probe: one inside the first chunk."""
+    return jnp.zeros((1, seq, 1), bool).at[:, seq // 5 + 1].set(True)

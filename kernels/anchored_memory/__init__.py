@@ -132,7 +132,6 @@ def anchored_memory(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array, log
     final states fp32 (`final_momentum` None without momentum); the pair is None unless
     `output_final_state`. The final states are the last token's (held through trailing padding).
     """
-    impl = IMPLEMENTATIONS.select(backend)
     b, t, h, dk, dv = validate_qkv(q, k, v)
     lr = check_shape("lr", lr, (b, t, h), GATE_LAYOUT)
     log_retention = check_shape("log_retention", log_retention, (b, t, h), GATE_LAYOUT)
@@ -147,6 +146,8 @@ def anchored_memory(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array, log
     log_momentum, s0 = momentum_inputs(log_momentum, initial_momentum, (b, t, h), lambda s0: (
         tuple(jnp.zeros_like(w) for w in w0) if s0 is None else _check_weights("initial_momentum", s0, b, h, dk, dv)))
     segment_ids = check_segment_ids(segment_ids, b, t)
+    impl = IMPLEMENTATIONS.select(backend, signature=(tuple(w.shape[2:] for w in w0), chunk_size, activation, residual,
+                                                log_momentum is not None))
     o, w, s = impl.run(q, k, v, lr, log_retention, log_momentum, w0, s0, chunk_size, activation, residual,
                        float(max_grad_norm), segment_ids)
     return o, ((w, s) if output_final_state else None)

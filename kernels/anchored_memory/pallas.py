@@ -13,13 +13,15 @@ import jax.numpy as jnp
 
 from kernels.anchored_memory.chunked import ACTIVATIONS, chunk_grid, chunk_step
 from kernels.common import entry
-from kernels.pallas_chunks import PROBE_SHAPE, compile_probe, pallas_chunk_scan
+from kernels.pallas_chunks import compile_probe, pallas_chunk_scan, probe_length
 
 
-def _step(activation: str, residual: bool, max_grad_norm: float, momentum: bool, carry, fresh, chunk, aux):
+def _step(activation: str, residual: bool, max_grad_norm: float, momentum: bool, carry, fresh, chunk, aux, end):
     """One chunk of one (batch, head): carry / fresh (W layers, S layers) or (W layers,) with
     `[d_in, d_out]` leaves; chunk (q, k, v, lr, log_retention[, log_momentum]) `[C, ...]`;
-    aux (valid, reset) `[C]` flags (a document starts at the chunk's first token when reset[0])."""
+    aux (valid, reset) `[C]` flags (a document starts at the chunk's first token when reset[0]).
+    `end` is unused: the op pads to whole chunks itself, with invalid positions (exact no-ops)."""
+    del end
     valid, reset = aux
     w, *s = jax.tree.map(lambda f, c: jnp.where(entry(reset, 0) > 0.5, f, c), fresh, carry)
     q, k, v, lr, log_ret, *log_mom = chunk
@@ -46,16 +48,21 @@ def pallas_anchored_memory(q, k, v, lr, log_retention, log_momentum, initial_wei
     return o[:, :t], final[0], (final[1] if momentum else None)
 
 
-def probe() -> None:
-    """Compiles a tiny forward + backward (two-layer memory, momentum, a document starting on the
-    second chunk) on the default device."""
-    b, t, h, d = PROBE_SHAPE
-    x, gate, state = (jax.ShapeDtypeStruct(s, jnp.float32) for s in ((b, t, h, d), (b, t, h), (b, h, d, d)))
-    segment_ids = jnp.ones((b, t), jnp.int32).at[:, 16:].set(2)
+def probe(layers: tuple[tuple[int, int], ...], chunk_size: int, activation: str, residual: bool,
+          momentum: bool) -> None:
+    """Compiles a forward + backward at these layer shapes, chunk size and variant (batch 1,
+    head 1, two chunks and a ragged tail, a document starting on the second chunk, clipping on) on
+    the default device."""
+    t = probe_length(chunk_size)
+    dk, dv = layers[0][0], layers[-1][1]
+    q, v, gate = (jax.ShapeDtypeStruct(s, jnp.float32) for s in ((1, t, 1, dk), (1, t, 1, dv), (1, t, 1)))
+    states = tuple(jax.ShapeDtypeStruct((1, 1) + shape, jnp.float32) for shape in layers)
 
-    def loss(q, k, v, lr, log_ret, log_mom, w1, w2):
-        o, w, s = pallas_anchored_memory(q, k, v, lr, log_ret, log_mom, (w1, w2), (w1, w2), 16, "gelu", False, 1.0,
+    def loss(q, k, v, lr, log_ret, log_mom, weights):
+        segment_ids = jnp.ones((1, t), jnp.int32).at[:, chunk_size:].set(2)
+        o, w, s = pallas_anchored_memory(q, k, v, lr, log_ret, log_mom if momentum else None, weights,
+                                         weights if momentum else None, chunk_size, activation, residual, 1.0,
                                          segment_ids)
-        return o.sum() + sum(x.sum() for x in w + s)
+        return o.sum() + sum(x.sum() for x in w + (s if momentum else ()))
 
-    compile_probe(loss, x, x, x, gate, gate, gate, state, state)
+    compile_probe(loss, q, q, v, gate, gate, gate, states)

@@ -87,12 +87,12 @@ def gated_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, beta: jax.Array, 
     Returns `(o, final_state)`: `o: [batch, seq, heads, dv]` in v's dtype, `final_state:
     [batch, heads, dk, dv]` fp32 (None unless `output_final_state`).
     """
-    impl = IMPLEMENTATIONS.select(backend)
     b, t, h, dk, dv = validate_qkv(q, k, v)
     beta = check_shape("beta", beta, (b, t, h), GATE_LAYOUT)
     g = check_shape("g", g, (b, t, h), GATE_LAYOUT)
     chunk_size = check_chunk_size(chunk_size)
     s0 = state_or_zeros("initial_state", initial_state, (b, h, dk, dv))
     starts = document_starts(segment_ids, b, t, h)
+    impl = IMPLEMENTATIONS.select(backend, signature=(dk, dv, chunk_size))
     o, s = impl.run(q, k, v, beta, g, s0, default_scale(scale, dk), chunk_size, starts)
     return o, (s if output_final_state else None)

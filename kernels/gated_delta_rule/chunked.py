@@ -23,6 +23,7 @@ exp(gamma_r - gamma_i) between two documents is masked to 0, so the same solve s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -32,7 +33,7 @@ from kernels.common import (
     chunk_scan,
     decay_ratios,
     in_chunk_documents,
-    last_entry,
+    end_entry,
     log_since_start,
     prefix_sum,
     solve_unit_lower,
@@ -41,11 +42,14 @@ from kernels.common import (
 
 
 def gated_delta_chunk(s: jax.Array, s0: jax.Array, chunk: tuple, scale: float,
-                      solve: Callable = solve_unit_lower) -> tuple[jax.Array, jax.Array]:
+                      solve: Callable = solve_unit_lower, end: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """One chunk of the UT form above for any leading axes (`[batch, heads]` in the xla backend,
     none in a Pallas program): `s, s0: [..., dk, dv]` the chunk's start state and the reset state;
     `chunk = (q, k: [..., C, dk], v: [..., C, dv], beta, g: [..., C], starts: [..., C] bool or None)`,
-    fp32; `solve`: the unit-lower-triangular solver. Returns (S at the chunk's end, o `[..., C, dv]`)."""
+    fp32; `solve`: the unit-lower-triangular solver; `end` (None: C): the count of real rows, the
+    rest zero padding (the state returned is the one after row `end - 1`).
+    Returns (S at the chunk's end, o `[..., C, dv]`)."""
+    at_end = functools.partial(end_entry, end=end)
     q_c, k_c, v_c, beta_c, g_c, start_c = chunk
     gamma = prefix_sum(g_c)
     decay = decay_ratios(gamma)                                       # [..., C, C]
@@ -59,9 +63,9 @@ def gated_delta_chunk(s: jax.Array, s0: jax.Array, chunk: tuple, scale: float,
     e = solve(a, beta_c[..., None] * (v_c - jnp.exp(gamma)[..., None] * k_s))
     qk = decay * jnp.einsum("...rk,...ik->...ri", q_c, k_c)
     o = jnp.exp(gamma)[..., None] * start_state_reads(q_c, s, s0, last) + qk @ e
-    s_start = s if last is None else jnp.where((last_entry(last) >= 0)[..., None, None], s0, s)
-    s = jnp.exp(last_entry(gamma))[..., None, None] * s_start + jnp.einsum("...rk,...rv->...kv", k_c,
-                                                                          last_entry(decay, -2)[..., :, None] * e)
+    s_start = s if last is None else jnp.where((at_end(last) >= 0)[..., None, None], s0, s)
+    s = jnp.exp(at_end(gamma))[..., None, None] * s_start + jnp.einsum("...rk,...rv->...kv", k_c,
+                                                                          at_end(decay, -2)[..., :, None] * e)
     return s, scale * o
 
 

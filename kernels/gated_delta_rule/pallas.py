@@ -12,15 +12,15 @@ import jax.numpy as jnp
 
 from kernels.common import solve_by_masked_rows, substitute_rows
 from kernels.gated_delta_rule.chunked import gated_delta_chunk
-from kernels.pallas_chunks import PROBE_SHAPE, PROBE_STARTS, compile_probe, pallas_chunk_scan
+from kernels.pallas_chunks import compile_probe, pallas_chunk_scan, probe_length, probe_starts
 
 
-def _step(scale: float, resets: bool, solve, s, s0, chunk, aux):
+def _step(scale: float, resets: bool, solve, s, s0, chunk, aux, end):
     """One chunk of one (batch, head): `s, s0: [dk, dv]`, chunk (q, k, v, beta, g) `[C, ...]`,
     aux (document-start flags `[C]`,) when `resets`."""
     q, k, v, beta, g = (x.astype(jnp.float32) for x in chunk)
     starts = aux[0] > 0.5 if resets else None
-    return gated_delta_chunk(s, s0, (q, k, v, beta, g, starts), scale, solve=solve)
+    return gated_delta_chunk(s, s0, (q, k, v, beta, g, starts), scale, solve=solve, end=end)
 
 
 def pallas_gated_delta_rule(q, k, v, beta, g, initial_state, scale: float, chunk_size: int, starts=None,
@@ -33,13 +33,15 @@ def pallas_gated_delta_rule(q, k, v, beta, g, initial_state, scale: float, chunk
     return o, final
 
 
-def probe() -> None:
-    """Compiles a tiny forward + backward with an in-chunk document start on the default device."""
-    b, t, h, d = PROBE_SHAPE
-    x, gate, state = (jax.ShapeDtypeStruct(s, jnp.float32) for s in ((b, t, h, d), (b, t, h), (b, h, d, d)))
+def probe(dk: int, dv: int, chunk_size: int) -> None:
+    """Compiles a forward + backward at these head dims and chunk size (batch 1, head 1, two chunks
+    and a ragged tail, an in-chunk document start) on the default device."""
+    t = probe_length(chunk_size)
+    q, v, gate, state = (jax.ShapeDtypeStruct(s, jnp.float32) for s in ((1, t, 1, dk), (1, t, 1, dv), (1, t, 1),
+                                                                        (1, 1, dk, dv)))
 
     def loss(q, k, v, beta, g, s0):
-        o, s = pallas_gated_delta_rule(q, k, v, beta, g, s0, d**-0.5, 16, PROBE_STARTS)
+        o, s = pallas_gated_delta_rule(q, k, v, beta, g, s0, dk**-0.5, chunk_size, probe_starts(t))
         return o.sum() + s.sum()
 
-    compile_probe(loss, x, x, x, gate, gate, state)
+    compile_probe(loss, q, q, v, gate, gate, state)

@@ -101,7 +101,6 @@ def momentum_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array,
     `final_state` W_T and `final_momentum` S_T `[batch, heads, dk, dv]` fp32 (`final_momentum` is
     None without momentum); the pair is None unless `output_final_state`.
     """
-    impl = IMPLEMENTATIONS.select(backend)
     b, t, h, dk, dv = validate_qkv(q, k, v)
     lr = check_shape("lr", lr, (b, t, h), GATE_LAYOUT)
     log_retention = check_shape("log_retention", log_retention, (b, t, h), GATE_LAYOUT)
@@ -110,5 +109,6 @@ def momentum_delta_rule(q: jax.Array, k: jax.Array, v: jax.Array, lr: jax.Array,
     log_momentum, s0 = momentum_inputs(log_momentum, initial_momentum, (b, t, h),
                                        lambda s0: state_or_zeros("initial_momentum", s0, (b, h, dk, dv)))
     starts = document_starts(segment_ids, b, t, h)
+    impl = IMPLEMENTATIONS.select(backend, signature=(dk, dv, chunk_size, log_momentum is not None))
     o, w, s = impl.run(q, k, v, lr, log_retention, log_momentum, w0, s0, default_scale(scale, dk), chunk_size, starts)
     return o, ((w, s) if output_final_state else None)

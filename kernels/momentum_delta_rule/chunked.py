@@ -29,6 +29,7 @@ the coefficients of W_{r-1} at a start token are b = 1, f = 0 (the reset state i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -38,7 +39,7 @@ from kernels.common import (
     chunk_scan,
     decay_ratios,
     in_chunk_documents,
-    last_entry,
+    end_entry,
     log_since_start,
     prefix_sum,
     shift_down,
@@ -48,13 +49,15 @@ from kernels.common import (
 
 
 def momentum_delta_chunk(carry: tuple, fresh: tuple, chunk: tuple, scale: float,
-                         solve: Callable = solve_unit_lower) -> tuple[tuple, jax.Array]:
+                         solve: Callable = solve_unit_lower, end: jax.Array | None = None) -> tuple[tuple, jax.Array]:
     """One chunk of the UT form above for any leading axes (`[batch, heads]` in the xla backend,
     none in a Pallas program): `carry = (W_a, S_a)` the chunk's start states and `fresh = (W_0, S_0)`
     the reset states, `[..., dk, dv]` (S None without momentum); `chunk = (q, k: [..., C, dk],
     v: [..., C, dv], lr, log_retention, log_momentum (None: no momentum): [..., C],
-    starts: [..., C] bool or None)`, fp32; `solve`: the unit-lower-triangular solver.
-    Returns ((W, S) at the chunk's end, o `[..., C, dv]`)."""
+    starts: [..., C] bool or None)`, fp32; `solve`: the unit-lower-triangular solver; `end` (None:
+    C): the count of real rows, the rest zero padding (the states returned are those after row
+    `end - 1`). Returns ((W, S) at the chunk's end, o `[..., C, dv]`)."""
+    at_end = functools.partial(end_entry, end=end)
     (w, s), (w0, s0) = carry, fresh
     q_c, k_c, v_c, lr_c, log_ret_c, log_mom_c, start_c = chunk
     momentum = log_mom_c is not None
@@ -84,16 +87,16 @@ def momentum_delta_chunk(carry: tuple, fresh: tuple, chunk: tuple, scale: float,
 
     qk = jnp.einsum("...rk,...ik->...ri", q_c, k_c)
     o = jnp.exp(log_b)[..., None] * start_state_reads(q_c, w, w0, last) - (gm * qk) @ e
-    ends_fresh = None if last is None else (last_entry(last) >= 0)[..., None, None]
+    ends_fresh = None if last is None else (at_end(last) >= 0)[..., None, None]
     w_start = w if last is None else jnp.where(ends_fresh, w0, w)
-    w_next = (jnp.exp(last_entry(log_b))[..., None, None] * w_start
-              - jnp.einsum("...rk,...rv->...kv", k_c, last_entry(gm, -2)[..., :, None] * e))
+    w_next = (jnp.exp(at_end(log_b))[..., None, None] * w_start
+              - jnp.einsum("...rk,...rv->...kv", k_c, at_end(gm, -2)[..., :, None] * e))
     if momentum:
         s_start = s if last is None else jnp.where(ends_fresh, s0, s)
         o = o + f[..., None] * start_state_reads(q_c, s, s0, last)
-        w_next = w_next + last_entry(f)[..., None, None] * s_start
-        s = (jnp.exp(last_entry(log_m))[..., None, None] * s_start
-             - jnp.einsum("...rk,...rv->...kv", k_c, last_entry(n, -2)[..., :, None] * e))
+        w_next = w_next + at_end(f)[..., None, None] * s_start
+        s = (jnp.exp(at_end(log_m))[..., None, None] * s_start
+             - jnp.einsum("...rk,...rv->...kv", k_c, at_end(n, -2)[..., :, None] * e))
     return (w_next, s), scale * o
 
 

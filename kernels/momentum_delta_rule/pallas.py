@@ -12,10 +12,10 @@ import jax.numpy as jnp
 
 from kernels.common import solve_by_masked_rows, substitute_rows
 from kernels.momentum_delta_rule.chunked import momentum_delta_chunk
-from kernels.pallas_chunks import PROBE_SHAPE, PROBE_STARTS, compile_probe, pallas_chunk_scan
+from kernels.pallas_chunks import compile_probe, pallas_chunk_scan, probe_length, probe_starts
 
 
-def _step(scale: float, momentum: bool, resets: bool, solve, carry, fresh, chunk, aux):
+def _step(scale: float, momentum: bool, resets: bool, solve, carry, fresh, chunk, aux, end):
     """One chunk of one (batch, head): carry / fresh (W, S) or (W,) `[dk, dv]`; chunk (q, k, v, lr,
     log_retention[, log_momentum]) `[C, ...]`; aux (document-start flags `[C]`,) when `resets`."""
     q, k, v, lr, log_ret, *log_mom = (x.astype(jnp.float32) for x in chunk)
@@ -23,7 +23,7 @@ def _step(scale: float, momentum: bool, resets: bool, solve, carry, fresh, chunk
     pad = (lambda states: states) if momentum else (lambda states: (states[0], None))  # noqa: E731
     (w, s), o = momentum_delta_chunk(pad(carry), pad(fresh),
                                      (q, k, v, lr, log_ret, log_mom[0] if momentum else None, starts), scale,
-                                     solve=solve)
+                                     solve=solve, end=end)
     return ((w, s) if momentum else (w,)), o
 
 
@@ -41,13 +41,16 @@ def pallas_momentum_delta_rule(q, k, v, lr, log_retention, log_momentum, initial
     return o, final[0], (final[1] if momentum else None)
 
 
-def probe() -> None:
-    """Compiles a tiny forward + backward (momentum, an in-chunk document start) on the default device."""
-    b, t, h, d = PROBE_SHAPE
-    x, gate, state = (jax.ShapeDtypeStruct(s, jnp.float32) for s in ((b, t, h, d), (b, t, h), (b, h, d, d)))
+def probe(dk: int, dv: int, chunk_size: int, momentum: bool) -> None:
+    """Compiles a forward + backward at these head dims, chunk size and variant (batch 1, head 1,
+    two chunks and a ragged tail, an in-chunk document start) on the default device."""
+    t = probe_length(chunk_size)
+    q, v, gate, state = (jax.ShapeDtypeStruct(s, jnp.float32) for s in ((1, t, 1, dk), (1, t, 1, dv), (1, t, 1),
+                                                                        (1, 1, dk, dv)))
 
     def loss(q, k, v, lr, log_ret, log_mom, w0, s0):
-        o, w, s = pallas_momentum_delta_rule(q, k, v, lr, log_ret, log_mom, w0, s0, d**-0.5, 16, PROBE_STARTS)
-        return o.sum() + w.sum() + s.sum()
+        o, w, s = pallas_momentum_delta_rule(q, k, v, lr, log_ret, log_mom if momentum else None, w0,
+                                             s0 if momentum else None, dk**-0.5, chunk_size, probe_starts(t))
+        return o.sum() + w.sum() + (s.sum() if momentum else 0.0)
 
-    compile_probe(loss, x, x, x, gate, gate, gate, state, state)
+    compile_probe(loss, q, q, v, gate, gate, gate, state, state)

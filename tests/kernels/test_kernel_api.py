@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -223,26 +224,38 @@ def test_auto_prefers_pallas_on_accelerators_after_its_probe(outcome, monkeypatc
     table = kernels.IMPLEMENTATIONS["gated_delta_rule"]
     probes = []
 
-    def probe():
-        probes.append(outcome)
+    def probe(dk, dv, chunk_size):
+        probes.append((outcome, dk, dv, chunk_size))
         if outcome == "fails":
             raise NotImplementedError("Unimplemented primitive in Pallas lowering: cumsum")
 
     monkeypatch.setitem(table, "pallas", dataclasses.replace(table["pallas"], probe=probe))
-    assert table.select("auto", "cpu").name == "xla" and probes == []
+    assert table.select("auto", "cpu", (8, 6, 64)).name == "xla" and probes == []
+    picked = "pallas" if outcome == "compiles" else "xla"
     if outcome == "compiles":
-        assert table.select("auto", "gpu").name == "pallas" and table.select("auto", "tpu").name == "pallas"
+        assert table.select("auto", "gpu", (8, 6, 64)).name == "pallas"
+        assert table.select("auto", "tpu", (8, 6, 64)).name == "pallas"
     else:
-        with pytest.warns(RuntimeWarning, match=r"'pallas' backend does not compile on gpu .*cumsum.*falls back"):
-            assert table.select("auto", "gpu").name == "xla"
-    assert table.select("auto", "gpu").name == ("pallas" if outcome == "compiles" else "xla")
-    assert probes == [outcome] * (1 if outcome == "fails" else 2)  # once per platform, cached
+        with pytest.warns(RuntimeWarning, match=r"'pallas' backend does not compile on gpu for \(8, 6, 64\) "
+                                                r".*cumsum.*falls back"):
+            assert table.select("auto", "gpu", (8, 6, 64)).name == "xla"
+    assert table.select("auto", "gpu", (8, 6, 64)).name == picked  # cached: no second probe
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert table.select("auto", "gpu", (16, 16, 32)).name == picked  # other shapes: probed again
+    assert len(caught) == (outcome == "fails")
+    platforms = 2 if outcome == "compiles" else 1
+    assert probes == [(outcome, 8, 6, 64)] * platforms + [(outcome, 16, 16, 32)]
     assert table.select("pallas", "gpu").name == "pallas"  # named explicitly: no probe
 
 
-@pytest.mark.parametrize("op", ["gated_delta_rule", "momentum_delta_rule", "anchored_memory"])
-def test_probe_compiles_on_cpu(op):
-    """Each op's probe is a real compile of its kernels (here interpreted): it runs and raises nothing."""
+@pytest.mark.parametrize("op,signature", [("gated_delta_rule", (8, 6, 4)), ("momentum_delta_rule", (8, 6, 4, True)),
+                                          ("anchored_memory", (((8, 5), (5, 8)), 4, "gelu", True, False))])
+def test_probe_compiles_on_cpu(op, signature):
+    """Each op's probe is a real compile of its kernels (here interpreted), also inside a jit trace
+    (where "auto" runs it): it raises nothing."""
     import importlib
 
-    importlib.import_module(f"kernels.{op}.pallas").probe()
+    probe = importlib.import_module(f"kernels.{op}.pallas").probe
+    probe(*signature)
+    jax.jit(lambda x: probe(*signature) or x)(1.0)

@@ -14,11 +14,11 @@ import pytest
 import kernels
 from kernels.pallas_chunks import lowering_target
 
-B, T, H, D, CHUNK = 1, 128, 1, 64, 64  # two chunks; documents start at 40 (inside a chunk) and 64
+B, T, H, D, CHUNK = 1, 100, 1, 64, 64  # a chunk and a ragged tail; documents start at 40 (inside a chunk) and 64
 
 
 def _loss(op: str):
-    segment_ids = jnp.asarray(np.repeat([[1] * 40 + [2] * 24 + [3] * 64], B, 0), jnp.int32)
+    segment_ids = jnp.asarray(np.repeat([[1] * 40 + [2] * 24 + [3] * 36], B, 0), jnp.int32)
 
     def loss(q, k, v, a, b, c):
         if op == "gated_delta_rule":
