@@ -28,6 +28,7 @@ order); the (batch, head) grid axes are independent.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
@@ -70,7 +71,7 @@ def interpret_mode() -> bool:
 def compiler_params(interpret: bool):
     """The target's compiler parameters: GPU lowers through Pallas Triton (the chunk step is general
     JAX: masked matmuls, exponentials, loops; Triton takes it as written), TPU through Mosaic with
-    the (batch, head) grid axes parallel; None when interpreted."""
+    the (batch, head, value block) grid axes parallel; None when interpreted."""
     if interpret:
         return None
     if target_platform() == "gpu":
@@ -79,7 +80,23 @@ def compiler_params(interpret: bool):
         return pltriton.CompilerParams(num_warps=4, num_stages=1)
     from jax.experimental.pallas import tpu as pltpu
 
-    return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel"))
+    return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel"))
+
+
+VALUE_BLOCK_FLAG = "MEMZOO_PALLAS_VALUE_BLOCK"
+VALUE_BLOCKS = {"gpu": 64, "tpu": 128}  # value columns per program (not measured yet: a tuning knob)
+
+
+def value_split(dv: int, split_xs: tuple[bool, ...], value_block: int | None = None) -> ValueSplit:
+    """The value split of a delta-rule op: `value_block` columns per program (default
+    `MEMZOO_PALLAS_VALUE_BLOCK`, else 64 on GPU: a Triton program then carries a [dk, 64] fp32
+    state rather than [dk, dv]; 128 on TPU, a lane tile; interpreted: no split); one block when it
+    does not divide dv."""
+    if value_block is None:
+        flag = os.environ.get(VALUE_BLOCK_FLAG, "")
+        value_block = int(flag) if flag else (dv if interpret_mode() else VALUE_BLOCKS.get(target_platform(), dv))
+    blocks = dv // value_block if 0 < value_block < dv and dv % value_block == 0 else 1
+    return ValueSplit(blocks, split_xs)
 
 
 def _head_major(x: jax.Array) -> jax.Array:
@@ -87,9 +104,28 @@ def _head_major(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, 1, 2)
 
 
-def _spec(shape: tuple[int, ...]) -> pl.BlockSpec:
-    """One (batch, head)'s whole slab of a `[batch, heads, ...]` array, batch and head squeezed."""
-    return pl.BlockSpec((None, None) + tuple(shape[2:]), lambda b, h: (b, h) + (0,) * (len(shape) - 2))
+@dataclasses.dataclass(frozen=True)
+class ValueSplit:
+    """How the value dimension is split across programs: `blocks` column blocks of every state,
+    of `y` and of the inputs flagged in `xs` (one bool per input: its last axis is the value axis).
+    Exact wherever the state's columns evolve independently (the delta rules: each column of S
+    follows its own column of v); the unsplit inputs' gradients are summed over the blocks."""
+
+    blocks: int = 1
+    xs: tuple[bool, ...] = ()
+
+    def spec(self, shape: tuple[int, ...], split: bool) -> pl.BlockSpec:
+        """One (batch, head)'s slab of a `[batch, heads, ...]` array (batch and head squeezed), its
+        last axis cut to the program's value block when `split`."""
+        rest = tuple(shape[2:])
+        if split and self.blocks > 1:
+            return pl.BlockSpec((None, None) + rest[:-1] + (rest[-1] // self.blocks,),
+                                lambda b, h, j: (b, h) + (0,) * (len(rest) - 1) + (j,))
+        return pl.BlockSpec((None, None) + rest, lambda b, h, j: (b, h) + (0,) * len(rest))
+
+    def partial_spec(self, shape: tuple[int, ...]) -> pl.BlockSpec:
+        """A `[blocks, batch, heads, ...]` array of per-block partial sums, one block per program."""
+        return pl.BlockSpec((None, None, None) + tuple(shape[3:]), lambda b, h, j: (j, b, h) + (0,) * (len(shape) - 3))
 
 
 def _rows(ref, start, size: int):
@@ -105,9 +141,10 @@ def _take(refs: list, count: int) -> tuple[list, list]:
     return refs[:count], refs[count:]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _scan(steps: tuple[Callable, Callable], chunk_size: int, length: int, interpret: bool, carry0, fresh, xs, aux):
-    carry, ys, _ = _forward(steps[0], chunk_size, length, interpret, carry0, fresh, xs, aux)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _scan(steps: tuple[Callable, Callable], chunk_size: int, length: int, interpret: bool, split: ValueSplit,
+          carry0, fresh, xs, aux):
+    carry, ys, _ = _forward(steps[0], chunk_size, length, interpret, split, carry0, fresh, xs, aux)
     return carry, ys
 
 
@@ -116,7 +153,7 @@ def _end(i, chunk_size: int, length: int):
     return jnp.minimum(chunk_size, length - i * chunk_size)
 
 
-def _forward(step, chunk_size, length, interpret, carry0, fresh, xs, aux):
+def _forward(step, chunk_size, length, interpret, split, carry0, fresh, xs, aux):
     """The forward kernel on head-major inputs padded to whole chunks (`length` real tokens);
     returns (final carry, ys, saved start carries)."""
     c = chunk_size
@@ -127,7 +164,7 @@ def _forward(step, chunk_size, length, interpret, carry0, fresh, xs, aux):
     y_shape = jax.eval_shape(lambda cr, f, x, a: step(cr, f, x, a, c)[1],
                              *jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[2:], x.dtype), (carry0, fresh)),
                              tuple(jax.ShapeDtypeStruct((c,) + x.shape[3:], x.dtype) for x in xs),
-                             tuple(jax.ShapeDtypeStruct((c,), a.dtype) for a in aux))
+                             tuple(jax.ShapeDtypeStruct((c,), a.dtype) for a in aux))  # unsplit: y's full width
     ys_shape = jax.ShapeDtypeStruct((batch, heads, seq) + y_shape.shape[1:], jnp.float32)
     saved_shapes = [jax.ShapeDtypeStruct((batch, heads, n) + x.shape[2:], jnp.float32) for x in carry_leaves]
 
@@ -154,9 +191,11 @@ def _forward(step, chunk_size, length, interpret, carry0, fresh, xs, aux):
             ref[...] = leaf
 
     inputs = [*carry_leaves, *fresh_leaves, *xs, *aux]
+    splits = [True] * (len(carry_leaves) + len(fresh_leaves)) + list(split.xs or [False] * len(xs)) + [False] * len(aux)
     out_shapes = [ys_shape, *[jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in carry_leaves], *saved_shapes]
-    outs = pl.pallas_call(kernel, out_shape=out_shapes, grid=(batch, heads),
-                          in_specs=[_spec(x.shape) for x in inputs], out_specs=[_spec(s.shape) for s in out_shapes],
+    outs = pl.pallas_call(kernel, out_shape=out_shapes, grid=(batch, heads, split.blocks),
+                          in_specs=[split.spec(x.shape, cut) for x, cut in zip(inputs, splits, strict=True)],
+                          out_specs=[split.spec(s.shape, True) for s in out_shapes],
                           interpret=interpret, compiler_params=compiler_params(interpret),
                           name="memzoo_chunks_fwd")(*inputs)
     ys, outs = outs[0], outs[1:]
@@ -164,12 +203,12 @@ def _forward(step, chunk_size, length, interpret, carry0, fresh, xs, aux):
     return jax.tree.unflatten(carry_tree, final), ys, saved
 
 
-def _scan_fwd(steps, chunk_size, length, interpret, carry0, fresh, xs, aux):
-    carry, ys, saved = _forward(steps[0], chunk_size, length, interpret, carry0, fresh, xs, aux)
+def _scan_fwd(steps, chunk_size, length, interpret, split, carry0, fresh, xs, aux):
+    carry, ys, saved = _forward(steps[0], chunk_size, length, interpret, split, carry0, fresh, xs, aux)
     return (carry, ys), (fresh, xs, aux, saved)
 
 
-def _scan_bwd(steps, chunk_size, length, interpret, residuals, cotangents):
+def _scan_bwd(steps, chunk_size, length, interpret, split, residuals, cotangents):
     step = steps[1]
     fresh, xs, aux, saved = residuals
     d_final, d_ys = cotangents
@@ -214,14 +253,22 @@ def _scan_bwd(steps, chunk_size, length, interpret, residuals, cotangents):
             ref[...] = d
 
     inputs = [*fresh_leaves, *xs, *aux, *saved, d_ys.astype(jnp.float32), *d_final_leaves]
-    out_shapes = ([jax.ShapeDtypeStruct(x.shape, x.dtype) for x in xs]
-                  + [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in d_final_leaves]
-                  + [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in fresh_leaves])
-    outs = pl.pallas_call(kernel, out_shape=out_shapes, grid=(batch, heads),
-                          in_specs=[_spec(x.shape) for x in inputs], out_specs=[_spec(s.shape) for s in out_shapes],
+    x_split = list(split.xs or [False] * len(xs))
+    splits = [True] * len(fresh_leaves) + x_split + [False] * len(aux) + [True] * (len(saved) + 1 + len(d_final_leaves))
+    # an unsplit input's gradient is a sum over the value blocks: each program writes its partial
+    partial = [split.blocks > 1 and not cut for cut in x_split]
+    dx_shapes = [jax.ShapeDtypeStruct((split.blocks,) + x.shape, jnp.float32) if p else
+                 jax.ShapeDtypeStruct(x.shape, x.dtype) for x, p in zip(xs, partial, strict=True)]
+    state_shapes = [jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in d_final_leaves + fresh_leaves]
+    outs = pl.pallas_call(kernel, out_shape=dx_shapes + state_shapes, grid=(batch, heads, split.blocks),
+                          in_specs=[split.spec(x.shape, cut) for x, cut in zip(inputs, splits, strict=True)],
+                          out_specs=[split.partial_spec(s.shape) if p else split.spec(s.shape, cut)
+                                     for s, p, cut in zip(dx_shapes, partial, x_split, strict=True)]
+                          + [split.spec(s.shape, True) for s in state_shapes],
                           interpret=interpret, compiler_params=compiler_params(interpret),
                           name="memzoo_chunks_bwd")(*inputs)
     d_xs, outs = _take(outs, len(xs))
+    d_xs = [d.sum(0).astype(x.dtype) if p else d for d, x, p in zip(d_xs, xs, partial, strict=True)]
     d_carry0, d_fresh = _take(outs, len(d_final_leaves))
     return (jax.tree.unflatten(carry_tree, d_carry0), jax.tree.unflatten(fresh_tree, d_fresh), tuple(d_xs),
             tuple(jnp.zeros_like(a) for a in aux))
@@ -231,7 +278,8 @@ _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
 def pallas_chunk_scan(step: Callable, carry0, fresh, xs: tuple, aux: tuple, chunk_size: int,
-                      interpret: bool | None = None, grad_step: Callable | None = None):
+                      interpret: bool | None = None, grad_step: Callable | None = None,
+                      split: ValueSplit = ValueSplit()):
     """Runs `step` (module docstring) over the chunks of every (batch, head), forward and backward
     in Pallas. `xs`: per-token inputs `[batch, seq, heads, ...]` (any float dtype); `aux`: fp32
     flags `[batch, seq, heads]`; `carry0`, `fresh`: fp32 state pytrees with leaves
@@ -240,13 +288,14 @@ def pallas_chunk_scan(step: Callable, carry0, fresh, xs: tuple, aux: tuple, chun
     function for the backward kernel to differentiate, where it may differ in how (e.g. a solve
     with a `custom_vjp`, which must not reach the forward kernel: Triton cannot lower a
     `custom_vjp_call`). A ragged sequence is zero-padded to whole chunks (`end` tells the last
-    chunk's step where the real tokens stop). Returns (final carry, `ys: [batch, seq, heads, dv]` fp32)."""
+    chunk's step where the real tokens stop). `split`: the value dimension cut across programs
+    (`ValueSplit`; default: one block). Returns (final carry, `ys: [batch, seq, heads, dv]` fp32)."""
     interpret = interpret_mode() if interpret is None else interpret
     seq = xs[0].shape[1]
     padded = -(-seq // chunk_size) * chunk_size
     pad = lambda x: jnp.pad(_head_major(x), [(0, 0), (0, 0), (0, padded - seq)] + [(0, 0)] * (x.ndim - 3))  # noqa: E731
-    carry, ys = _scan((step, grad_step or step), chunk_size, seq, interpret, carry0, fresh, tuple(map(pad, xs)),
-                      tuple(pad(a).astype(jnp.float32) for a in aux))
+    carry, ys = _scan((step, grad_step or step), chunk_size, seq, interpret, split, carry0, fresh,
+                      tuple(map(pad, xs)), tuple(pad(a).astype(jnp.float32) for a in aux))
     return carry, _head_major(ys[:, :, :seq])
 
 

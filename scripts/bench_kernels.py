@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -45,6 +46,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kernels  # noqa: E402
+from kernels.pallas_chunks import VALUE_BLOCK_FLAG  # noqa: E402
 from zoo.training.flops import device_peak_flops  # noqa: E402
 
 # Memory bandwidth per device, bytes/s (vendor figures).
@@ -265,6 +267,9 @@ def main(argv=None) -> Path:
     parser.add_argument("--backends", default="xla,pallas", help="comma-separated backends to time")
     parser.add_argument("--anchored-hidden", type=int, default=0, help="the anchored memory's hidden width (0: dk)")
     parser.add_argument("--repeats", type=int, default=0, help="warm calls per timing (0: 5 on a device, 2 on CPU)")
+    parser.add_argument("--value-block", type=int, default=0,
+                        help="value columns per Pallas program for the delta rules (0: the platform default, "
+                             "kernels.pallas_chunks.VALUE_BLOCKS)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting grid cells after this long")
     parser.add_argument("--out", default="", help="JSON path (default scripts/results/bench_kernels_<platform>.json)")
     args = parser.parse_args(argv)
@@ -273,6 +278,8 @@ def main(argv=None) -> Path:
     unknown = [o for o in ops if o not in OPS] + [b for b in backends if b not in ("xla", "pallas", "reference")]
     if unknown:
         parser.error(f"unknown ops or backends {unknown}; ops: {', '.join(OPS)}; backends: xla, pallas, reference")
+    if args.value_block:
+        os.environ[VALUE_BLOCK_FLAG] = str(args.value_block)
     started = time.perf_counter()
     device = jax.devices()[0]
     peaks = (device_peak_flops(), device_peak_bandwidth())
@@ -315,7 +322,7 @@ def main(argv=None) -> Path:
     out.write_text(json.dumps({
         "device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
         "python": platform.python_version(), "peak_flops": peaks[0], "peak_bandwidth": peaks[1],
-        "dtype": jnp.dtype(dtype).name, "repeats": repeats, "seconds": time.perf_counter() - started,
+        "dtype": jnp.dtype(dtype).name, "repeats": repeats, "value_block": args.value_block or "platform default", "seconds": time.perf_counter() - started,
         "correctness": check, "rows": rows, "skipped": skipped}, indent=1))
     print(f"\nwrote {out}")
     return out

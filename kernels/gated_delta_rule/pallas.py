@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from kernels.common import solve_by_masked_rows, substitute_rows
 from kernels.gated_delta_rule.chunked import gated_delta_chunk
-from kernels.pallas_chunks import compile_probe, pallas_chunk_scan, probe_length, probe_starts
+from kernels.pallas_chunks import compile_probe, pallas_chunk_scan, probe_length, probe_starts, value_split
 
 
 def _step(scale: float, resets: bool, solve, s, s0, chunk, aux, end):
@@ -24,12 +24,14 @@ def _step(scale: float, resets: bool, solve, s, s0, chunk, aux, end):
 
 
 def pallas_gated_delta_rule(q, k, v, beta, g, initial_state, scale: float, chunk_size: int, starts=None,
-                            interpret: bool | None = None):
-    """Same contract as `chunk_gated_delta_rule` (q, k, v in any float dtype); returns (o fp32, S_T)."""
+                            interpret: bool | None = None, value_block: int | None = None):
+    """Same contract as `chunk_gated_delta_rule` (q, k, v in any float dtype); returns (o fp32, S_T).
+    `value_block`: value columns per program (`kernels.pallas_chunks.value_split`)."""
     step = functools.partial(functools.partial, _step, float(scale), starts is not None)
     aux = () if starts is None else (starts,)
     final, o = pallas_chunk_scan(step(substitute_rows), initial_state, initial_state, (q, k, v, beta, g), aux,
-                                 chunk_size, interpret, grad_step=step(solve_by_masked_rows))
+                                 chunk_size, interpret, grad_step=step(solve_by_masked_rows),
+                                 split=value_split(v.shape[-1], (False, False, True, False, False), value_block))
     return o, final
 
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from kernels.common import solve_by_masked_rows, substitute_rows
 from kernels.momentum_delta_rule.chunked import momentum_delta_chunk
-from kernels.pallas_chunks import compile_probe, pallas_chunk_scan, probe_length, probe_starts
+from kernels.pallas_chunks import compile_probe, pallas_chunk_scan, probe_length, probe_starts, value_split
 
 
 def _step(scale: float, momentum: bool, resets: bool, solve, carry, fresh, chunk, aux, end):
@@ -28,16 +28,19 @@ def _step(scale: float, momentum: bool, resets: bool, solve, carry, fresh, chunk
 
 
 def pallas_momentum_delta_rule(q, k, v, lr, log_retention, log_momentum, initial_state, initial_momentum,
-                               scale: float, chunk_size: int, starts=None, interpret: bool | None = None):
+                               scale: float, chunk_size: int, starts=None, interpret: bool | None = None,
+                               value_block: int | None = None):
     """Same contract as `chunk_momentum_delta_rule` (q, k, v in any float dtype); returns
-    (o fp32, W_T, S_T or None)."""
+    (o fp32, W_T, S_T or None). `value_block`: value columns per program
+    (`kernels.pallas_chunks.value_split`)."""
     momentum = log_momentum is not None
     step = functools.partial(functools.partial, _step, float(scale), momentum, starts is not None)
     states = (initial_state, initial_momentum) if momentum else (initial_state,)
     gates = (lr, log_retention) + ((log_momentum,) if momentum else ())
     final, o = pallas_chunk_scan(step(substitute_rows), states, states, (q, k, v) + gates,
                                  () if starts is None else (starts,), chunk_size, interpret,
-                                 grad_step=step(solve_by_masked_rows))
+                                 grad_step=step(solve_by_masked_rows),
+                                 split=value_split(v.shape[-1], (False, False, True) + (False,) * len(gates), value_block))
     return o, final[0], (final[1] if momentum else None)
 
 

@@ -14,7 +14,8 @@ import pytest
 import kernels
 from kernels.pallas_chunks import lowering_target
 
-B, T, H, D, CHUNK = 1, 100, 1, 64, 64  # a chunk and a ragged tail; documents start at 40 (inside a chunk) and 64
+B, T, H, D, CHUNK = 1, 100, 1, 128, 64  # a chunk and a ragged tail; documents start at 40 (inside a chunk) and 64;
+# D = 128: on GPU the delta rules split the value columns across two programs (VALUE_BLOCKS)
 
 
 def _loss(op: str):
