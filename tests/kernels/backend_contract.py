@@ -115,3 +115,26 @@ class BackendContract:
         for name in x:
             assert grad16[name].dtype == jnp.bfloat16
             assert_close(grad16[name], grad32[name], rtol=5e-2, atol=5e-2, what=f"d/d{name}")
+
+    @pytest.mark.parametrize("case_name", ["gated_delta_rule", "momentum_delta_rule"])
+    def test_no_initial_state_is_the_zero_state(self, case_name):
+        """Without initial states the op starts (and restarts documents) from zeros: outputs, final
+        states and the input gradients equal those of explicit zero states (ragged T, resets)."""
+        case = CASES[case_name + "/resets"]
+        rng = np.random.default_rng(3)
+        x = case.inputs(rng, 21)
+        zeros = {**x, **{k: np.zeros_like(x[k]) for k in case.state_keys}}
+        cotangents = random_like(rng, case.output_shapes(21))
+        out, grad = forward_and_vjp(case_name + "/resets", self.backend, 4)(zeros, cotangents)
+
+        def without_states(inputs, cot):
+            run = lambda inputs: case.run({**inputs, **{k: None for k in case.state_keys}}, self.backend, 4)  # noqa: E731
+            outputs, pullback = jax.vjp(run, inputs)
+            return outputs, pullback(cot)[0]
+
+        free = {k: v for k, v in x.items() if k not in case.state_keys}
+        out_none, grad_none = jit(without_states)(free, cotangents)
+        for i, (a, b) in enumerate(zip(out_none, out, strict=True)):
+            assert_close(a, b, what=f"output {i}")
+        for name in free:
+            assert_close(grad_none[name], grad[name], what=f"d/d{name}")
