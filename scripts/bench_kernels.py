@@ -39,11 +39,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_memory import best_time  # noqa: E402  (scripts/: the fastest of the warm calls)
 
 import kernels  # noqa: E402
 from kernels.pallas_chunks import VALUE_BLOCK_FLAG  # noqa: E402
@@ -96,17 +97,6 @@ def bytes_moved(op: str, tokens: int, heads: int, dim: int, itemsize: int, backw
     gates = 2 if op == "gated_delta_rule" else 3
     forward = tokens * heads * (4 * dim * itemsize + gates * 4)
     return forward * (3 if backward else 1)
-
-
-def best_time(fn, *args, repeats: int) -> float:
-    """Seconds of the fastest of `repeats` warm calls (after one compile call)."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def timed_fns(op: str, backend: str, chunk: int):
