@@ -452,7 +452,8 @@ def test_a_retention_landed_by_registration_runs_token_by_token():
 def test_anchored_deep_memory_runs_its_kernels_op_once_for_all_heads():
     """Titans' deep memory on a fresh sequence of whole chunks (training) is ONE
     `kernels.anchored_memory` call on [batch, seq, heads, dim] with the spec's backend, documents
-    and padding included, and equals the engine's anchored token loop per [batch, head]."""
+    and padding included, and equals the engine's anchored token loop per [batch, head]; the
+    Pallas backend gives the same."""
     import kernels
     from kernels.common import Implementation
 
@@ -485,6 +486,11 @@ def test_anchored_deep_memory_runs_its_kernels_op_once_for_all_heads():
                 if b == 1:  # row 0 ends in padding: the fresh state
                     close(jax.tree.map(lambda x: x[b, h], (st.weights, st.buffers)), (st_r.weights, st_r.buffers))
         close(jax.tree.map(lambda x: x[0], st.weights), init)
+        # the Pallas kernels (interpreted here) in the same training form: the same state and reads
+        pallas = dataclasses.replace(spec, kernel_backend="pallas")
+        st_p, y_p = jax.jit(lambda *a: engine.chunk_heads(pallas, None, *a, init=init, segment_ids=seg))(
+            stack(1), stack(2), stack(3), stack(4))
+        close((y_p, st_p.weights, st_p.buffers), (y, st.weights, st.buffers))
     finally:
         del table["probe_for_test"]
 
