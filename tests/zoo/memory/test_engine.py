@@ -291,8 +291,9 @@ def test_grid_of_registered_parts_equals_its_oracle():
         if not engine.chunk_parallel(spec):  # chunk runs the oracle itself: nothing to compare
             continue
         init, q, k, v, g = inputs(spec, 9)
-        st_c, y_c = engine.chunk(spec, None, q, k, v, g, init=init)
-        st_r, y_r = engine.reference_chunked(spec, initial_state(spec, init), q, k, v, g)
+        st_c, y_c = jax.jit(lambda *a, spec=spec: engine.chunk(spec, None, *a[1:], init=a[0]))(init, q, k, v, g)
+        st_r, y_r = jax.jit(lambda *a, spec=spec: engine.reference_chunked(spec, initial_state(spec, a[0]), *a[1:]))(
+            init, q, k, v, g)
         try:
             close((y_c, st_c.weights, st_c.buffers), (y_r, st_r.weights, st_r.buffers))
         except AssertionError as e:

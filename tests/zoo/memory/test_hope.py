@@ -99,7 +99,7 @@ def test_gradients_reach_every_memory():
     m = SelfModifyingTitans(16, 2, 8, HopeFormat(chunk=4), rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 12, 16))
     graphdef, state = nnx.split(m)
-    grads = nnx.to_pure_dict(jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s)(x)[0] ** 2))(state))
+    grads = nnx.to_pure_dict(jax.jit(jax.grad(lambda s: jnp.sum(nnx.merge(graphdef, s)(x)[0] ** 2)))(state))
     for name in MEMORIES:  # each memory's initial state learns (through the reads or the targets)
         for layer in grads["init_state"][name].values():
             assert float(jnp.abs(layer).max()) > 0, name
