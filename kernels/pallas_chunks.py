@@ -9,9 +9,9 @@ scalar) the chunk's count of real tokens: a ragged sequence is zero-padded to wh
 kernel sees `[C, d]` tiles; Triton needs power-of-two arrays), and a step returns the state after
 row `end - 1` (its rows are causal, so the padding after it changes no real row); `y: [C, dv]` fp32.
 
-    forward kernel, grid (batch, heads): carry <- carry_0; for chunk i = 0..n-1:
-        save carry as chunk i's start state; (carry, y_i) <- step(carry, fresh, chunk_i, aux_i)
-    backward kernel, grid (batch, heads): d_carry <- d_final; for i = n-1..0:
+    forward kernel, grid (batch, heads, value blocks): carry <- carry_0; for chunk i = 0..n-1:
+        save carry as chunk i's start state; (carry, y_i) <- step(carry, fresh, chunk_i, aux_i, end_i)
+    backward kernel, same grid: d_carry <- d_final; for i = n-1..0:
         recompute chunk i from its saved start state and pull (d_carry, dy_i) back through `step`
         (its VJP, traced inside the kernel): d_chunk_i, d_fresh += ..., d_carry <- d(start state)
 
@@ -19,7 +19,8 @@ The states stay fp32 in the kernel's carry; the saved chunk-start states `[batch
 are the only residuals (everything inside a chunk is recomputed), and the pair is wrapped in
 `jax.custom_vjp` (a bare `pallas_call` has no gradient). The chunk loop runs inside one program
 (a `fori_loop` with dynamic chunk slices), the form GPUs need (their grid programs run in no
-order); the (batch, head) grid axes are independent.
+order); the grid axes are independent (value blocks: `ValueSplit`, one block unless an op splits
+its value columns).
 
 `interpret`: True runs the kernels as ordinary JAX (the only mode on CPU; forced on accelerators by
 `MEMZOO_PALLAS_INTERPRET=1`, DESIGN §1).
@@ -41,8 +42,6 @@ from jax.experimental import pallas as pl
 from kernels.common import ACCELERATORS
 
 INTERPRET_FLAG = "MEMZOO_PALLAS_INTERPRET"
-
-
 _TARGET: list[str] = []  # set by `lowering_target` (cross-platform lowering checks on CPU)
 
 
@@ -83,27 +82,6 @@ def compiler_params(interpret: bool):
     return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel"))
 
 
-VALUE_BLOCK_FLAG = "MEMZOO_PALLAS_VALUE_BLOCK"
-VALUE_BLOCKS = {"gpu": 64, "tpu": 128}  # value columns per program (not measured yet: a tuning knob)
-
-
-def value_split(dv: int, split_xs: tuple[bool, ...], value_block: int | None = None) -> ValueSplit:
-    """The value split of a delta-rule op: `value_block` columns per program (default
-    `MEMZOO_PALLAS_VALUE_BLOCK`, else 64 on GPU: a Triton program then carries a [dk, 64] fp32
-    state rather than [dk, dv]; 128 on TPU, a lane tile; interpreted: no split); one block when it
-    does not divide dv."""
-    if value_block is None:
-        flag = os.environ.get(VALUE_BLOCK_FLAG, "")
-        value_block = int(flag) if flag else (dv if interpret_mode() else VALUE_BLOCKS.get(target_platform(), dv))
-    blocks = dv // value_block if 0 < value_block < dv and dv % value_block == 0 else 1
-    return ValueSplit(blocks, split_xs)
-
-
-def _head_major(x: jax.Array) -> jax.Array:
-    """`[batch, seq, heads, ...] -> [batch, heads, seq, ...]` (a program's block is one head's sequence)."""
-    return jnp.swapaxes(x, 1, 2)
-
-
 @dataclasses.dataclass(frozen=True)
 class ValueSplit:
     """How the value dimension is split across programs: `blocks` column blocks of every state,
@@ -126,6 +104,27 @@ class ValueSplit:
     def partial_spec(self, shape: tuple[int, ...]) -> pl.BlockSpec:
         """A `[blocks, batch, heads, ...]` array of per-block partial sums, one block per program."""
         return pl.BlockSpec((None, None, None) + tuple(shape[3:]), lambda b, h, j: (j, b, h) + (0,) * (len(shape) - 3))
+
+
+VALUE_BLOCK_FLAG = "MEMZOO_PALLAS_VALUE_BLOCK"
+VALUE_BLOCKS = {"gpu": 64, "tpu": 128}  # value columns per program (not measured yet: a tuning knob)
+
+
+def value_split(dv: int, split_xs: tuple[bool, ...], value_block: int | None = None) -> ValueSplit:
+    """The value split of a delta-rule op: `value_block` columns per program (default
+    `MEMZOO_PALLAS_VALUE_BLOCK`, else 64 on GPU: a Triton program then carries a [dk, 64] fp32
+    state rather than [dk, dv]; 128 on TPU, a lane tile; interpreted: no split); one block when it
+    does not divide dv."""
+    if value_block is None:
+        flag = os.environ.get(VALUE_BLOCK_FLAG, "")
+        value_block = int(flag) if flag else (dv if interpret_mode() else VALUE_BLOCKS.get(target_platform(), dv))
+    blocks = dv // value_block if 0 < value_block < dv and dv % value_block == 0 else 1
+    return ValueSplit(blocks, split_xs)
+
+
+def _head_major(x: jax.Array) -> jax.Array:
+    """`[batch, seq, heads, ...] -> [batch, heads, seq, ...]` (a program's block is one head's sequence)."""
+    return jnp.swapaxes(x, 1, 2)
 
 
 def _rows(ref, start, size: int):

@@ -27,7 +27,10 @@ def pallas_gated_delta_rule(q, k, v, beta, g, initial_state, scale: float, chunk
                             interpret: bool | None = None, value_block: int | None = None):
     """Same contract as `chunk_gated_delta_rule` (q, k, v in any float dtype); returns (o fp32, S_T).
     `value_block`: value columns per program (`kernels.pallas_chunks.value_split`)."""
-    step = functools.partial(functools.partial, _step, float(scale), starts is not None)
+
+    def step(solve):  # the forward kernel's step solves by plain substitution, the backward's with its VJP
+        return functools.partial(_step, float(scale), starts is not None, solve)
+
     aux = () if starts is None else (starts,)
     final, o = pallas_chunk_scan(step(substitute_rows), initial_state, initial_state, (q, k, v, beta, g), aux,
                                  chunk_size, interpret, grad_step=step(solve_by_masked_rows),

@@ -34,7 +34,10 @@ def pallas_momentum_delta_rule(q, k, v, lr, log_retention, log_momentum, initial
     (o fp32, W_T, S_T or None). `value_block`: value columns per program
     (`kernels.pallas_chunks.value_split`)."""
     momentum = log_momentum is not None
-    step = functools.partial(functools.partial, _step, float(scale), momentum, starts is not None)
+
+    def step(solve):  # the forward kernel's step solves by plain substitution, the backward's with its VJP
+        return functools.partial(_step, float(scale), momentum, starts is not None, solve)
+
     states = (initial_state, initial_momentum) if momentum else (initial_state,)
     gates = (lr, log_retention) + ((log_momentum,) if momentum else ())
     final, o = pallas_chunk_scan(step(substitute_rows), states, states, (q, k, v) + gates,
