@@ -116,7 +116,10 @@ def value_split(dv: int, split_xs: tuple[bool, ...], value_block: int | None = N
     state rather than [dk, dv]; 128 on TPU, a lane tile; interpreted: no split); one block when it
     does not divide dv."""
     if value_block is None:
-        flag = os.environ.get(VALUE_BLOCK_FLAG, "")
+        flag = os.environ.get(VALUE_BLOCK_FLAG, "").strip()
+        if flag and not (flag.isdigit() and int(flag) > 0):
+            raise ValueError(f"{VALUE_BLOCK_FLAG}={flag!r}: must be a positive int (value columns per Pallas "
+                             "program, e.g. 64), or unset for the platform default")
         value_block = int(flag) if flag else (dv if interpret_mode() else VALUE_BLOCKS.get(target_platform(), dv))
     blocks = dv // value_block if 0 < value_block < dv and dv % value_block == 0 else 1
     return ValueSplit(blocks, split_xs)

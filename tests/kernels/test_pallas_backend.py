@@ -62,3 +62,11 @@ def test_value_columns_split_across_programs_equal_one_program(op):
         # sums over blocks reorder fp32 additions: tolerance relative to each array's scale
         np.testing.assert_allclose(a, b_, rtol=1e-5, atol=2e-5 * float(jnp.abs(b_).max()))
     assert value_split(6, (True,), 2).blocks == 3 and value_split(6, (True,), 4).blocks == 1
+
+
+def test_bad_value_block_flag_names_the_fix(monkeypatch):
+    monkeypatch.setenv("MEMZOO_PALLAS_VALUE_BLOCK", "sixty-four")
+    with pytest.raises(ValueError, match=r"MEMZOO_PALLAS_VALUE_BLOCK='sixty-four': must be a positive int"):
+        value_split(128, (True,))
+    monkeypatch.setenv("MEMZOO_PALLAS_VALUE_BLOCK", "32")
+    assert value_split(128, (True,)).blocks == 4
