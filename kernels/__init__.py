@@ -13,6 +13,9 @@ subclasses `tests/kernels/backend_contract.py`'s `BackendContract`.
 `kernels.anchored_memory` (Titans' deep memory with anchored chunk semantics: its chunk size is part
 of the function) follows the same pattern, with per-layer weight states.
 
+`kernels.polysketch_attention` is PolySketchFormer's block-causal sketched attention (training and
+prefill; its state is (S `[batch, heads, r^2, dv]`, z `[batch, heads, r^2]`)).
+
 `kernels.quantized_attention` is decode-time attention over a quantized KV cache (inference only:
 no gradients); its cache lives in `kernels.quantized_attention.cache`.
 
@@ -27,12 +30,15 @@ from kernels.gated_delta_rule import IMPLEMENTATIONS as _GDR
 from kernels.gated_delta_rule import gated_delta_rule
 from kernels.momentum_delta_rule import IMPLEMENTATIONS as _MDR
 from kernels.momentum_delta_rule import momentum_delta_rule
+from kernels.polysketch_attention import IMPLEMENTATIONS as _PSA
+from kernels.polysketch_attention import polysketch_attention
 from kernels.quantized_attention import IMPLEMENTATIONS as _QA
 from kernels.quantized_attention import quantized_attention
 
 MEMORY_OPS = ("gated_delta_rule", "momentum_delta_rule", "anchored_memory")  # the ops memory layers run
 IMPLEMENTATIONS: dict[str, Implementations] = {
-    "gated_delta_rule": _GDR, "momentum_delta_rule": _MDR, "anchored_memory": _AM, "quantized_attention": _QA}
+    "gated_delta_rule": _GDR, "momentum_delta_rule": _MDR, "anchored_memory": _AM, "polysketch_attention": _PSA,
+    "quantized_attention": _QA}
 
 __all__ = ["IMPLEMENTATIONS", "MEMORY_OPS", "Implementation", "Implementations", "anchored_memory",
-           "gated_delta_rule", "momentum_delta_rule", "quantized_attention"]
+           "gated_delta_rule", "momentum_delta_rule", "polysketch_attention", "quantized_attention"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""The chunked memory ops (`kernels.gated_delta_rule`, `momentum_delta_rule`, `anchored_memory`)
-per backend: forward and forward+backward time, achieved TFLOP/s and GB/s against the device's
+"""The chunked ops (`kernels.gated_delta_rule`, `momentum_delta_rule`, `anchored_memory`,
+`polysketch_attention`) per backend: forward and forward+backward time, achieved TFLOP/s and GB/s against the device's
 peak, each backend's ratio to xla, a correctness check, and FLA's Triton `chunk_gated_delta_rule`
 side by side when torch and fla-core import. Prints tables, writes one JSON to scripts/results/.
 
@@ -23,9 +23,13 @@ head with chunk C: gated_delta_rule 4 C dk + 3 C dv + 6 dk dv (the C x C scores 
 solve, the intra-chunk values, the state reads and the write); momentum_delta_rule adds
 2 C^2 (G = D N) and 4 dk dv (the momentum state); anchored_memory (two layers dk -> h -> dv,
 h = --anchored-hidden, default dk): 8 (dk h + h dv) (forward and backward at the anchor, the read,
-the write) + 2 C (dk + 2 h + dv) (the intra-chunk terms). Bytes: the forward reads q, k, v and the
+the write) + 2 C (dk + 2 h + dv) (the intra-chunk terms); polysketch_attention (sketch r =
+SKETCH_SIZE, PolySketchFormer's learned-sketch default, with exact local attention in blocks of C
+over dk-dim local features) 2 C (dk + dv) + 4 r^2 dv + 3 r^2 (the in-block weights and values, the
+state read and write, the normaliser's read and update). Bytes: the forward reads q, k, v and the
 gates and writes o; forward+backward adds reading q, k, v, the gates and do and writing their
-gradients (the minimum traffic; states and chunk-start states are not counted).
+gradients (the minimum traffic; states and chunk-start states are not counted); polysketch_attention
+reads phi_q, phi_k (r each), v, local_q, local_k and writes o.
 """
 
 from __future__ import annotations
@@ -53,7 +57,8 @@ from zoo.training.flops import device_peak_flops  # noqa: E402
 # Memory bandwidth per device, bytes/s (vendor figures).
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "L4": 0.3e12, "TPU v5e": 0.82e12,
                   "TPU v5p": 2.76e12, "TPU v4": 1.2e12, "TPU v6": 1.64e12}
-OPS = ("gated_delta_rule", "momentum_delta_rule", "anchored_memory")
+OPS = ("gated_delta_rule", "momentum_delta_rule", "anchored_memory", "polysketch_attention")
+SKETCH_SIZE = 32  # PolySketchFormer's learned sketch r (r^2 = 1024 features), `model.polysketch.sketch_size`
 
 
 def device_peak_bandwidth() -> float | None:
@@ -67,6 +72,11 @@ def op_inputs(op: str, batch: int, seq: int, heads: int, dim: int, dtype, hidden
     normal = lambda i, shape: jax.random.normal(keys[i], shape, jnp.float32)  # noqa: E731
     unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
     shape, gate = (batch, seq, heads, dim), (batch, seq, heads)
+    if op == "polysketch_attention":  # features of a LayerNorm-ed head: sketches ~ r^-1/2, unit local q, k
+        sketch = (batch, seq, heads, SKETCH_SIZE)
+        return {"phi_q": (normal(0, sketch) * SKETCH_SIZE**-0.5).astype(dtype),
+                "phi_k": (normal(1, sketch) * SKETCH_SIZE**-0.5).astype(dtype), "v": normal(2, shape).astype(dtype),
+                "local_q": unit(normal(3, shape)).astype(dtype), "local_k": unit(normal(4, shape)).astype(dtype)}
     x = {"q": unit(normal(0, shape)).astype(dtype), "k": unit(normal(1, shape)).astype(dtype),
          "v": normal(2, shape).astype(dtype)}
     if op == "gated_delta_rule":
@@ -82,6 +92,8 @@ def op_inputs(op: str, batch: int, seq: int, heads: int, dim: int, dtype, hidden
 def call(op: str, x: dict, backend: str, chunk: int, segment_ids=None):
     """(o, final states) of `op` on the arguments `x`."""
     fn = getattr(kernels, op)
+    if op == "polysketch_attention":
+        return fn(**x, block_size=chunk, backend=backend, segment_ids=segment_ids, output_final_state=True)
     return fn(**x, chunk_size=chunk, backend=backend, segment_ids=segment_ids, output_final_state=True)
 
 
@@ -89,11 +101,16 @@ def flops_per_token(op: str, dim: int, chunk: int, hidden: int) -> float:
     """Forward model FLOPs per token and head (module docstring)."""
     if op == "anchored_memory":
         return 8 * (dim * hidden + hidden * dim) + 2 * chunk * (2 * dim + 2 * hidden)
+    if op == "polysketch_attention":
+        return 4 * chunk * dim + 4 * SKETCH_SIZE**2 * dim + 3 * SKETCH_SIZE**2
     base = 4 * chunk * dim + 3 * chunk * dim + 6 * dim * dim
     return base + (2 * chunk * chunk + 4 * dim * dim if op == "momentum_delta_rule" else 0)
 
 
 def bytes_moved(op: str, tokens: int, heads: int, dim: int, itemsize: int, backward: bool) -> float:
+    if op == "polysketch_attention":
+        forward = tokens * heads * (2 * SKETCH_SIZE + 4 * dim) * itemsize
+        return forward * (3 if backward else 1)
     gates = 2 if op == "gated_delta_rule" else 3
     forward = tokens * heads * (4 * dim * itemsize + gates * 4)
     return forward * (3 if backward else 1)

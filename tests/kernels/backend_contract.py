@@ -46,10 +46,14 @@ NO_MOMENTUM_GRID = [(1, 4), (5, 16), (37, 4)]
 RESETS_GRID = [(37, 4), (37, 16)]
 # The anchored op compiles a deep memory's second-order gradients (several seconds a shape): a tail
 # below one chunk, two chunks and a tail, and one shape per other variant.
-ANCHORED_GRID = {"anchored_memory": [(5, 4), (37, 16)], "anchored_memory/resets": [(37, 4)],
-                 "anchored_memory/no_momentum": [(37, 4)], "anchored_memory/no_momentum/resets": [(37, 16)]}
+# PolySketch's block step is a few masked matmuls: T = 1, a tail below one block, several blocks with
+# a tail, resets on and off the grid; the sketched-only variant differs in one weight matrix.
+OP_GRIDS = {"anchored_memory": [(5, 4), (37, 16)], "anchored_memory/resets": [(37, 4)],
+            "anchored_memory/no_momentum": [(37, 4)], "anchored_memory/no_momentum/resets": [(37, 16)],
+            "polysketch_attention": [(1, 4), (5, 16), (37, 4)], "polysketch_attention/resets": [(37, 4), (37, 16)],
+            "polysketch_attention/sketched": [(37, 16)], "polysketch_attention/sketched/resets": [(37, 4)]}
 GRAD_CASES = [(name, seq, chunk) for name in CASE_NAMES
-              for seq, chunk in (ANCHORED_GRID[name] if name in ANCHORED_GRID else
+              for seq, chunk in (OP_GRIDS[name] if name in OP_GRIDS else
                                  RESETS_GRID if name.endswith("/resets") else
                                  NO_MOMENTUM_GRID if name.endswith("no_momentum") else GRID)]
 
@@ -116,7 +120,7 @@ class BackendContract:
             assert grad16[name].dtype == jnp.bfloat16
             assert_close(grad16[name], grad32[name], rtol=5e-2, atol=5e-2, what=f"d/d{name}")
 
-    @pytest.mark.parametrize("case_name", ["gated_delta_rule", "momentum_delta_rule"])
+    @pytest.mark.parametrize("case_name", ["gated_delta_rule", "momentum_delta_rule", "polysketch_attention"])
     def test_no_initial_state_is_the_zero_state(self, case_name):
         """Without initial states the op starts (and restarts documents) from zeros: outputs, final
         states and the input gradients equal those of explicit zero states (ragged T, resets)."""

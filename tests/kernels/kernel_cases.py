@@ -134,6 +134,48 @@ def anchored_memory_numpy(q, k, v, lr, log_retention, log_momentum, weights, mom
     return (o, *finals)
 
 
+def polysketch_attention_numpy(phi_q, phi_k, v, local_q, local_k, degree, block, state, norm, starts=None):
+    """The decoding form (PolySketchFormer §2.4) token by token in float64: (S, z) hold the sketched
+    keys Phi(k) = phi(k) (x) phi(k) of the completed blocks, the open block's tokens are kept apart
+    and weighted exactly (<local_q, local_k>^degree, or <phi_q, phi_k>^2 without local features);
+    o_t = (sum_open w v + Phi(q_t)^T S) / (1 + sum_open w + Phi(q_t)^T z). A block folds into (S, z)
+    when the next begins; a document start empties (S, z) and the open block. Returns (o, S_T, z_T)
+    with the open block folded in."""
+    phi_q, phi_k, v, state, norm = (np.asarray(x, np.float64) for x in (phi_q, phi_k, v, state, norm))
+    local = local_q is not None
+    if local:
+        local_q, local_k = np.asarray(local_q, np.float64), np.asarray(local_k, np.float64)
+    batch, seq, heads, _ = v.shape
+    o = np.zeros(v.shape)
+    final_s, final_z = np.zeros(state.shape), np.zeros(norm.shape)
+    for b in range(batch):
+        for h in range(heads):
+            s, z, open_block = state[b, h].copy(), norm[b, h].copy(), []
+
+            def fold(s, z, tokens):
+                for j in tokens:
+                    feature = np.kron(phi_k[b, j, h], phi_k[b, j, h])
+                    s, z = s + np.outer(feature, v[b, j, h]), z + feature
+                return s, z
+
+            for t in range(seq):
+                if starts is not None and starts[b, t]:
+                    s, z, open_block = np.zeros_like(s), np.zeros_like(z), []
+                elif t % block == 0:
+                    s, z = fold(s, z, open_block)
+                    open_block = []
+                open_block.append(t)
+                if local:
+                    w = np.array([(local_q[b, t, h] @ local_k[b, j, h]) ** degree for j in open_block])
+                else:
+                    w = np.array([(phi_q[b, t, h] @ phi_k[b, j, h]) ** 2 for j in open_block])
+                big_q = np.kron(phi_q[b, t, h], phi_q[b, t, h])
+                num = w @ v[b, open_block, h] + big_q @ s
+                o[b, t, h] = num / (1.0 + w.sum() + big_q @ z)
+            final_s[b, h], final_z[b, h] = fold(s, z, open_block)
+    return o, final_s, final_z
+
+
 def _log_sigmoid(x):
     return -np.logaddexp(0.0, -x)
 
@@ -321,6 +363,51 @@ def _am_numpy(resets, activation):
 _AM_WEIGHTS = ((BATCH, HEADS, DK, HIDDEN), (BATCH, HEADS, HIDDEN, DV))
 
 
+SKETCH, LOCAL = 3, 5  # PolySketch: sketch size r (r^2 = 9 features), exact local feature size
+
+
+def _psa_inputs(rng, seq):
+    """Sketched features with keys near their queries (pairs worth finding), local features, and a
+    state of earlier tokens (z = the sum of non-negative features: positive)."""
+    phi_q = 0.6 * rng.standard_normal((BATCH, seq, HEADS, SKETCH))
+    local_q = 0.5 * rng.standard_normal((BATCH, seq, HEADS, LOCAL))
+    return dict(q=phi_q, k=phi_q + 0.4 * rng.standard_normal(phi_q.shape), v=rng.standard_normal((BATCH, seq, HEADS, DV)),
+                local_q=local_q, local_k=local_q + 0.4 * rng.standard_normal(local_q.shape),
+                initial_state=0.5 * rng.standard_normal((BATCH, HEADS, SKETCH**2, DV)),
+                initial_norm=np.abs(rng.standard_normal((BATCH, HEADS, SKETCH**2))))
+
+
+def _psa_run(resets, local):
+    def run(x, backend, chunk_size):
+        o, (s, z) = kernels.polysketch_attention(
+            x["q"], x["k"], x["v"], local_q=x["local_q"] if local else None, local_k=x["local_k"] if local else None,
+            degree=4, block_size=chunk_size,
+            initial_state=None if x["initial_state"] is None else (x["initial_state"], x["initial_norm"]),
+            output_final_state=True, backend=backend, segment_ids=segment_ids(x["q"].shape[1]) if resets else None)
+        return o, s, z
+
+    return run
+
+
+def _psa_numpy(resets, local):
+    def numpy(x, chunk_size):
+        starts = _starts(x["q"].shape[1]) if resets else None
+        return polysketch_attention_numpy(x["q"], x["k"], x["v"], x["local_q"] if local else None,
+                                          x["local_k"] if local else None, 4, chunk_size, x["initial_state"],
+                                          x["initial_norm"], starts)
+
+    return numpy
+
+
+def _psa_sketched(rng, seq):
+    x = _psa_inputs(rng, seq)
+    del x["local_q"], x["local_k"]
+    return x
+
+
+_PSA_STATES = ((BATCH, HEADS, SKETCH**2, DV), (BATCH, HEADS, SKETCH**2))
+
+
 def _cases(resets):
     tag = "/resets" if resets else ""
     cases = [
@@ -333,6 +420,11 @@ def _cases(resets):
                ("w0", "w1", "s0", "s1"), anchored=True, state_shapes=_AM_WEIGHTS * 2),
         OpCase("anchored_memory/no_momentum" + tag, _am_inputs(False), _am_run(resets, "gelu"),
                _am_numpy(resets, "gelu"), ("w0", "w1"), anchored=True, state_shapes=_AM_WEIGHTS),
+        # exact local attention makes the block part of the function (anchored); sketched only, a tiling choice
+        OpCase("polysketch_attention" + tag, _psa_inputs, _psa_run(resets, True), _psa_numpy(resets, True),
+               ("initial_state", "initial_norm"), anchored=True, state_shapes=_PSA_STATES),
+        OpCase("polysketch_attention/sketched" + tag, _psa_sketched, _psa_run(resets, False),
+               _psa_numpy(resets, False), ("initial_state", "initial_norm"), state_shapes=_PSA_STATES),
     ]
     return {case.name: case for case in cases}
 

@@ -216,6 +216,34 @@ def test_anchored_memory_table_defaults_and_errors():
     kernels.anchored_memory(*args, initial_weights=weights, chunk_size=4, segment_ids=off_grid, backend="reference")
 
 
+def test_polysketch_attention_defaults_and_errors():
+    rng = np.random.default_rng(0)
+    phi, v, local = (rng.standard_normal((B, 8, H, d)).astype(np.float32) for d in (3, DV, 5))
+    o, (s, z) = kernels.polysketch_attention(phi, phi, v, block_size=4, output_final_state=True)
+    assert o.shape == (B, 8, H, DV) and s.shape == (B, H, 9, DV) and z.shape == (B, H, 9)
+    assert kernels.IMPLEMENTATIONS["polysketch_attention"].select("auto").name == "xla"  # CPU
+    assert kernels.polysketch_attention(phi, phi, v)[1] is None
+    errors = [
+        (dict(local_q=local), "pass local_q and local_k together"),
+        (dict(local_q=local, local_k=local[:, :4]), r"local_q and local_k must both have shape .* got \(1, 8, 2, 5\) "
+                                                    r"and \(1, 4, 2, 5\)"),
+        (dict(degree=3), "degree must be an even int >= 2"),
+        (dict(block_size=0), "chunk_size must be an int >= 1"),
+        (dict(initial_state=np.zeros((B, H, 9, DV))), r"initial_state must be a pair \(S"),
+        (dict(initial_state=(np.zeros((B, H, 9, DV)), np.zeros((B, H, 3)))),
+         r"initial_state\[1\] \(z\) must have shape \[batch, heads, r\^2\] = \(1, 2, 9\)"),
+        (dict(segment_ids=np.zeros((B, 7), np.int32)), r"segment_ids must have shape \[batch, seq\]"),
+        (dict(backend="cuda"), "polysketch_attention: backend must be one of 'auto', 'reference', 'xla', 'pallas'"),
+    ]
+    for kwargs, message in errors:
+        with pytest.raises(ValueError, match=message):
+            kernels.polysketch_attention(phi, phi, v, **kwargs)
+    with pytest.raises(ValueError, match=r"phi_q and phi_k must both have shape \[batch, seq, heads, r\]"):
+        kernels.polysketch_attention(phi, phi[..., :2], v)
+    with pytest.raises(ValueError, match="phi_q must be a floating-point array"):
+        kernels.polysketch_attention(phi.astype(np.int32), phi, v)
+
+
 @pytest.mark.parametrize("outcome", ["compiles", "fails"])
 def test_auto_prefers_pallas_on_accelerators_after_its_probe(outcome, monkeypatch):
     """On a GPU or TPU, "auto" runs the Pallas kernels once their probe (a tiny forward + backward
@@ -250,7 +278,8 @@ def test_auto_prefers_pallas_on_accelerators_after_its_probe(outcome, monkeypatc
 
 
 @pytest.mark.parametrize("op,signature", [("gated_delta_rule", (8, 6, 4)), ("momentum_delta_rule", (8, 6, 4, True)),
-                                          ("anchored_memory", (((8, 5), (5, 8)), 4, "gelu", True, False))])
+                                          ("anchored_memory", (((8, 5), (5, 8)), 4, "gelu", True, False)),
+                                          ("polysketch_attention", (3, 6, 5, 4, 4))])
 def test_probe_compiles_on_cpu(op, signature):
     """Each op's probe is a real compile of its kernels (here interpreted), also inside a jit trace
     (where "auto" runs it): it raises nothing."""

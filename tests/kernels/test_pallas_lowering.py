@@ -1,7 +1,7 @@
 """The Pallas kernels lower for the accelerators, checked on this CPU machine: `jax.export` traces
 each op's forward and backward kernels for CUDA (Pallas Triton) and TPU (Mosaic) under
 `kernels.pallas_chunks.lowering_target`, which is where an unsupported primitive (a cumsum, a
-static slice, an erf, a matrix-vector dot) fails. Compiling the emitted Triton or Mosaic IR and
+static slice, an erf, a matrix-vector dot) fails: the memory ops and PolySketch attention. Compiling the emitted Triton or Mosaic IR and
 running it needs the device (`scripts/bench_kernels.py --device-run`)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import kernels
 from kernels.pallas_chunks import lowering_target
 
-B, T, H, D, CHUNK = 1, 100, 1, 128, 64  # a chunk and a ragged tail; documents start at 40 (inside a chunk) and 64;
+B, T, H, D, CHUNK, SKETCH = 1, 100, 1, 128, 64, 16  # a chunk and a ragged tail; documents start at 40 (inside a chunk) and 64;
 # D = 128: on GPU the delta rules split the value columns across two programs (VALUE_BLOCKS)
 
 
@@ -39,12 +39,26 @@ def _loss(op: str):
     return loss
 
 
+def _polysketch_loss(local: bool):
+    """PolySketch attention with r = 16 (256 features), exact local attention or none, documents."""
+    segment_ids = jnp.asarray(np.repeat([[1] * 40 + [2] * 24 + [3] * 36], B, 0), jnp.int32)
+
+    def loss(q, k, v, *_):  # the sketched features from q and k's first columns, local ones q and k
+        o, (s, z) = kernels.polysketch_attention(q[..., :SKETCH], k[..., :SKETCH], v, local_q=q if local else None,
+                                                 local_k=k if local else None, block_size=CHUNK,
+                                                 segment_ids=segment_ids, output_final_state=True, backend="pallas")
+        return o.sum() + s.sum() + z.sum()
+
+    return loss
+
+
 @pytest.mark.parametrize("platform", ["gpu", "tpu"])
-@pytest.mark.parametrize("op", list(kernels.MEMORY_OPS))
+@pytest.mark.parametrize("op", list(kernels.MEMORY_OPS) + ["polysketch_attention", "polysketch_attention/sketched"])
 def test_forward_and_backward_kernels_lower(op, platform):
     x = jax.ShapeDtypeStruct((B, T, H, D), jnp.float32)
     gate = jax.ShapeDtypeStruct((B, T, H), jnp.float32)
-    grad = jax.jit(jax.grad(_loss(op), argnums=tuple(range(6))))
+    loss = _polysketch_loss(not op.endswith("sketched")) if op.startswith("polysketch") else _loss(op)
+    grad = jax.jit(jax.grad(loss, argnums=tuple(range(6))))
     with lowering_target(platform):
         exported = jax.export.export(grad, platforms=["cuda" if platform == "gpu" else "tpu"], disabled_checks=[
             jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(x, x, x, gate, gate, gate)

@@ -18,10 +18,11 @@ every weight is >= 0 and ~ <q, k>^4:
 With `local_exact`, pairs inside one block of `block` tokens use the exact weight
 <LN_q(q_i), LN_k(k_j)>^degree instead (separate LayerNorms, §2.3 "mixed"); one normaliser.
 
-Training runs the block algorithm (§2.3): blocks of `block` tokens in a `lax.scan` carrying the
-state S = sum phi(k) (x) phi(k) v^T `[r^2, d]` and z = sum phi(k) (x) phi(k) `[r^2]`; each block adds
-its exact lower-triangular part. Packed documents reset the state (a token reads the carried state
-only if its document started before its block). Decoding (§2.4) keeps (S, z) plus the current
+Training and prefill run the block algorithm (§2.3) of `kernels.polysketch_attention` (xla, or its
+Pallas kernels on GPU/TPU): blocks of `block` tokens carrying the state S = sum phi(k) (x) phi(k) v^T
+`[r^2, d]` and z = sum phi(k) (x) phi(k) `[r^2]`; each block adds its exact lower-triangular part.
+Packed documents reset the state (a token reads the carried state only if its document started
+before its block). Decoding (§2.4) keeps (S, z) plus the current
 block's tokens (their local keys, values and features), folded into (S, z) when the block ends.
 """
 
@@ -34,7 +35,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from kernels.common import in_chunk_documents
+import kernels
+from kernels.polysketch_attention.chunked import block_weights, tensor_square
 from zoo.layers.attention import positions_in_documents
 from zoo.layers.linear import Projection
 from zoo.layers.param import constant_param, normal_param
@@ -51,7 +53,8 @@ class PolySketchFormat:
     polynomial attention); `sketch_size` r (r^2 features); `block`: tokens per block of the causal
     algorithm, and the window of exact local attention when `local_exact`; `degree`: the exact
     kernel's even power p; `sketch_scale`: the random sketch's 1/sqrt(r) (unbiased) or 1/r (the
-    released code)."""
+    released code); `backend`: the block algorithm's, `kernels.polysketch_attention`'s ("auto":
+    Pallas on GPU and TPU, xla on CPU)."""
 
     feature: str = dataclasses.field(default="learned", metadata={"choices": FEATURES})
     sketch_size: int = 32
@@ -59,6 +62,8 @@ class PolySketchFormat:
     local_exact: bool = True
     degree: int = 4
     sketch_scale: str = dataclasses.field(default="unbiased", metadata={"choices": SKETCH_SCALES})
+    backend: str = dataclasses.field(default="auto", metadata={"choices": (
+        "auto", *kernels.IMPLEMENTATIONS["polysketch_attention"])})
 
     def __post_init__(self):
         if self.degree < 2 or self.degree % 2:
@@ -123,11 +128,6 @@ class RandomSketch(nnx.Module):
         return self.c * (x @ self.g1.value) * (x @ self.g2.value)
 
 
-def tensor_square(phi: jax.Array) -> jax.Array:
-    """`[..., r] -> [..., r^2]`: phi (x) phi, so <Phi(q), Phi(k)> = <phi(q), phi(k)>^2."""
-    return (phi[..., :, None] * phi[..., None, :]).reshape(phi.shape[:-1] + (-1,))
-
-
 def _on_grid(a: jax.Array, offset, size: int) -> jax.Array:
     """`a: [b, t, ...]` placed at slot `offset` (traced or static) of zeros `[b, size, ...]`."""
     grid = jnp.zeros((a.shape[0], size) + a.shape[2:], a.dtype)
@@ -184,77 +184,24 @@ class PolySketchAttention(nnx.Module):
             return phi_q, phi_k, None, None, self.v(x).astype(jnp.float32)
         return phi_q, phi_k, self.local_q_norm(q), self.local_k_norm(k), self.v(x).astype(jnp.float32)
 
-    def _local_weights(self, phi_q, phi_k, lq, lk):
-        """Weights of query rows against key rows (`[..., t, h, *] x [..., s, h, *] -> [..., h, t, s]`),
-        before masking: exact <lq, lk>^p with local_exact, else the sketched kernel."""
-        if self.spec.local_exact or self.exact:
-            return jnp.einsum("...thd,...shd->...hts", lq, lk) ** self.spec.degree
-        return jnp.einsum("...thr,...shr->...hts", phi_q, phi_k) ** 2
+    def _attend(self, phi_q, phi_k, v, lq, lk, **kwargs):
+        """The block algorithm (`kernels.polysketch_attention`) on this layer's features; the exact
+        baseline as one block of every token with zero sketches (every pair exact, dense)."""
+        if self.exact:
+            phi_q = phi_k = jnp.zeros(v.shape[:-1] + (1,), jnp.float32)
+            kwargs.update(block_size=v.shape[1], backend="xla")
+        else:
+            kwargs.setdefault("block_size", self.spec.block)
+            kwargs.setdefault("backend", self.spec.backend)
+        return kernels.polysketch_attention(phi_q, phi_k, v, local_q=lq, local_k=lk, degree=self.spec.degree, **kwargs)
 
     # -- training form -------------------------------------------------------------------------------
 
     def __call__(self, x: jax.Array, *, segment_ids: jax.Array | None = None) -> jax.Array:
         """Full-sequence causal attention by the block algorithm; documents never see each other."""
-        b, t, _ = x.shape
-        phi_q, phi_k, lq, lk, v = self._features(x, positions_in_documents(segment_ids, t))
-        if self.exact:
-            return self.o(self._exact(lq, lk, v, segment_ids).astype(self.dtype))
-        n = -(-t // self.spec.block)
-        starts = jnp.zeros((b, t), bool) if segment_ids is None else jnp.concatenate(
-            [jnp.zeros((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
-        grid = {name: _on_grid(a, 0, n * self.spec.block) for name, a in
-                dict(phi_q=phi_q, phi_k=phi_k, v=v, starts=starts, lq=lq, lk=lk).items() if a is not None}
-        r2 = self.spec.sketch_size ** 2
-        init = (jnp.zeros((b, self.num_heads, r2, self.head_dim), jnp.float32),
-                jnp.zeros((b, self.num_heads, r2), jnp.float32))
-        _, out = self._block_scan(grid, jnp.ones((b, n * self.spec.block), bool), jnp.ones((n,), bool), init)
-        return self.o(out[:, :t].astype(self.dtype))
-
-    def _block_scan(self, grid: dict, keys: jax.Array, fold: jax.Array, init):
-        """The block algorithm (§2.3) over `grid` leaves `[b, n * block, ...]` (phi_q, phi_k, v,
-        starts; lq, lk with local_exact) from the state `init` = (S `[b, h, r^2, d]`, z `[b, h, r^2]`).
-        `keys: [b, n * block]`: slots that are keys (others are neither read nor folded); `fold: [n]`:
-        the blocks folded into the state after they are read. Returns ((S, z), out `[b, n * block, h, d]`)."""
-        b, g = keys.shape
-        blk = self.spec.block
-        n = g // blk
-
-        def blocks(a):  # [b, n * blk, ...] -> [n, b, blk, ...]
-            return jnp.moveaxis(a.reshape((b, n, blk) + a.shape[2:]), 1, 0)
-
-        xs = {name: blocks(a) for name, a in grid.items()}
-        xs.update(keys=blocks(keys), fold=fold)
-
-        def one_block(carry, blk_xs):
-            state, norm = carry
-            last, same = in_chunk_documents(blk_xs["starts"])  # [b, blk], [b, blk, blk]
-            causal = jnp.tril(jnp.ones((blk, blk), bool))
-            w = self._local_weights(blk_xs["phi_q"], blk_xs["phi_k"], blk_xs.get("lq"), blk_xs.get("lk"))
-            w = jnp.where((causal & same & blk_xs["keys"][:, None, :])[:, None], w, 0.0)  # [b, h, blk, blk]
-            big_q, big_k = tensor_square(blk_xs["phi_q"]), tensor_square(blk_xs["phi_k"])  # [b, blk, h, r^2]
-            reads = (last < 0)[:, :, None, None]  # the token's document started before the block
-            num = jnp.einsum("bhts,bshd->bthd", w, blk_xs["v"]) + jnp.where(
-                reads, jnp.einsum("bthf,bhfd->bthd", big_q, state), 0.0)
-            den = jnp.sum(w, axis=-1).transpose(0, 2, 1)[..., None] + jnp.where(
-                reads, jnp.einsum("bthf,bhf->bth", big_q, norm)[..., None], 0.0)
-            keep = ((last == last[:, -1:]) & blk_xs["keys"] & blk_xs["fold"])[:, :, None, None]  # carries on
-            fresh = jnp.any(blk_xs["starts"], axis=1)[:, None, None]
-            big_k = jnp.where(keep, big_k, 0.0)
-            state = jnp.where(fresh[..., None], 0.0, state) + jnp.einsum("bthf,bthd->bhfd", big_k, blk_xs["v"])
-            norm = jnp.where(fresh, 0.0, norm) + jnp.sum(big_k, axis=1)
-            return (state, norm), num / (1.0 + den)
-
-        carry, out = jax.lax.scan(jax.checkpoint(one_block), init, xs)
-        return carry, jnp.moveaxis(out, 0, 1).reshape((b, g, self.num_heads, self.head_dim))
-
-    def _exact(self, lq, lk, v, segment_ids):
-        """Quadratic polynomial attention (§2.1): dense `[b, h, t, t]` weights, causal, per document."""
-        t = lq.shape[1]
-        mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
-        if segment_ids is not None:
-            mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
-        w = jnp.where(mask, self._local_weights(None, None, lq, lk), 0.0)
-        return jnp.einsum("bhts,bshd->bthd", w, v) / (1.0 + jnp.sum(w, axis=-1).transpose(0, 2, 1))[..., None]
+        phi_q, phi_k, lq, lk, v = self._features(x, positions_in_documents(segment_ids, x.shape[1]))
+        out, _ = self._attend(phi_q, phi_k, v, lq, lk, segment_ids=segment_ids)
+        return self.o(out.astype(self.dtype))
 
     # -- decoding ------------------------------------------------------------------------------------
 
@@ -278,31 +225,32 @@ class PolySketchAttention(nnx.Module):
         return self._extend_blocks(features, cache)
 
     def _extend_blocks(self, features, cache: PolySketchCache) -> tuple[jax.Array, PolySketchCache]:
-        """The call's tokens placed on the block grid at `pos % block`: slots before them hold the
-        current block's earlier tokens (keys only, local_exact) or nothing (without it the state
-        already holds them); complete blocks fold into (S, z), the last partial one stays local."""
+        """The call's tokens placed on the block grid at `pos % block`, run through the block
+        algorithm from (S, z). Slots before them hold the current block's earlier tokens (with
+        local_exact: their local keys, values and features, not yet folded) or nothing (without it
+        the state already holds them); the open block's sketched keys stay out of the state (it
+        folds when complete) and its tokens become the cache's local ones."""
         phi_q, phi_k, lq, lk, v = features
         b, seq = v.shape[:2]
         blk, local = self.spec.block, self.spec.local_exact
         off = cache.pos % blk
-        n = -(-(blk - 1 + seq) // blk)
-        g = n * blk
+        g = -(-(blk - 1 + seq) // blk) * blk
         grid = dict(phi_q=_on_grid(phi_q, off, g), phi_k=_on_grid(phi_k, off, g), v=_on_grid(v, off, g),
-                    starts=jnp.zeros((b, g), bool))
-        slot = jnp.arange(g)
+                    lq=None, lk=None)
+        slot = jnp.arange(g)[None, :, None, None]
+        folded = grid["phi_k"]
         if local:
-            earlier = (slot < off)[None, :, None, None]
             pad = lambda a: jnp.pad(a, [(0, 0), (0, g - blk), (0, 0), (0, 0)])  # noqa: E731
             grid.update(lq=_on_grid(lq, off, g), lk=_on_grid(lk, off, g))
             for name, kept in (("lk", cache.local_k), ("v", cache.local_v), ("phi_k", cache.local_phi)):
-                grid[name] = jnp.where(earlier, pad(kept), grid[name])
-        keys = (slot < off + seq) & ((slot >= off) | local)
-        fold = (jnp.arange(n) + 1) * blk <= off + seq if local else jnp.ones((n,), bool)
-        (state, norm), out = self._block_scan(grid, jnp.broadcast_to(keys, (b, g)), fold, (cache.state, cache.norm))
+                grid[name] = jnp.where(slot < off, pad(kept), grid[name])
+            here = (off + seq) // blk * blk  # the open block (the next token's); g when the call ends on the grid
+            folded = jnp.where(slot < here, grid["phi_k"], 0.0)
+        out, (state, norm) = self._attend(grid["phi_q"], folded, grid["v"], grid["lq"], grid["lk"],
+                                          initial_state=(cache.state, cache.norm), output_final_state=True)
         y = jax.lax.dynamic_slice_in_dim(out, off, seq, axis=1)
         local_k, local_v, local_phi = cache.local_k, cache.local_v, cache.local_phi
-        if local:  # the block the next token falls in (its earlier slots; clamped when the call ends on the grid)
-            here = (off + seq) // blk * blk
+        if local:  # the open block's earlier slots (clamped to the last block when the call ends on the grid)
             local_k, local_v, local_phi = (jax.lax.dynamic_slice_in_dim(grid[name], here, blk, axis=1)
                                            for name in ("lk", "v", "phi_k"))
         return self.o(y.astype(self.dtype)), PolySketchCache(state, norm, local_k, local_v, local_phi, cache.pos + seq)
@@ -323,7 +271,8 @@ class PolySketchAttention(nnx.Module):
                 slot = c.pos % blk
                 local_k, local_v, local_phi = (c.local_k.at[:, slot].set(k_loc), c.local_v.at[:, slot].set(vt),
                                                c.local_phi.at[:, slot].set(pk))
-                w = self._local_weights(None, None, q_loc[:, None], local_k)[:, :, 0]  # [b, h, blk]
+                w = block_weights(None, None, q_loc[:, :, None], jnp.swapaxes(local_k, 1, 2),
+                                  self.spec.degree)[:, :, 0]  # [b, h, blk]
                 w = jnp.where((jnp.arange(blk) <= slot)[None, None], w, 0.0)
                 num = jnp.einsum("bhs,bshd->bhd", w, local_v)
                 den = jnp.sum(w, axis=-1)
