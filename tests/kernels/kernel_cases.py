@@ -151,18 +151,11 @@ def polysketch_attention_numpy(phi_q, phi_k, v, local_q, local_k, degree, block,
     for b in range(batch):
         for h in range(heads):
             s, z, open_block = state[b, h].copy(), norm[b, h].copy(), []
-
-            def fold(s, z, tokens):
-                for j in tokens:
-                    feature = np.kron(phi_k[b, j, h], phi_k[b, j, h])
-                    s, z = s + np.outer(feature, v[b, j, h]), z + feature
-                return s, z
-
             for t in range(seq):
                 if starts is not None and starts[b, t]:
                     s, z, open_block = np.zeros_like(s), np.zeros_like(z), []
                 elif t % block == 0:
-                    s, z = fold(s, z, open_block)
+                    s, z = _fold(s, z, phi_k[b, open_block, h], v[b, open_block, h])
                     open_block = []
                 open_block.append(t)
                 if local:
@@ -172,8 +165,16 @@ def polysketch_attention_numpy(phi_q, phi_k, v, local_q, local_k, degree, block,
                 big_q = np.kron(phi_q[b, t, h], phi_q[b, t, h])
                 num = w @ v[b, open_block, h] + big_q @ s
                 o[b, t, h] = num / (1.0 + w.sum() + big_q @ z)
-            final_s[b, h], final_z[b, h] = fold(s, z, open_block)
+            final_s[b, h], final_z[b, h] = _fold(s, z, phi_k[b, open_block, h], v[b, open_block, h])
     return o, final_s, final_z
+
+
+def _fold(s, z, keys, values):
+    """(S, z) + the tokens' sketched keys Phi(k) = phi(k) (x) phi(k): `keys: [n, r]`, `values: [n, dv]`."""
+    for key, value in zip(keys, values, strict=True):
+        feature = np.kron(key, key)
+        s, z = s + np.outer(feature, value), z + feature
+    return s, z
 
 
 def _log_sigmoid(x):
