@@ -40,7 +40,9 @@ def dense_oracle(attn, x, segment_ids):
     return attn.o(out)
 
 
-@pytest.mark.parametrize("spec", [dict(feature="random", local_exact=False), dict(feature="random", local_exact=True),
+# The block algorithm itself is `kernels.polysketch_attention` (its backends meet the kernel contract
+# against a dense reference and a float64 decoding loop); here the layer's features reach it right.
+@pytest.mark.parametrize("spec", [dict(feature="random", local_exact=False),
                                   dict(feature="learned", local_exact=True, sketch_scale="code")])
 def test_block_algorithm_equals_dense_masked_sketched_attention(spec):
     attn = layer(sketch_size=6, block=8, **spec)
