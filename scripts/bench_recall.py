@@ -16,6 +16,7 @@ they run with model.attn_conv_width=0 (their own token mixing only).
 
     python scripts/bench_recall.py --jobs 2 --output scripts/results/bench_recall_cpu.json
     python scripts/bench_recall.py --models titans_lmm,gated_deltanet --settings tiny --seeds 0
+    python scripts/bench_recall.py --models lattice --settings tiny --set model.memory.retention=slot_norm_gla
 
 Each run is a subprocess (`--run-one`), so `--jobs` runs go side by side (single-threaded XLA
 each); `--resume` keeps the runs an existing --output already holds.
@@ -56,15 +57,27 @@ class Run:
     seed: int
     steps: int
     eval_every: int
+    extra: tuple[str, ...] = ()  # --set overrides: a variant of the model
 
     def overrides(self) -> list[str]:
         return [f"model.name={self.model}", *SETTINGS[self.setting], *MODEL_OVERRIDES.get(self.model, ()),
-                f"train.steps={self.steps}", f"train.eval_every={self.eval_every}", f"train.seed={self.seed}",
+                *self.extra, f"train.steps={self.steps}", f"train.eval_every={self.eval_every}", f"train.seed={self.seed}",
                 f"data.seed={self.seed}", f"train.log_every={self.steps}", "train.progress_bar=false",
                 f"checkpoint.every_steps={self.steps}", "checkpoint.async_save=false"]
 
     def key(self) -> tuple:
-        return (self.model, self.setting, self.seed, self.steps, self.eval_every)
+        return (self.model, self.setting, self.seed, self.steps, self.eval_every, self.extra)
+
+    @classmethod
+    def of(cls, record: dict) -> "Run":
+        """The run a JSON record (or a --run-one argument) describes."""
+        return cls(record["model"], record["setting"], record["seed"], record["steps"], record["eval_every"],
+                   tuple(record.get("extra", ())))
+
+
+def label(record: dict) -> str:
+    """The model's name, with its --set overrides when it ran with any."""
+    return record["model"] + (f" [{' '.join(record['extra'])}]" if record.get("extra") else "")
 
 
 def run_one(run: Run) -> dict:
@@ -101,7 +114,7 @@ def summarize(runs: list[dict]) -> list[dict]:
     """Median (and per-seed) held-out accuracy of each model and setting at every eval step."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["model"], r["setting"]), []).append(r)
+        groups.setdefault((label(r), r["setting"]), []).append(r)
     rows = []
     for (model, setting), group in sorted(groups.items()):
         steps = sorted(set.intersection(*(set(r["curve"]) for r in group)))
@@ -132,8 +145,8 @@ def plot(runs: list[dict], path: Path) -> None:
     settings = sorted({r["setting"] for r in runs}, key=list(SETTINGS).index)
     fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.2), squeeze=False)
     for ax, setting in zip(axes[0], settings):
-        for model in sorted({r["model"] for r in runs if r["setting"] == setting}):
-            group = [r["curve"] for r in runs if r["setting"] == setting and r["model"] == model]
+        for model in sorted({label(r) for r in runs if r["setting"] == setting}):
+            group = [r["curve"] for r in runs if r["setting"] == setting and label(r) == model]
             steps = sorted(set.intersection(*(set(c) for c in group)))
             acc = [[c[s] for c in group] for s in steps]
             line, = ax.plot(steps, [statistics.median(a) for a in acc], marker="o", ms=3, label=model)
@@ -160,10 +173,13 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=None, help="JSON path (saved after every run)")
     p.add_argument("--plot", default=None, help="PNG path (default: the --output path with .png)")
     p.add_argument("--resume", action="store_true", help="keep the runs --output already holds")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one config value in every run (repeatable, as train.py's), a variant of the "
+                        "models (e.g. model.memory.retention=slot_norm_gla); recorded with each run and in its label")
     p.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.run_one:
-        print(json.dumps(run_one(Run(**json.loads(args.run_one)))))
+        print(json.dumps(run_one(Run.of(json.loads(args.run_one)))))
         return 0
 
     import jax
@@ -177,15 +193,22 @@ def main(argv=None) -> int:
     if unknown or bad:
         p.error(f"unknown models {unknown} or settings {bad}; models: {', '.join(sorted(registry.models()))}; "
                 f"settings: {', '.join(SETTINGS)}")
-    planned = [Run(m, s, int(seed), args.steps, args.eval_every)
+    planned = [Run(m, s, int(seed), args.steps, args.eval_every, tuple(args.set))
                for s in settings for m in names for seed in args.seeds.split(",")]
+    from zoo.config import ConfigError, load_config
+
+    for run in {r.model: r for r in planned}.values():  # a bad --set fails here, not in every subprocess
+        try:
+            load_config(ROOT / BASE_CONFIG, overrides=run.overrides())
+        except (ConfigError, ValueError) as e:
+            p.error(f"{run.model} with --set {' '.join(args.set)}: {e}")
     out = Path(args.output) if args.output else None
     done: list[dict] = []
     if args.resume and out is not None and out.is_file():  # every run it holds stays, planned or not
         done = json.loads(out.read_text())["runs"]
         for r in done:
             r["curve"] = {int(k): v for k, v in r["curve"].items()}
-    have = {Run(r["model"], r["setting"], r["seed"], r["steps"], r["eval_every"]).key() for r in done}
+    have = {Run.of(r).key() for r in done}
     todo = [r for r in planned if r.key() not in have]
     print(f"{len(todo)} runs to do ({len(done)} kept), {args.jobs} at a time", flush=True)
 
@@ -211,7 +234,7 @@ def main(argv=None) -> int:
                 continue
             done.append(result)
             last = result["curve"][max(result["curve"])]
-            print(f"{result['model']:16s} {result['setting']:5s} seed {result['seed']}: {last:.3f} after "
+            print(f"{label(result):16s} {result['setting']:5s} seed {result['seed']}: {last:.3f} after "
                   f"{max(result['curve'])} steps ({result['seconds']:.0f} s)", flush=True)
             save()
     done.sort(key=lambda r: (r["setting"], r["model"], r["seed"]))

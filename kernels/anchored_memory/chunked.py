@@ -165,6 +165,23 @@ def decayed_terms(log_retention: jax.Array, m: jax.Array, n: jax.Array, valid: j
     return rows(beta), jnp.sum(decay * (vf * m)[None, :], axis=-1), decay @ (vf[:, None] * n)  # no matvec: Triton's dots are 2-D
 
 
+def signed_channel_terms(gates: jax.Array, m: jax.Array, n: jax.Array, valid: jax.Array
+                         ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`decayed_terms` for per-key-channel factors of any sign, `gates: [C, dk]` (Lattice's GLA form:
+    a_{t,i} > 1 is the normal case, a <= 0 possible, so there are no logs): beta_r = prod_{j<=r} a_j,
+    D[r, j] = prod_{j<j'<=r} a_j' as a masked direct product (a cumulative product over r of the
+    factors a_r where r > j, 1 elsewhere: never a division by beta_j, which may be 0), f = D (valid m),
+    G = D (valid n); invalid positions factor 1. Returns (beta, f, G): `[C, dk]`, `[C, dk]`, `[C, C, dk]`."""
+    vf = valid.astype(jnp.float32)
+    a = jnp.where(valid[:, None], gates, 1.0)
+    rows = jax.lax.broadcasted_iota(jnp.int32, (a.shape[0],) * 2, 0)
+    cols = jax.lax.broadcasted_iota(jnp.int32, (a.shape[0],) * 2, 1)
+    factors = jnp.where((rows > cols)[:, :, None], a[:, None, :], 1.0)  # [r, j, dk]: a_r past j
+    decay = jnp.where((rows >= cols)[:, :, None], jnp.cumprod(factors, axis=0), 0.0)
+    return (jnp.cumprod(a, axis=0), jnp.einsum("rjd,j->rd", decay, vf * m),
+            jnp.einsum("rjd,ji->rid", decay, vf[:, None] * n))
+
+
 def dual_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, beta, f, big_g, m, n, *,
               activation: Callable, residual: bool, momentum: bool, output_norm: bool = False,
               transposed: bool = False, read: bool = True) -> tuple[tuple[Weights, Weights], jax.Array | None]:
@@ -209,7 +226,8 @@ def outer_sum(coefficients: jax.Array, a: jax.Array, d: jax.Array) -> jax.Array:
 
 def positionwise_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, log_retention: jax.Array,
                       m: jax.Array, n: jax.Array, valid: jax.Array, *, write: Callable | None = None,
-                      view: Callable | None = None, pullback: Callable | None = None, activation: Callable,
+                      view: Callable | None = None, pullback: Callable | None = None,
+                      channel_gates: jax.Array | None = None, activation: Callable,
                       residual: bool, output_norm: bool = False) -> tuple[tuple[Weights, Weights], jax.Array]:
     """The chunk step with the state materialised at every position (O(C^2 |W|) work and O(C |W|)
     memory per chunk), for what `dual_read`'s closed form cannot express:
@@ -224,26 +242,36 @@ def positionwise_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, 
       read through the view of its own position's state;
     - `pullback(weights) -> weights` (linear: a riemannian view's VJP at the anchor, Lattice): the
       cumulative update at every position, W_r - W_s, is mapped through it before the read (no
-      decay: the retention of a riemannian view has no gate).
+      decay: the retention of a riemannian view has no gate);
+    - `channel_gates: [C, dk]` (one matrix, no write): per-token factors of any sign on the state's
+      key channels (rows) in place of the retention, W_r = Diag(a_r) W_{r-1} + update_r (Lattice's
+      GLA form, whose factors the caller computes at the anchor; `signed_channel_terms`).
 
     `log_retention: [C]` (one decay per token); m, n as in `dual_read` (n may span a
     halo-extended key set). Returns ((W_C, S_C), Y [C, dv])."""
-    per_position, new_s = [], []
-    if write is None:
+    layers = list(zip(w_start, s_start, inputs, deltas, strict=True))
+    if channel_gates is not None:
+        if write is not None or len(layers) != 1:
+            raise ValueError("channel_gates (the GLA form) need one matrix layer and no write")
+        beta, f, big_g = signed_channel_terms(channel_gates, m, n, valid)
+        per_position = [beta[:, :, None] * ws[None] + f[:, :, None] * ss[None]
+                        - jnp.einsum("rik,iv->rkv", big_g * a[None], d) for ws, ss, a, d in layers]
+        new_s = [m[-1] * ss - (a * n[-1][:, None]).T @ d for ws, ss, a, d in layers]
+    elif write is None:
         beta, f, big_g = decayed_terms(log_retention, m, n, valid)
+        per_position = [beta[:, None, None] * ws[None] + f[:, None, None] * ss[None] - outer_sum(big_g, a, d)
+                        for ws, ss, a, d in layers]
+        new_s = [m[-1] * ss - (a * n[-1][:, None]).T @ d for ws, ss, a, d in layers]
     else:
         cum = jnp.cumsum(jnp.where(valid, log_retention, 0.0))
         beta, decay = jnp.exp(cum), decay_ratios(cum) * valid.astype(jnp.float32)[None, :]
-    for ws, ss, a, d in zip(w_start, s_start, inputs, deltas, strict=True):
-        if write is None:
-            per_position.append(beta[:, None, None] * ws[None] + f[:, None, None] * ss[None] - outer_sum(big_g, a, d))
-            new_s.append(m[-1] * ss - (a * n[-1][:, None]).T @ d)
-            continue
-        momenta = m[:, None, None] * ss[None] - outer_sum(n, a, d)  # (a)
-        steps = jax.vmap(write)(momenta)  # (b)
-        summed = (decay @ steps.reshape(steps.shape[0], -1)).reshape(steps.shape)
-        per_position.append(beta[:, None, None] * ws[None] + summed)  # (c)
-        new_s.append(momenta[-1])
+        per_position, new_s = [], []
+        for ws, ss, a, d in layers:
+            momenta = m[:, None, None] * ss[None] - outer_sum(n, a, d)  # (a)
+            steps = jax.vmap(write)(momenta)  # (b)
+            summed = (decay @ steps.reshape(steps.shape[0], -1)).reshape(steps.shape)
+            per_position.append(beta[:, None, None] * ws[None] + summed)  # (c)
+            new_s.append(momenta[-1])
     if pullback is not None:
         pulled = jax.vmap(pullback)(tuple(p - ws[None] for p, ws in zip(per_position, w_start, strict=True)))
         per_position = [ws[None] + p for p, ws in zip(pulled, w_start, strict=True)]

@@ -78,7 +78,9 @@ def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates
     """Retention, then the learner's update with the inner gradient taken at `at` (W_{t-1} or
     the anchor), or at the retained weights l_t W_{t-1} when spec.gradient_at == "retained";
     the step is clipped to norm spec.max_grad_norm (by scaling rho_t), or, with an Omega window,
-    the window's gradients each. Returns (W_t, buffers, window)."""
+    the window's gradients each. A riemannian retention pulls the gradient back at the point
+    (`gradient_point`), or with a `normal_gate` scales the retained rows by it (the GLA form).
+    Returns (W_t, buffers, window)."""
     kept = retain(spec, state.weights, g.get("log_retention"))
     point, pull = gradient_point(spec, kept if spec.gradient_at == "retained" else at)
     if spec.window == 1:
@@ -90,7 +92,12 @@ def _apply_update(spec: MemorySpec, state: MemState, at: Weights, k, v, g: Gates
         ext = window.extend(state.window, token)
         grads, lr = window_gradient(spec, point, ext, window.lag_weights(spec, g)), g["lr"]
         new_window = window.tail(ext, 1, spec.window - 1)
-    update, buffers = learner_step(spec, state.buffers, pull(grads), lr, g)
+    normal_gate = parts.retention(spec.retention).normal_gate
+    if normal_gate is None:
+        update, buffers = learner_step(spec, state.buffers, pull(grads), lr, g)
+    else:  # the GLA form: the update as taken, its normal part at `point` scales the running rows
+        update, buffers = learner_step(spec, state.buffers, grads, lr, g)
+        kept = (normal_gate(point, update)[:, None] * kept[0],)
     return tuple(w + d for w, d in zip(kept, update, strict=True)), buffers, new_window
 
 
@@ -236,10 +243,13 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
     log_retention = g.get("log_retention", jnp.zeros_like(lr))
     write, read_view = parts.learner(spec.learner).write, parts.retention(spec.retention).view
     if write is not None or read_view is not None:  # Muon's write, Moneta's / Memora's view: per position
+        forget = parts.retention(spec.retention)
+        gla = forget.normal_gate is not None  # Lattice's GLA form: the updates' normal parts gate the rows
         state, y = dual.positionwise_read(
             w_start, s_start, q, inputs, deltas, log_retention, m, n, valid, write=write,
             view=None if read_view is None else functools.partial(read_view, spec),
-            pullback=pull if parts.retention(spec.retention).riemannian else None,
+            pullback=pull if forget.riemannian and not gla else None,
+            channel_gates=normal_gates(forget.normal_gate, w_grad, inputs, deltas, lr) if gla else None,
             activation=functools.partial(activation, spec), residual=has_residual(spec), output_norm=spec.output_norm)
         return state, y, halo
     beta, f, big_g = dual.decayed_terms(log_retention, m, n, valid, last_only=not read)
@@ -248,6 +258,16 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
                               output_norm=spec.output_norm, momentum=_dual_state(spec) is not None,
                               transposed=spec.read == "transposed", read=read)
     return state, y, halo
+
+
+def normal_gates(normal_gate: Callable, point: Weights, inputs, deltas, lr: jax.Array) -> jax.Array:
+    """A GLA-form retention's factors `[C, dk]` for a chunk of gradient descent: `normal_gate` of each
+    token's update -rho_i u_i (u_i = A_i^T delta_i per layer, `lr: [C]` the effective rho, 0 where
+    invalid) at the anchor's `point`."""
+    def one(a, d, rho):
+        return normal_gate(point, tuple(-rho * jnp.outer(x, y) for x, y in zip(a, d, strict=True)))
+
+    return jax.vmap(one)(inputs, deltas, lr)
 
 
 def _dual_state(spec: MemorySpec) -> str | None:

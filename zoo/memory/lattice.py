@@ -17,7 +17,17 @@ every query read through its own position's normalised state; at C = 1 it is the
 rule s_i <- normalize(ŝ_i + eta k_i (I - ŝ_i ŝ_i^T) e). The engine does this from the
 declarations below (`Retention.riemannian`: gradients through the view's VJP, `engine.retract` at
 chunk ends); no forgetting gate (forgetting is the renormalisation). A document starts from the
-learned W_0 with its slots normalised. Reconstructed choices: docs/fidelity.md "Lattice".
+learned W_0 with its slots normalised.
+
+The GLA chunk form (§2.5, retention `slot_norm_gla`) freezes the same errors and gates at the
+chunk start, e_i = v_i - Ŝ_0^T k_i, c_i = Ŝ_0 e_i, a_i = 1 - eta_i k_i * c_i, and runs the linear
+recurrence with per-slot decays instead,
+
+    S_t = Diag(a_t) S_{t-1} + eta_t k_t e_t^T,   S_0 = Ŝ_0,
+
+so gates above 1 (the normal case) compound inside a chunk; the reads and the chunk-end
+retraction are the tangent form's. At C = 1 both forms are the per-token rule. The engine runs it
+from `Retention.normal_gate` (`slot_gates` below). Reconstructed choices: docs/fidelity.md "Lattice".
 """
 
 from __future__ import annotations
@@ -37,7 +47,20 @@ def unit_slots(spec, weights):
     return (w * jax.lax.rsqrt(jnp.maximum(jnp.sum(w * w, axis=-1, keepdims=True), FLOOR * FLOOR)),)
 
 
+def slot_gates(point, update) -> jax.Array:
+    """a = 1 - <U_i, ŝ_i> per slot `[m]`: the update `U = eta k e^T` (`[m, d]`) has the normal part
+    <U_i, ŝ_i> ŝ_i at the unit slots `point` (`[m, d]`), which the gate takes off the running slot
+    instead; a_i = 1 - eta k_i <ŝ_i, e> = 1 - eta k_i c_i (§2.5)."""
+    (s,), (u,) = point, update
+    return 1.0 - jnp.sum(u * s, axis=-1)
+
+
 register_retention(Retention(
     "slot_norm", gate="none", apply=lambda weights, log_retention: weights, matrix_only=True,
     view=unit_slots, of_weights=unit_slots, riemannian=True,
     doc="Lattice: unit-norm slots (rows), Riemannian gradients through the view, renormalised every chunk"))
+register_retention(Retention(
+    "slot_norm_gla", gate="none", apply=lambda weights, log_retention: weights, matrix_only=True,
+    view=unit_slots, of_weights=unit_slots, riemannian=True, normal_gate=slot_gates,
+    doc="Lattice's GLA chunk form: per-slot gates a_t = 1 - eta k_t * c_t from the chunk start scale the running "
+        "slots (they compound inside a chunk), renormalised every chunk"))

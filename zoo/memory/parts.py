@@ -180,7 +180,13 @@ class Retention:
         are taken through the view (the weight gradient pulled back by the view's VJP at the
         gradient point, a Riemannian gradient on the manifold) instead of applied to the state
         as they are, and the state is retracted onto the manifold (state <- view(state)) at the
-        end of every chunk; it needs a view and no forgetting gate."""
+        end of every chunk; it needs a view and no forgetting gate.
+    normal_gate(point, update) -> [dk]: a riemannian retention's other chunk form (Lattice's GLA
+        form, spec miras-lattice-trellis §2.5): an update taken at the anchor's view `point` (one
+        matrix `[dk, dv]`) is written as it is, and its normal part at the anchor becomes one factor
+        per key channel (row) that scales the running state, W_t = Diag(a_t) W_{t-1} + U_t, instead of
+        being projected away at the anchor (W_t = W_{t-1} + pullback(U_t): the tangent form, None).
+        The factors may have any sign and exceed 1 (no logs: in-chunk products are direct)."""
 
     name: str
     gate: str
@@ -190,6 +196,7 @@ class Retention:
     view: Callable | None = None
     of_weights: Callable | None = None
     riemannian: bool = False
+    normal_gate: Callable | None = None
     doc: str = ""
 
     def __post_init__(self):
@@ -199,6 +206,9 @@ class Retention:
             raise ValueError(f"retention {self.name!r}: a view needs its inverse (view and of_weights together)")
         if self.riemannian and (self.view is None or self.gate != "none"):
             raise ValueError(f"retention {self.name!r}: a riemannian retention needs a view and gate 'none'")
+        if self.normal_gate is not None and not (self.riemannian and self.matrix_only):
+            raise ValueError(f"retention {self.name!r}: a normal gate (the GLA chunk form) needs a riemannian "
+                             "retention of a matrix memory (matrix_only)")
 
 
 class Registry(dict):

@@ -5,7 +5,7 @@ Per head the state is m slots of size d (a matrix memory `[m, d]`, m = `memory.k
 queries are m-dim latent codes, the values are the reconstruction targets x_t = v_t, and one
 gradient step on ||Ŝ^T k_t - v_t||^2 through the unit-slot view gives each slot only the component
 of the error orthogonal to itself; reads go through the normalised state, slots are renormalised
-at chunk ends (the tangent chunk form, §2.5). The mixer shell (short conv, SiLU, L2-normalised q
+at chunk ends (the tangent chunk form, §2.5; `memory.retention: slot_norm_gla` gives the GLA form). The mixer shell (short conv, SiLU, L2-normalised q
 and k, per-head RMSNorm and SiLU output gate) and the block (x + Lattice(Norm x), then x +
 SwiGLU(Norm x)) are the project's memory block, as for Gated DeltaNet and Miras (§2.3).
 """

@@ -1,6 +1,7 @@
 """Lattice on the memory engine (zoo.memory.lattice, spec miras-lattice-trellis §2): the chunk form
 equals the token loop with gradients at the chunk start and both equal the spec's tangent chunk form
-written out in NumPy (outputs, states, outer gradients; ragged chunks); at C = 1 it is the per-token
+written out in NumPy (outputs, states, outer gradients; ragged chunks), and so does the GLA chunk
+form (`slot_norm_gla`, its own NumPy loop; gates of any sign; pieces and decoding); at C = 1 it is the per-token
 Riemannian rule; each slot's update is orthogonal to it and slot norms never fall below 1 inside a
 chunk; without the normalisation and the projection the rule is DeltaNet with beta = eta; the
 mixer's latent codes have their own size. Decoding, pieces, documents and causality: the model
@@ -61,15 +62,72 @@ def tangent_oracle(chunk, w0, q, k, v, lr):
     return np.array(ys), s
 
 
+def gla_oracle(chunk, w0, q, k, v, lr):
+    """§2.5's GLA form in float64: e_i, c_i, a_i = 1 - eta_i k_i * c_i against the chunk-start slots
+    Ŝ_0, then S_t = Diag(a_t) S_{t-1} + eta_t k_t e_t^T (rows = slots; nothing clipped), each read
+    through its own position's normalised slots, slots renormalised when a chunk ends. Also returns
+    every gate a_t."""
+    s, ys, gates = w0, [], []
+    for start in range(0, T, chunk):
+        s0 = s
+        for t in range(start, min(start + chunk, T)):
+            eta = 2 * lr[t]
+            e = v[t] - k[t] @ s0
+            a = 1 - eta * k[t] * (s0 @ e)
+            s = a[:, None] * s + eta * np.outer(k[t], e)
+            ys.append(q[t] @ unit(s))
+            gates.append(a)
+        if t == start + chunk - 1:
+            s = unit(s)
+    return np.array(ys), s, np.array(gates)
+
+
+FORMS = {"slot_norm": lambda *a: tangent_oracle(*a)[:2], "slot_norm_gla": lambda *a: gla_oracle(*a)[:2]}
+
+
+@pytest.mark.parametrize("retention", list(FORMS))
 @pytest.mark.parametrize("chunk", [1, 4, 16])
-def test_chunk_form_equals_the_anchored_loop_and_the_spec_tangent_form(chunk):
+def test_chunk_form_equals_the_anchored_loop_and_the_spec_chunk_form(chunk, retention):
+    """Both of §2.5's chunk forms: the tangent one (default) and the GLA one, each against its own
+    NumPy loop of the spec's equations and the engine's token loop with gradients at the chunk start."""
     w0, q, k, v, lr = data()
-    y_o, s_o = tangent_oracle(chunk, w0, q, k, v, lr)
-    assert engine.chunk_parallel(spec(chunk))
+    y_o, s_o = FORMS[retention](chunk, w0, q, k, v, lr)
+    assert engine.chunk_parallel(spec(chunk, retention))
     for fn in (engine.chunk, engine.reference_chunked):
-        state, y = run(fn, spec(chunk), w0, q, k, v, lr)
+        state, y = run(fn, spec(chunk, retention), w0, q, k, v, lr)
         np.testing.assert_allclose(y, y_o, atol=2e-6)
         np.testing.assert_allclose(state.weights[0], s_o, atol=2e-6)
+
+
+def test_gla_form_compounds_gates_of_any_sign_and_differs_from_the_tangent_form():
+    """Gates above 1 and below 0 (a large step) are used as they are (§2.5: never clipped, never
+    divided by): the chunk form still equals the spec's loop, and inside a chunk the two forms differ
+    (at C = 1 they are the same rule: the test above)."""
+    w0, q, k, v, _ = data(7)
+    lr = np.full(T, 0.6)  # eta = 1.2: gates in [-0.72, 3.04]
+    y_o, s_o, gates = gla_oracle(8, w0, q, k, v, lr)
+    assert gates.max() > 1.5 and gates.min() < 0
+    state, y = run(engine.chunk, spec(8, "slot_norm_gla"), w0, q, k, v, lr)
+    np.testing.assert_allclose(y, y_o, atol=1e-5)
+    np.testing.assert_allclose(state.weights[0], s_o, atol=1e-5)
+    y_t, _ = tangent_oracle(8, w0, q, k, v, lr)
+    assert np.abs(y_t[1:8] - y_o[1:8]).max() > 1e-2
+
+
+def test_gla_form_in_pieces_and_decoded_equals_one_call():
+    """A call split mid-chunk carries the running (unnormalised) slots, the anchor and the position;
+    decoding token by token after a mid-chunk prefill continues it (§2.6)."""
+    w0, q, k, v, lr = (jnp.asarray(a, jnp.float32) for a in data(7))
+    sp = spec(4, "slot_norm_gla")
+    whole, y = engine.chunk(sp, None, q, k, v, {"lr": lr}, init=(w0,))
+    state, y1 = engine.chunk(sp, None, q[:6], k[:6], v[:6], {"lr": lr[:6]}, init=(w0,))
+    state, y2 = engine.chunk(sp, state, q[6:9], k[6:9], v[6:9], {"lr": lr[6:9]})
+    ys = [y1, y2]
+    for t in range(9, T):
+        state, yt = engine.decode_step(sp, state, q[t], k[t], v[t], {"lr": lr[t]})
+        ys.append(yt[None])
+    np.testing.assert_allclose(jnp.concatenate(ys), y, atol=2e-6)
+    np.testing.assert_allclose(state.weights[0], whole.weights[0], atol=2e-6)
 
 
 def test_one_token_chunks_are_the_riemannian_per_token_rule():
@@ -103,9 +161,10 @@ def test_updates_are_orthogonal_to_each_slot_and_norms_stay_at_least_one():
     np.testing.assert_allclose(np.linalg.norm(slots[-1], axis=-1), 1.0, atol=1e-6)  # retracted at the chunk end
 
 
-def test_outer_gradients_of_the_chunk_form_equal_the_loop():
+@pytest.mark.parametrize("retention", list(FORMS))
+def test_outer_gradients_of_the_chunk_form_equal_the_loop(retention):
     w0, q, k, v, lr = data(3)
-    sp = spec(4)
+    sp = spec(4, retention)
     target = jnp.asarray(np.random.default_rng(9).normal(size=(T, D)), jnp.float32)
 
     def loss(fn, args):
