@@ -128,31 +128,27 @@ def test_anchored_differs_from_exact():
 
 
 @pytest.mark.parametrize("name", SPECS)
-def test_pieces_with_carried_state_equal_one_call(name):
+def test_pieces_and_decoding_after_a_mid_chunk_prefill_equal_one_call(name):
+    """A prefill of 6 tokens ends mid-chunk; from its state, pieces of 1 and 8 (off the chunk grid)
+    and, separately, one decode step per token across two chunk boundaries equal one call."""
     spec = with_chunk(SPECS[name], 4)
     init, q, k, v, g = inputs(spec, 15)
     st_full, y_full = engine.chunk(spec, None, q, k, v, g, init=init)
-    state, ys = None, []
-    for lo, hi in [(0, 6), (6, 7), (7, 15)]:
-        sl = lambda x: x[lo:hi]  # noqa: E731
-        state, y = engine.chunk(spec, state, sl(q), sl(k), sl(v), jax.tree.map(sl, g), init=init)
+    sl = lambda lo, hi: (lambda x: x[lo:hi])  # noqa: E731
+    prefill, y_pre = engine.chunk(spec, None, q[:6], k[:6], v[:6], jax.tree.map(sl(0, 6), g), init=init)
+    state, ys = prefill, [y_pre]
+    for lo, hi in [(6, 7), (7, 15)]:
+        state, y = engine.chunk(spec, state, q[lo:hi], k[lo:hi], v[lo:hi], jax.tree.map(sl(lo, hi), g), init=init)
         ys.append(y)
     close(jnp.concatenate(ys), y_full)
     close((state.weights, state.buffers, state.anchor), (st_full.weights, st_full.buffers, st_full.anchor))
     assert int(state.pos) == int(st_full.pos)
-
-
-@pytest.mark.parametrize("name", SPECS)
-def test_decode_after_mid_chunk_prefill_equals_chunk(name):
-    spec = with_chunk(SPECS[name], 4)
-    init, q, k, v, g = inputs(spec, 14)
-    _, y_full = engine.chunk(spec, None, q, k, v, g, init=init)
-    state, y_pre = engine.chunk(spec, None, q[:6], k[:6], v[:6], jax.tree.map(lambda x: x[:6], g), init=init)
-    ys = [y_pre]
-    for t in range(6, 14):
+    state, ys = prefill, [y_pre]
+    for t in range(6, 15):
         state, y = engine.decode_step(spec, state, q[t], k[t], v[t], engine.gates_at(g, t))
         ys.append(y[None])
     close(jnp.concatenate(ys), y_full)
+    close((state.weights, state.buffers), (st_full.weights, st_full.buffers))
 
 
 @pytest.mark.parametrize("name", ["matrix_l2_momentum", "mlp2_residual_momentum", "matrix_dot_exact",
@@ -485,7 +481,7 @@ def test_anchored_deep_memory_runs_its_kernels_op_once_for_all_heads():
                                                      segment_ids=seg[b])
                 close(y[b, h][seg[b] > 0], y_r[seg[b] > 0])
                 if b == 1:  # row 0 ends in padding: the fresh state
-                    close(jax.tree.map(lambda x: x[b, h], (st.weights, st.buffers)), (st_r.weights, st_r.buffers))
+                    close(jax.tree.map(lambda x, b=b, h=h: x[b, h], (st.weights, st.buffers)), (st_r.weights, st_r.buffers))
         close(jax.tree.map(lambda x: x[0], st.weights), init)
         # the Pallas kernels (interpreted here) in the same training form: the same state and reads
         pallas = dataclasses.replace(spec, kernel_backend="pallas")

@@ -2,7 +2,8 @@
 adds a registration, not a test file.
 
 Each model is built and compiled once per module (the `case` fixture); every test reuses its
-compiled forward and its reference logits. The contract: forward shape and finiteness; decoding
+compiled forward and its reference logits, and the packed-documents and gradient tests share one
+compiled forward-and-backward of the training path. The contract: forward shape and finiteness; decoding
 after a prefill that ends mid-chunk == the forward; pieces with carried caches (off the chunk
 grid) == one call; zoo.streaming's scanned segments == one call; causality; packed documents ==
 separate sequences; finite gradients that reach the memory's outer parameters through its inner
@@ -39,8 +40,11 @@ def model_config(name: str) -> ModelConfig:
 
 
 forward = nnx.jit(lambda m, t: m(t))
-forward_seg = nnx.jit(lambda m, t, s: m(t, segment_ids=s))
 extend = nnx.jit(lambda m, t, c: m.extend(t, c))
+
+
+# row 0: documents of 4 and 11 tokens; row 1: 12 and 3 (both start on the chunk grid)
+PACKED = jnp.array([[1] * 4 + [2] * 11, [1] * 12 + [2] * 3])
 
 
 @dataclasses.dataclass
@@ -49,6 +53,21 @@ class Case:
     model: nnx.Module
     toks: jax.Array  # [2, SEQ]
     reference: jax.Array  # forward(model, toks): [2, SEQ, VOCAB]
+    packed: tuple | None = None  # (logits, parameter gradients) of the training path, once computed
+
+    def training_path(self):
+        """The logits of `toks` as packed documents (`PACKED`) and the gradient of their mean square
+        with respect to every parameter, from one compiled program (shared by two tests)."""
+        if self.packed is None:
+            graphdef, state = nnx.split(self.model)
+
+            @jax.jit
+            def run(state):
+                logits, vjp = jax.vjp(lambda s: nnx.merge(graphdef, s)(self.toks, segment_ids=PACKED), state)
+                return logits, vjp(2.0 * logits / logits.size)[0]
+
+            self.packed = run(state)
+        return self.packed
 
 
 @pytest.fixture(scope="module", params=NAMES)
@@ -108,9 +127,7 @@ def test_perturbing_a_token_changes_no_earlier_output(case):
 
 
 def test_packed_documents_equal_separate_sequences(case):
-    # row 0: documents of 4 and 11 tokens; row 1: 12 and 3 (both start on the chunk grid)
-    seg = jnp.array([[1] * 4 + [2] * 11, [1] * 12 + [2] * 3])
-    packed = forward_seg(case.model, case.toks, seg)
+    packed, _ = case.training_path()
     # each second document alone, at the start of a row (the rest of the row comes after it, so
     # causality makes it irrelevant; same shape as the reference, so no new compilation)
     alone = forward(case.model, jnp.stack([jnp.roll(case.toks[0], -4), jnp.roll(case.toks[1], -12)]))
@@ -121,13 +138,7 @@ def test_packed_documents_equal_separate_sequences(case):
 
 
 def test_gradients_are_finite_and_reach_the_memory(case):
-    graphdef, state = nnx.split(case.model)
-
-    @jax.jit
-    def grads(state):
-        return jax.grad(lambda s: jnp.mean(nnx.merge(graphdef, s)(case.toks) ** 2))(state)
-
-    g = nnx.to_pure_dict(grads(state))
+    g = nnx.to_pure_dict(case.training_path()[1])  # through packed documents, as in training
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(g))
     nonzero = lambda tree: all(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(tree))  # noqa: E731
     for block in g["blocks"].values():
