@@ -85,6 +85,7 @@ class MemoryConfig:
     huber_delta_init: float = 1.0  # objective=huber (Yaad): the threshold delta_t at initialisation (> 0)
     retention_gate: str = dataclasses.field(default="sigmoid", metadata=_choices("sigmoid", "mamba2"))
     forget_init: float = 0.01  # sigmoid gate: fraction forgotten alpha_t = 1 - retention at initialisation
+    gate_rank: int = 0  # the memory's gates from x: 0 = one linear map each; r > 0 = D -> r -> gates (Miras: 32, 64)
     qk_activation: str = dataclasses.field(default="silu", metadata=_registered(memory_parts.FEATURE_MAPS))
     output_gate_bias: float = 1.0  # output gate SiLU(x W_G + b): b at initialisation
     # objective=compression (Trellis): phi of the loss 1/2 ||phi(M w) - alpha||^2 (spec T1)
@@ -566,6 +567,9 @@ def _validate_memory(cfg: Config) -> None:
                           "set model.memory.num_heads or model.memory.head_dim")
     if mem.key_dim < 0:
         raise ConfigError(f"model.memory.key_dim must be >= 0 (0 = the head dim), got {mem.key_dim}")
+    if mem.gate_rank < 0:
+        raise ConfigError(f"model.memory.gate_rank must be >= 0 (0 = full-rank gates; Miras uses 32 or 64), "
+                          f"got {mem.gate_rank}")
     if mem.lr_max < 0:
         raise ConfigError(f"model.memory.lr_max must be >= 0, got {mem.lr_max}")
     if mem.lr_max > 0 and not 0 < mem.lr_init < mem.lr_max:

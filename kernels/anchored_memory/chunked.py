@@ -189,16 +189,22 @@ def dual_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, 
     S_C is `s_start` unchanged when the learner carries no momentum (`momentum` False). `read`
     False: the chunk-end state only, in O(C |W|) (no C x C read matrices), and Y None.
 
+    `beta, f, big_g`: `decayed_terms` of one decay per token (`[C]`, `[C]`, `[C, C]`), or a tuple with
+    one entry per layer of its per-input-channel terms (`[C, d_in]`, `[C, d_in]`, `[C, C, d_in]`).
+
     `transposed` (one matrix layer, one decay per token): the reads are y_r = W_r q_r for `q: [C, dv]`
     -> Y `[C, dk]` (Trellis's value read V^T r, spec miras-lattice-trellis §3.6 step 4):
     Y = diag(beta) (Q W_s^T) + diag(f) (Q S_s^T) - [(Q Delta^T) * G] A."""
-    channel = beta.ndim == 2
-    beta_c, f_c, g_c, m_c, n_c = (last_entry(x, 0) for x in (beta, f, big_g, m, n))  # the chunk end's coefficients
+    channel = isinstance(beta, tuple)
+    m_c, n_c = last_entry(m, 0), last_entry(n, 0)  # the chunk end's coefficients
     if transposed and (channel or len(w_start) != 1 or residual or output_norm):
         raise ValueError("a transposed read needs one matrix layer with one decay per token")
     z = q
     new_w, new_s = [], []
     for layer, (ws, ss, a, d) in enumerate(zip(w_start, s_start, inputs, deltas, strict=True)):
+        terms = (beta[layer], f[layer], big_g[layer]) if channel else (beta, f, big_g)
+        beta_l, f_l, g_l = terms
+        beta_c, f_c, g_c = (last_entry(x, 0) for x in terms)
         if channel:
             new_w.append(beta_c[:, None] * ws + f_c[:, None] * ss - (a * g_c).T @ d)
         else:
@@ -207,11 +213,11 @@ def dual_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, 
         if not read:
             continue
         if transposed:
-            p = beta[:, None] * (z @ ws.T) + f[:, None] * (z @ ss.T) - ((z @ d.T) * big_g) @ a
+            p = beta_l[:, None] * (z @ ws.T) + f_l[:, None] * (z @ ss.T) - ((z @ d.T) * g_l) @ a
         elif channel:
-            p = (z * beta) @ ws + (z * f) @ ss - jnp.einsum("rd,id,rid->ri", z, a, big_g) @ d
+            p = (z * beta_l) @ ws + (z * f_l) @ ss - jnp.einsum("rd,id,rid->ri", z, a, g_l) @ d
         else:
-            p = beta[:, None] * (z @ ws) + f[:, None] * (z @ ss) - ((z @ a.T) * big_g) @ d
+            p = beta_l[:, None] * (z @ ws) + f_l[:, None] * (z @ ss) - ((z @ a.T) * g_l) @ d
         z = activation(p) if layer < len(w_start) - 1 else p
     return (tuple(new_w), tuple(new_s)), finish(z, q, residual, output_norm) if read else None
 

@@ -4,7 +4,7 @@ reference loop, and the chunk-parallel `chunk` (Titans spec §1.6-1.8, DESIGN §
 All functions here work on ONE sequence of one head: `q, k: [T, dk]` (`q: [T, dv]` for a transposed
 read, `spec.read`: y = W q, Trellis's value memory), `v: [T, dv]`, gates a dict
 {name: [T]} of the gates the spec reads (`MemorySpec.gate_names`: "lr" rho_t, "log_retention" log l_t
-(`[T, dk]` for channel retention), the learner's own such as "log_momentum" log mu_t); the mixer
+(`[T, sum_l d_in_l]` for channel retention: every layer's input channels), the learner's own such as "log_momentum" log mu_t); the mixer
 vmaps them over [batch, heads].
 
 Online rule (neutral names: l retention, mu momentum decay, rho inner learning rate):
@@ -34,7 +34,7 @@ from kernels.common import where_leading
 from zoo.memory import parts, window
 from zoo.memory.learners import learner_step, learner_terms
 from zoo.memory.objectives import inner_loss
-from zoo.memory.retention import retain
+from zoo.memory.retention import retain, split_channels
 from zoo.memory.spec import MemorySpec
 from zoo.memory.state import MemState, initial_state
 from zoo.memory.structures import Weights, activation, forward, has_residual
@@ -252,7 +252,12 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
             channel_gates=normal_gates(forget.normal_gate, w_grad, inputs, deltas, lr) if gla else None,
             activation=functools.partial(activation, spec), residual=has_residual(spec), output_norm=spec.output_norm)
         return state, y, halo
-    beta, f, big_g = dual.decayed_terms(log_retention, m, n, valid, last_only=not read)
+    if log_retention.ndim == 2:  # channel retention: one decay per input channel of each layer
+        terms = [dual.decayed_terms(part, m, n, valid, last_only=not read)
+                 for part in split_channels(w_start, log_retention)]
+        beta, f, big_g = (tuple(layer[i] for layer in terms) for i in range(3))
+    else:
+        beta, f, big_g = dual.decayed_terms(log_retention, m, n, valid, last_only=not read)
     state, y = dual.dual_read(w_start, s_start, q, inputs, deltas, beta, f, big_g, m, n,
                               activation=functools.partial(activation, spec), residual=has_residual(spec),
                               output_norm=spec.output_norm, momentum=_dual_state(spec) is not None,

@@ -30,6 +30,7 @@ from zoo.layers.recompute import recompute
 from zoo.memory import engine, parts
 from zoo.memory.engine import Gates
 from zoo.memory.spec import MemorySpec
+from zoo.memory.retention import channel_width
 from zoo.memory.state import MemState
 from zoo.memory.structures import init_weights, layer_shapes
 
@@ -94,7 +95,7 @@ class AssociativeMemory(nnx.Module):
         feature map, values of `head_dim`)."""
         self.spec = spec
         self.memory_cfg = cfg  # the gates' forms read their settings (lr_max, ...) from it
-        gate = dict(std=std, rngs=rngs)
+        gate = dict(std=std, rngs=rngs, rank=cfg.gate_rank)  # full-rank (0) or D -> r -> gates
         heads = {}
         for name in spec.gate_names:
             if name != "log_retention":
@@ -104,8 +105,9 @@ class AssociativeMemory(nnx.Module):
         decay_rate = None
         retention_gate = parts.retention(spec.retention).gate
         if retention_gate != "none":
-            channel = retention_gate == "channel"
-            shape, axes = ((num_heads, key_dim), ("heads", "kv")) if channel else ((num_heads,), ("heads",))
+            channel = retention_gate == "channel"  # one decay per input channel of each layer
+            width = channel_width(layer_shapes(spec, key_dim, head_dim))
+            shape, axes = ((num_heads, width), ("heads", None)) if channel else ((num_heads,), ("heads",))
             if cfg.retention_gate == "mamba2":
                 bias = _mamba2_dt_bias(rngs, num_heads)
                 bias = jnp.broadcast_to(bias[:, None], shape) if channel else bias
@@ -134,7 +136,8 @@ class AssociativeMemory(nnx.Module):
         return engine.initial_heads(self.spec, self._initial_weights(), batch_size)
 
     def gates(self, x) -> Gates:
-        """The spec's gates {name: [B, H, T]} (channel retention: [B, H, T, key_dim]), float32,
+        """The spec's gates {name: [B, H, T]} (channel retention: [B, H, T, sum of the layers' input
+        widths]), float32,
         recomputed in the backward pass from x."""
         return recompute(self._gates)(x)
 

@@ -162,11 +162,12 @@ RETENTION_GATES = ("none", "scalar", "channel")
 @dataclasses.dataclass(frozen=True)
 class Retention:
     """apply(weights, log_retention) -> the retained weights before one token's write (`weights`:
-    one array per layer; `log_retention`: [] for a "scalar" gate, [dk] for a "channel" gate,
-    ignored for "none").
+    one array per layer; `log_retention`: [] for a "scalar" gate, [sum_l d_in_l] for a "channel"
+    gate, ignored for "none").
 
     gate: the per-token gate the mixer computes, log l_t <= 0: "none", "scalar" (one per head) or
-        "channel" (one per key channel: it scales the rows of a matrix memory, `matrix_only`).
+        "channel" (one per input channel of every layer: the rows of each weight matrix).
+    matrix_only: the retention needs a one-matrix memory (Lattice's slots).
     multiplicative: apply is W -> l_t W (or its per-channel form), so in-chunk products of decays
         have the closed form the dual form and the delta-rule kernels use.
     view(spec, state) -> the weights the memory reads and takes its gradients at, when the state

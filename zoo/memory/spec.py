@@ -36,8 +36,8 @@ class MemorySpec:
         does not depend on W); "huber" (zoo.memory.huber: Yaad's, with a learned threshold gate); "lp"
         (zoo.memory.lp: the smoothed l_p bias with p = `lp_p`).
     retention: a registered retention (zoo.memory.parts.RETENTIONS): "none", "scalar" (one decay
-        per head and token, Titans' 1 - alpha_t) or "channel" (one decay per key channel, matrix
-        memories only) or "lq" (zoo.memory.lq, Moneta: a scalar decay on an accumulator A read as
+        per head and token, Titans' 1 - alpha_t) or "channel" (one decay per input channel of every
+        layer: a matrix memory's key channels, an MLP's key and hidden channels) or "lq" (zoo.memory.lq, Moneta: a scalar decay on an accumulator A read as
         W = A / ||A||_q^(q-2), q = `lq_q`) or "kl" (zoo.memory.kl, Memora: softmax of log-weights) or
         "elastic_net" (zoo.memory.elastic_net: the soft threshold of an accumulator, gamma =
         `elastic_threshold`).
@@ -147,8 +147,8 @@ class MemorySpec:
                     raise ValueError(f"{kind} {part.name!r} reads gate {name!r}, which is not registered "
                                      f"(parts.register_gate); registered: {', '.join(parts.GATES)}")
         if parts.retention(self.retention).matrix_only and not parts.structure(self.structure).linear:
-            raise ValueError(f"retention={self.retention!r} decays the key channels of a matrix memory; "
-                             "use structure='matrix' or retention='scalar'")
+            raise ValueError(f"retention={self.retention!r} works on the slots of a matrix memory; "
+                             "use structure='matrix'")
         if self.read == "transposed":
             forget, part = parts.retention(self.retention), parts.learner(self.learner)
             if not (parts.structure(self.structure).linear and self.window == 1 and forget.gate != "channel"

@@ -11,7 +11,8 @@ import pytest
 from zoo.memory import engine
 from zoo.memory.spec import MemorySpec
 from zoo.memory.state import initial_state
-from zoo.memory.structures import init_weights
+from zoo.memory.retention import channel_width
+from zoo.memory.structures import init_weights, layer_shapes
 
 DK = DV = 6
 SPECS = {
@@ -24,7 +25,8 @@ SPECS = {
     "matrix_gdn_momentum_loop": MemorySpec(structure="matrix", semantics="exact", gradient_at="retained"),
     "mlp2_residual_momentum": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True),
     "mlp1_gd_no_retention": MemorySpec(structure="mlp", depth=1, residual=False, learner="gd", retention="none"),
-    "mlp2_dot_gd": MemorySpec(structure="mlp", depth=2, expansion=2, objective="dot", learner="gd"),
+    "mlp2_dot_channel_gd": MemorySpec(structure="mlp", depth=2, expansion=2, objective="dot", learner="gd",
+                                      retention="channel"),  # one decay per input channel of each layer
     "mlp2_exact_token_loop": MemorySpec(structure="mlp", depth=2, expansion=2, semantics="exact"),
     "mlp2_dot_exact_token_loop": MemorySpec(structure="mlp", depth=2, expansion=2, objective="dot",
                                             semantics="exact"),  # its gradient depends on W: no dual form
@@ -61,7 +63,7 @@ def inputs(spec, t, seed=0):
     q = norm(jax.random.normal(ks[0], (t, DK)))
     k = norm(jax.random.normal(ks[1], (t, DK)))
     v = jax.random.normal(ks[2], (t, DV))
-    ret_shape = (t, DK) if spec.retention == "channel" else (t,)
+    ret_shape = (t, channel_width(layer_shapes(spec, DK, DV))) if spec.retention == "channel" else (t,)
     log_ret = -jax.nn.softplus(jax.random.normal(ks[3], ret_shape) - 2.0)
     if spec.retention == "none":
         log_ret = jnp.zeros(ret_shape)
@@ -81,7 +83,9 @@ def close(a, b, tol=2e-5):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("name", SPECS)
+# The chunk size only changes anchored memories (exact ones take it as a grid: their chunk form is
+# checked against the step loop in test_chunk_equals_its_oracle); at C = 1 anchored is exact.
+@pytest.mark.parametrize("name", [name for name, spec in SPECS.items() if spec.semantics == "anchored"])
 def test_chunk_size_one_equals_exact_step_loop(name):
     spec = with_chunk(SPECS[name], 1)
     init, q, k, v, g = inputs(spec, 9)
@@ -265,8 +269,8 @@ def test_clipped_step_bounds_every_write():
 def test_spec_validation():
     with pytest.raises(ValueError, match="structure"):
         MemorySpec(structure="tree")
-    with pytest.raises(ValueError, match="channel"):
-        MemorySpec(structure="mlp", retention="channel")
+    with pytest.raises(ValueError, match="slots of a matrix memory"):
+        MemorySpec(structure="mlp", retention="slot_norm")
     with pytest.raises(ValueError, match="chunk_size"):
         MemorySpec(chunk_size=0)
     with pytest.raises(ValueError, match="max_grad_norm"):
@@ -412,6 +416,20 @@ def test_lq_view_of_a_learned_w0_is_w0():
         MemorySpec(retention="lq", lq_q=3.0)
 
 
+def test_channel_retention_decays_the_input_channels_of_every_layer():
+    """Miras' channel-wise gates on the input axis of each weight matrix (spec §1.6): the key rows of
+    the first layer, the hidden rows of the second, each with its own slice of the gate."""
+    from zoo.memory.retention import retain
+
+    spec = SPECS["mlp2_dot_channel_gd"]
+    init = inputs(spec, 1)[0]
+    assert [w.shape for w in init] == [(DK, 2 * DV), (2 * DV, DV)]
+    log = -jnp.arange(DK + 2 * DV, dtype=jnp.float32) / 10
+    kept = retain(spec, init, log)
+    close(kept[0], init[0] * jnp.exp(log[:DK])[:, None])
+    close(kept[1], init[1] * jnp.exp(log[DK:])[:, None])
+
+
 def test_a_retention_landed_by_registration_runs_token_by_token():
     """A retention that is not multiplicative (a soft-threshold shrink after the decay, the shape
     of an elastic-net penalty) lands by registration alone: the spec accepts it, the engine leaves
@@ -466,7 +484,7 @@ def test_anchored_deep_memory_runs_its_kernels_op_once_for_all_heads():
         spec = dataclasses.replace(with_chunk(SPECS["mlp2_residual_momentum"], 4), kernel_backend="probe_for_test")
         assert engine.anchored_kernel(spec) and engine.anchored_kernel(SPECS["mlp2_clipped_momentum"])
         assert not engine.anchored_kernel(SPECS["mlp2_first_order_silu"]) and not engine.anchored_kernel(
-            SPECS["mlp2_dot_gd"])
+            SPECS["mlp2_dot_channel_gd"])
         rows = [inputs(spec, 16, seed) for seed in range(4)]  # [batch 2, heads 2]
         init = jax.tree.map(lambda *w: jnp.stack(w), *[r[0] for r in rows[:2]])  # per-head W_0
         stack = lambda i: jax.tree.map(lambda *x: jnp.stack(x).reshape((2, 2) + x[0].shape), *[r[i] for r in rows])  # noqa: E731

@@ -24,6 +24,7 @@ def tokens(seq, batch=2, seed=1):
 
 
 forward = nnx.jit(lambda m, t: m(t))
+forward_seg = nnx.jit(lambda m, t, s: m(t, segment_ids=s))
 
 
 def test_exact_matrix_memory_model_decodes_exactly():
@@ -145,7 +146,6 @@ def test_samba_style_hybrid_alternates_memory_and_sliding_window_attention():
 
     import pytest
 
-    from tests.zoo.models.test_model_contract import forward_seg
     from zoo.config import ConfigError, from_dict
     from zoo.models.memory_block import MemoryBlock
     from zoo.models.transformer import TransformerBlock
@@ -180,3 +180,23 @@ def test_per_lag_window_gates_build_one_weight_per_lag_and_decode_exactly():
     assert head.bias.value.shape == (2, 4)  # [heads, window]
     np.testing.assert_allclose(jax.nn.sigmoid(head.bias.value), 0.9, rtol=1e-5)
     np.testing.assert_allclose(stream(model, toks, list(range(5, 11))), forward(model, toks), atol=1e-5, rtol=1e-5)
+
+
+def test_miras_low_rank_channel_gates_decode_exactly_and_learn():
+    """Yaad with Miras' gates (§5.4, spec §1.6): each from x through a rank-r bottleneck, the
+    retention one decay per input channel of each MLP layer (keys: head_dim, hidden: 2 head_dim
+    here). The model decodes exactly after a mid-chunk prefill and every gate parameter, the
+    bottleneck included, gets a gradient through the inner updates."""
+    cfg = ModelConfig(name="yaad", vocab_size=53, d_model=16, num_layers=1, num_heads=2,
+                      memory=zoo.registry.memory_config("yaad", chunk_size=C, expansion=2, retention="channel",
+                                                        gate_rank=3))
+    model, toks = zoo.build_model(cfg, rngs=nnx.Rngs(0)), tokens(11)
+    head = model.blocks[0].mixer.gate_heads["log_retention"]
+    assert head.down.kernel.value.shape == (16, 3) and head.proj.kernel.value.shape == (3, 2, 8 + 16)
+    np.testing.assert_allclose(stream(model, toks, list(range(5, 11))), forward(model, toks), atol=1e-5, rtol=1e-5)
+    graphdef, state = nnx.split(model)
+    grads = jax.jit(jax.grad(lambda s: jnp.mean(nnx.merge(graphdef, s)(toks) ** 2)))(state)
+    heads = nnx.to_pure_dict(grads)["blocks"][0]["mixer"]["gate_heads"]
+    for name, gate in heads.items():
+        for part in ("down", "proj"):
+            assert float(jnp.abs(gate[part]["kernel"]).max()) > 0, (name, part)
