@@ -253,15 +253,18 @@ def positionwise_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, 
       key channels (rows) in place of the retention, W_r = Diag(a_r) W_{r-1} + update_r (Lattice's
       GLA form, whose factors the caller computes at the anchor; `signed_channel_terms`).
 
-    `log_retention: [C]` (one decay per token); m, n as in `dual_read` (n may span a
-    halo-extended key set). Returns ((W_C, S_C), Y [C, dv])."""
+    `log_retention: [C]` (one decay per token), or without a write a tuple of `[C, d_in]` per layer
+    (one decay per input channel: a channel retention on a state with a view, Moneta's); m, n as in
+    `dual_read` (n may span a halo-extended key set). Returns ((W_C, S_C), Y [C, dv])."""
     layers = list(zip(w_start, s_start, inputs, deltas, strict=True))
-    if channel_gates is not None:
-        if write is not None or len(layers) != 1:
-            raise ValueError("channel_gates (the GLA form) need one matrix layer and no write")
-        beta, f, big_g = signed_channel_terms(channel_gates, m, n, valid)
+    if channel_gates is not None or isinstance(log_retention, tuple):  # one decay per input channel
+        if write is not None or (channel_gates is not None and len(layers) != 1):
+            raise ValueError("per-channel decays need no write (channel_gates: one matrix layer)")
+        terms = ([signed_channel_terms(channel_gates, m, n, valid)] if channel_gates is not None else
+                 [decayed_terms(part, m, n, valid) for part in log_retention])
         per_position = [beta[:, :, None] * ws[None] + f[:, :, None] * ss[None]
-                        - jnp.einsum("rik,iv->rkv", big_g * a[None], d) for ws, ss, a, d in layers]
+                        - jnp.einsum("rik,iv->rkv", big_g * a[None], d)
+                        for (beta, f, big_g), (ws, ss, a, d) in zip(terms, layers, strict=True)]
         new_s = [m[-1] * ss - (a * n[-1][:, None]).T @ d for ws, ss, a, d in layers]
     elif write is None:
         beta, f, big_g = decayed_terms(log_retention, m, n, valid)

@@ -245,8 +245,10 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
     if write is not None or read_view is not None:  # Muon's write, Moneta's / Memora's view: per position
         forget = parts.retention(spec.retention)
         gla = forget.normal_gate is not None  # Lattice's GLA form: the updates' normal parts gate the rows
+        per_channel = log_retention.ndim == 2  # channel retention: one decay per input channel of each layer
         state, y = dual.positionwise_read(
-            w_start, s_start, q, inputs, deltas, log_retention, m, n, valid, write=write,
+            w_start, s_start, q, inputs, deltas,
+            tuple(split_channels(w_start, log_retention)) if per_channel else log_retention, m, n, valid, write=write,
             view=None if read_view is None else functools.partial(read_view, spec),
             pullback=pull if forget.riemannian and not gla else None,
             channel_gates=normal_gates(forget.normal_gate, w_grad, inputs, deltas, lr) if gla else None,
@@ -331,13 +333,13 @@ def dual_form(spec: MemorySpec) -> bool:
     """Whether `chunk_step` (gradients at the chunk anchor) computes this spec's rule: memories whose
     learner has chunk terms (its update, or its momentum with a per-position `write` such as Muon's,
     is linear in the gradients) and whose retention is multiplicative (zoo.memory.parts; one decay
-    per head when the state is materialised per position: a `write`, or a retention `view`), when
+    per head under a learner's per-position `write`), when
     anchored, or exact with an objective whose gradient does not depend on W on a single linear
     layer (a deeper MLP's first-layer delta depends on the later layers)."""
     forget, part = parts.retention(spec.retention), parts.learner(spec.learner)
     if not (part.terms is not None and forget.multiplicative):
         return False
-    if (part.write is not None or forget.view is not None) and forget.gate == "channel":
+    if part.write is not None and forget.gate == "channel":
         return False
     if forget.riemannian:  # one pullback at the anchor for the chunk; a momentum buffer would hold
         return spec.semantics == "anchored" and part.dual_state is None  # unpulled gradients

@@ -7,7 +7,8 @@ read (and differentiated) through the view W = A / n(A), n(A) = max(||A||_q^(q-2
 scalar per matrix and head, floored so an empty accumulator reads as zero. A learned W_0 starts
 the accumulator at A_0 = W_0 ||W_0||_q^((q-2)/(3-q)), whose view is W_0 again (spec M6; q != 3).
 q = `MemorySpec.lq_q` (Moneta: 4). q = 2 makes the view the identity (the plain forget gate).
-The decay alpha_t is the scalar forget gate. With gradients at the chunk start (anchored), the
+The decay alpha_t is the scalar forget gate ("lq"), or one decay per input channel of each layer
+("lq_channel", Miras' channel-wise gates, spec §1.6). With gradients at the chunk start (anchored), the
 view is taken of the anchor's accumulator and every read divides by its own token's normaliser,
 as the spec's chunk form does (the chunk form materialises A at every position:
 `kernels.anchored_memory.chunked.positionwise_read`).
@@ -18,7 +19,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from zoo.memory.parts import Retention, register_retention
-from zoo.memory.retention import scalar_decay
+from zoo.memory.retention import channel_decay, scalar_decay
 
 FLOOR = 1e-6
 
@@ -45,3 +46,8 @@ register_retention(Retention(
     "lq", gate="scalar", apply=scalar_decay,
     view=lq_view, of_weights=lq_of_weights,
     doc="Moneta: A <- l_t A on an accumulator read as W = A / ||A||_q^(q-2), q = lq_q"))
+register_retention(Retention(
+    "lq_channel", gate="channel", apply=channel_decay,
+    view=lq_view, of_weights=lq_of_weights,
+    doc="Moneta with Miras' channel-wise forget gate: A_l <- diag(l_t) A_l, one decay per input channel of each "
+        "layer, read as W = A / ||A||_q^(q-2)"))

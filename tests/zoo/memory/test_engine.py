@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zoo.memory import engine
+from zoo.memory import engine, parts
 from zoo.memory.spec import MemorySpec
 from zoo.memory.state import initial_state
 from zoo.memory.retention import channel_width
@@ -35,8 +35,9 @@ SPECS = {
     "mlp2_clipped_momentum": MemorySpec(structure="mlp", depth=2, expansion=2, max_grad_norm=1.0),
     "mlp2_ln_huber_gd": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, output_norm=True,
                                    objective="huber", learner="gd"),  # the Miras (Yaad) memory
-    "mlp2_moneta": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, output_norm=True,
-                              objective="lp", retention="lq", learner="gd"),  # the state per position
+    "mlp2_moneta_channel": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, output_norm=True,
+                                      objective="lp", retention="lq_channel", learner="gd"),  # the state per
+    # position, one decay per input channel of each layer (the scalar lq: test_moneta_lq_retention_...)
     "mlp2_memora": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, objective="l2",
                               retention="kl", learner="gd"),  # LN off: it amplifies fp32 noise ~100x on
     # a softmax MLP's near-uniform outputs, beyond these tests' tolerance (Yaad's and Moneta's cover LN)
@@ -63,7 +64,8 @@ def inputs(spec, t, seed=0):
     q = norm(jax.random.normal(ks[0], (t, DK)))
     k = norm(jax.random.normal(ks[1], (t, DK)))
     v = jax.random.normal(ks[2], (t, DV))
-    ret_shape = (t, channel_width(layer_shapes(spec, DK, DV))) if spec.retention == "channel" else (t,)
+    channel = parts.retention(spec.retention).gate == "channel"
+    ret_shape = (t, channel_width(layer_shapes(spec, DK, DV))) if channel else (t,)
     log_ret = -jax.nn.softplus(jax.random.normal(ks[3], ret_shape) - 2.0)
     if spec.retention == "none":
         log_ret = jnp.zeros(ret_shape)
