@@ -72,11 +72,11 @@ def _release_compiled_code():
 
 # The longest test files first, so the two xdist workers (--dist loadfile hands out whole files in
 # collection order) do not end with one of them alone on a long file: per-file CPU seconds on the
-# 2-core box, 2026-11-29 (test_engine 302, the model contract 264, trellis 128, isolated 119,
-# kernel equivalence 100, tnt 87, pallas backend 83). The suite ran 892-910 s in collection order.
+# 2-core box, 2026-11-29 (test_engine 302, the model contract 264, the kernels' backend contract
+# about 180, trellis 128, isolated 119, tnt 87).
 LONGEST_FIRST = ("tests/zoo/memory/test_engine.py", "tests/zoo/models/test_model_contract.py",
-                 "tests/zoo/memory/test_trellis.py", "tests/test_isolated.py", "tests/kernels/test_kernel_equivalence.py",
-                 "tests/zoo/memory/test_tnt.py", "tests/kernels/test_pallas_backend.py")
+                 "tests/kernels/test_kernel_equivalence.py", "tests/zoo/memory/test_trellis.py",
+                 "tests/test_isolated.py", "tests/zoo/memory/test_tnt.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -180,6 +180,7 @@ def test_decoding_after_a_prefill_equals_the_forward(variant):
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, rtol=1e-5, atol=1e-5 * float(jnp.abs(full).max()))
 
 
+@pytest.mark.slow  # 24 s (250 steps), over the suite's 15-minute budget; `python -m pytest -m slow tests` runs it
 def test_tiny_model_learns_a_lagged_copy():
     """The tiny config learns y_t = x_(t-6) on fresh random sequences of 8 symbols (chance: ln 8 =
     2.08 nats; measured 0.22 after 250 steps, S4: 0.02), a lag past the finest conv's reach."""

@@ -191,6 +191,7 @@ def test_bad_formats_name_the_fix():
     assert load_config(None, overrides=base + ["data.align_documents=32"]).model.tnt.local_chunks == (4,)
 
 
+@pytest.mark.slow  # 37 s, over the suite's 15-minute budget; `python -m pytest -m slow tests` runs it
 def test_stage_one_then_stage_two(tmp_path):
     """configs/tnt/tiny.yaml, then tiny_stage2.yaml from its checkpoint: Stage 2 changes only the
     local memories' parameters (the rest bit for bit), its loss falls, and its model decodes at the
