@@ -241,22 +241,21 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
         inputs, deltas, lr = dual.gradient_factors(key_loss, probes, g["lr"], valid, clip)
         m, n = learner_terms(spec, lr, learner_gates)  # [C], [C, C]
     log_retention = g.get("log_retention", jnp.zeros_like(lr))
+    if log_retention.ndim == 2:  # channel retention: one decay per input channel of each layer
+        log_retention = tuple(split_channels(w_start, log_retention))
     write, read_view = parts.learner(spec.learner).write, parts.retention(spec.retention).view
     if write is not None or read_view is not None:  # Muon's write, Moneta's / Memora's view: per position
         forget = parts.retention(spec.retention)
         gla = forget.normal_gate is not None  # Lattice's GLA form: the updates' normal parts gate the rows
-        per_channel = log_retention.ndim == 2  # channel retention: one decay per input channel of each layer
         state, y = dual.positionwise_read(
-            w_start, s_start, q, inputs, deltas,
-            tuple(split_channels(w_start, log_retention)) if per_channel else log_retention, m, n, valid, write=write,
+            w_start, s_start, q, inputs, deltas, log_retention, m, n, valid, write=write,
             view=None if read_view is None else functools.partial(read_view, spec),
             pullback=pull if forget.riemannian and not gla else None,
             channel_gates=normal_gates(forget.normal_gate, w_grad, inputs, deltas, lr) if gla else None,
             activation=functools.partial(activation, spec), residual=has_residual(spec), output_norm=spec.output_norm)
         return state, y, halo
-    if log_retention.ndim == 2:  # channel retention: one decay per input channel of each layer
-        terms = [dual.decayed_terms(part, m, n, valid, last_only=not read)
-                 for part in split_channels(w_start, log_retention)]
+    if isinstance(log_retention, tuple):  # per layer: its own (beta, f, G) over its input channels
+        terms = [dual.decayed_terms(part, m, n, valid, last_only=not read) for part in log_retention]
         beta, f, big_g = (tuple(layer[i] for layer in terms) for i in range(3))
     else:
         beta, f, big_g = dual.decayed_terms(log_retention, m, n, valid, last_only=not read)

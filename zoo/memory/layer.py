@@ -29,8 +29,8 @@ from zoo.layers import GateHead, Projection, ShortConv, constant_param, logit
 from zoo.layers.recompute import recompute
 from zoo.memory import engine, parts
 from zoo.memory.engine import Gates
-from zoo.memory.spec import MemorySpec
 from zoo.memory.retention import channel_width
+from zoo.memory.spec import MemorySpec
 from zoo.memory.state import MemState
 from zoo.memory.structures import init_weights, layer_shapes
 
@@ -106,8 +106,8 @@ class AssociativeMemory(nnx.Module):
         retention_gate = parts.retention(spec.retention).gate
         if retention_gate != "none":
             channel = retention_gate == "channel"  # one decay per input channel of each layer
-            width = channel_width(layer_shapes(spec, key_dim, head_dim))
-            shape, axes = ((num_heads, width), ("heads", None)) if channel else ((num_heads,), ("heads",))
+            shape, axes = (((num_heads, channel_width(layer_shapes(spec, key_dim, head_dim))), ("heads", None))
+                           if channel else ((num_heads,), ("heads",)))
             if cfg.retention_gate == "mamba2":
                 bias = _mamba2_dt_bias(rngs, num_heads)
                 bias = jnp.broadcast_to(bias[:, None], shape) if channel else bias
@@ -137,8 +137,7 @@ class AssociativeMemory(nnx.Module):
 
     def gates(self, x) -> Gates:
         """The spec's gates {name: [B, H, T]} (channel retention: [B, H, T, sum of the layers' input
-        widths]), float32,
-        recomputed in the backward pass from x."""
+        widths]), float32, recomputed in the backward pass from x."""
         return recompute(self._gates)(x)
 
     def _gates(self, x) -> Gates:
