@@ -213,7 +213,8 @@ def test_token_gradient_matches_closed_form():
 
 
 @pytest.mark.parametrize("name", ["matrix_l2_momentum", "mlp2_residual_momentum", "mlp2_first_order_silu",
-                                  "mlp2_clipped_momentum", "mlp2_omega_window3_gd"])
+                                  "mlp2_clipped_momentum", "mlp2_omega_window3_gd",
+                                  "mlp2_dot_channel_gd"])  # per-layer channel decays
 def test_outer_gradients_equal_the_reference_loop(name):
     spec = with_chunk(SPECS[name], 4)
     init, q, k, v, g = inputs(spec, 10)
