@@ -82,6 +82,9 @@ class MemoryConfig:
     lr_max: float = 0.1  # inner learning rate rho_t = lr_max * sigmoid(x w + b)
     lr_init: float = 0.01  # rho_t at initialisation (sets the gate bias b)
     momentum_init: float = 0.5  # momentum decay mu_t at initialisation (0.9 diverges on long documents)
+    # learner=muon (ATLAS): the outer step eta_t = muon_lr_max * sigmoid(x w + b) outside Newton-Schulz
+    muon_lr_max: float = 0.1
+    muon_lr_init: float = 0.01  # eta_t at initialisation (sets b)
     huber_delta_init: float = 1.0  # objective=huber (Yaad): the threshold delta_t at initialisation (> 0)
     retention_gate: str = dataclasses.field(default="sigmoid", metadata=_choices("sigmoid", "mamba2"))
     forget_init: float = 0.01  # sigmoid gate: fraction forgotten alpha_t = 1 - retention at initialisation
@@ -128,6 +131,10 @@ class ModelConfig:
     # Titans MAG gate: o = y * sigmoid(RMSNorm_b(memory)); true = RMSNorm_a(y) * sigmoid(...), the
     # spec's reading of "normalize the outputs" (slower to learn: docs/fidelity.md, issue 9)
     mag_attention_norm: bool = False
+    # Titans MAC: what its memory writes, the block's input tokens ("input": the memory is Titans' LMM
+    # over the token stream, y only gates its read) or the attention output y ("attention": Eq. 24 as
+    # printed, slow to learn recall: docs/fidelity.md, issue 9)
+    mac_write: str = dataclasses.field(default="input", metadata=_choices("input", "attention"))
     persistent_tokens: int = 0  # Titans' persistent memory: learned key/value slots every query sees
     # n > 0: every n-th block is a Transformer++ attention block (window: sliding_window) between the
     # model's own (Samba-style hybrids: Miras-H / GDN-H, n = 2); models registered with hybrid=True
@@ -575,6 +582,9 @@ def _validate_memory(cfg: Config) -> None:
     if mem.lr_max > 0 and not 0 < mem.lr_init < mem.lr_max:
         raise ConfigError(f"model.memory.lr_init={mem.lr_init} must lie strictly between 0 and "
                           f"model.memory.lr_max={mem.lr_max} (the gate is lr_max * sigmoid)")
+    if not 0 < mem.muon_lr_init < mem.muon_lr_max:
+        raise ConfigError(f"model.memory.muon_lr_init={mem.muon_lr_init} must lie strictly between 0 and "
+                          f"model.memory.muon_lr_max={mem.muon_lr_max} (the gate is muon_lr_max * sigmoid)")
     for key in ("mlp_first_layer_std", "last_layer_std"):
         if getattr(mem, key) < 0:
             raise ConfigError(f"model.memory.{key} must be >= 0 (a standard deviation), got {getattr(mem, key)}")

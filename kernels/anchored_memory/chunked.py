@@ -233,14 +233,16 @@ def outer_sum(coefficients: jax.Array, a: jax.Array, d: jax.Array) -> jax.Array:
 def positionwise_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, log_retention: jax.Array,
                       m: jax.Array, n: jax.Array, valid: jax.Array, *, write: Callable | None = None,
                       view: Callable | None = None, pullback: Callable | None = None,
-                      channel_gates: jax.Array | None = None, activation: Callable,
+                      write_gates: dict | None = None, channel_gates: jax.Array | None = None,
+                      activation: Callable,
                       residual: bool, output_norm: bool = False) -> tuple[tuple[Weights, Weights], jax.Array]:
     """The chunk step with the state materialised at every position (O(C^2 |W|) work and O(C |W|)
     memory per chunk), for what `dual_read`'s closed form cannot express:
 
     - a learner whose momentum is linear in the gradients but whose write is not,
-      W_t = l_t W_{t-1} + write(S_t) (Muon: write = eta NS_5; ATLAS §3.6 step 4): (a) the momentum at
-      every position, S_r = m_r S_s - sum_i n[r, i] u_i; (b) `write` on all C at once; (c) the
+      W_t = l_t W_{t-1} + write(S_t, gates_t) (Muon: eta_t NS_5(S_t); ATLAS §3.6 step 4; `write_gates`:
+      {name: [C]}, the learner's gates at every position): (a) the momentum at every position,
+      S_r = m_r S_s - sum_i n[r, i] u_i; (b) `write` on all C at once; (c) the
       decayed cumulative sum W_r = beta_r W_s + sum_{j<=r} D[r, j] write(S_j) over valid j. Without a
       write, W_r = beta_r W_s + f_r S_s - sum_i G[r, i] u_i directly (`decayed_terms`);
     - a state read through a view (`view(weights) -> weights`, one position's matrices: Moneta's
@@ -277,7 +279,7 @@ def positionwise_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, 
         per_position, new_s = [], []
         for ws, ss, a, d in layers:
             momenta = m[:, None, None] * ss[None] - outer_sum(n, a, d)  # (a)
-            steps = jax.vmap(write)(momenta)  # (b)
+            steps = jax.vmap(write)(momenta, write_gates or {})  # (b)
             summed = (decay @ steps.reshape(steps.shape[0], -1)).reshape(steps.shape)
             per_position.append(beta[:, None, None] * ws[None] + summed)  # (c)
             new_s.append(momenta[-1])

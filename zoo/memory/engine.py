@@ -248,7 +248,7 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
         forget = parts.retention(spec.retention)
         gla = forget.normal_gate is not None  # Lattice's GLA form: the updates' normal parts gate the rows
         state, y = dual.positionwise_read(
-            w_start, s_start, q, inputs, deltas, log_retention, m, n, valid, write=write,
+            w_start, s_start, q, inputs, deltas, log_retention, m, n, valid, write=write, write_gates=learner_gates,
             view=None if read_view is None else functools.partial(read_view, spec),
             pullback=pull if forget.riemannian and not gla else None,
             channel_gates=normal_gates(forget.normal_gate, w_grad, inputs, deltas, lr) if gla else None,

@@ -91,8 +91,9 @@ class Learner:
     memories run token by token, with gradients at the anchor when anchored). A learner with terms
     carries at most one buffer, shaped like the weights (S of the chunk form); its gates are log
     values, zeroed (a no-op) at invalid positions.
-    write(S) -> the update added to the retained weights, per weight matrix, for a learner with
-    terms whose write is a non-linear function of its momentum (Muon: eta NS_5(S)); None: the
+    write(S, gates) -> the update added to the retained weights, per weight matrix, for a learner
+    with terms whose write is a non-linear function of its momentum (Muon: eta_t NS_5(S), eta_t one
+    of the token's learner gates `gates`); None: the
     update is S itself (or, without a buffer, -rho u). With a write, the chunk form materialises S
     at every position (`kernels.anchored_memory.chunked.positionwise_read`)."""
 

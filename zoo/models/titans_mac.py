@@ -105,6 +105,7 @@ class MACBlock(Block):
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.segment = cfg.memory.chunk_size
+        self.write_input = cfg.mac_write == "input"
         self.window = cfg.sliding_window
         self.d_model = cfg.d_model
         self.in_norm = self.norm(cfg)
@@ -208,7 +209,7 @@ class MACBlock(Block):
 
     def _prologue(self, fresh_write_tail, anchor, st: MACCache, x, here, reset):
         """Eq. 21-23 for one segment, then the write path of Eq. 24: retrieve at the anchor, attend
-        within the segment, write y_n. x: the segment's h, retrieval queries, attention q/k/v and
+        within the segment, write the segment's tokens h (`model.mac_write: input`) or y_n (`attention`). x: the segment's h, retrieval queries, attention q/k/v and
         segment ids (None without documents), each [B, C, ...]; here [C]: this call's tokens; reset [B]: document starts
         (which also reset the write conv; the retrieval conv already respects segment_ids)."""
         m, slots = self.mixer, jnp.arange(self.segment)
@@ -219,15 +220,16 @@ class MACBlock(Block):
         k_mem, v_mem = where_leading(slot, k_mem, st.k_mem), where_leading(slot, v_mem, st.v_mem)
         k_s, v_s = where_leading(slot, k_s, st.k_seg), where_leading(slot, v_s, st.v_seg)
         y = self._attend(q_s, k_mem, v_mem, k_s, v_s, slots, slots, None if seg_s is None else (seg_s, seg_s))
-        y_n = where_leading(slot, self.attn_out_norm(y), st.written)
-        qm, km, vm, tail = m.queries_keys_values(y_n, conv_tail=write_tail)
-        st = st.replace(write_tail=write_tail, written=y_n, k_mem=k_mem, v_mem=v_mem, k_seg=k_s, v_seg=v_s)
-        return (qm, km, vm, m.gates(y_n)), st, (y_n, tail)
+        y_n = self.attn_out_norm(y)
+        written = where_leading(slot, h_s if self.write_input else y_n, st.written)
+        qm, km, vm, tail = m.queries_keys_values(written, conv_tail=write_tail)
+        st = st.replace(write_tail=write_tail, written=written, k_mem=k_mem, v_mem=v_mem, k_seg=k_s, v_seg=v_s)
+        return (qm, km, vm, m.gates(written)), st, (y_n, written, tail)
 
     def _epilogue(self, mem_y, aux, st: MACCache, done):
         """Eq. 25 for one segment; a complete segment's write conv tail starts the next one."""
-        y_n, tail = aux
-        o = self._gate(y_n, self.mixer.output(y_n, mem_y))
+        y_n, written, tail = aux
+        o = self._gate(y_n, self.mixer.output(written, mem_y))
         return o, st.replace(write_tail=jnp.where(done, tail.astype(st.write_tail.dtype), st.write_tail))
 
     # -- one-token path (decoding) ------------------------------------------------------------
@@ -249,16 +251,17 @@ class MACBlock(Block):
         k_seg, v_seg = put(cache.k_seg, self._rotary(attn.k(h_attn), pos)), put(cache.v_seg, attn.v(h_attn))
         y = self._attend(self._rotary(attn.q(h_attn), pos), k_mem, v_mem, k_seg, v_seg, pos, jnp.arange(c))
         y_n = self.attn_out_norm(y)
-        written = put(cache.written, y_n)
+        source = h if self.write_input else y_n
+        written = put(cache.written, source)
         window = self._write_window(cache.write_tail, written, r)
-        qm, km, vm, tail = m.queries_keys_values(y_n, conv_tail=window)
-        gates = m.gates(y_n)
+        qm, km, vm, tail = m.queries_keys_values(source, conv_tail=window)
+        gates = m.gates(source)
 
         def one(st, qt, kt, vt, gt: Gates):
             return engine.decode_step(spec, st, qt[0], kt[0], vt[0], engine.gates_at(gt, 0))
 
         memory, mem_y = jax.vmap(jax.vmap(one))(cache.memory, qm, km, vm, gates)
-        o = self._gate(y_n, m.output(y_n, mem_y[:, :, None]))
+        o = self._gate(y_n, m.output(source, mem_y[:, :, None]))
         done = r == c - 1
         return o, MACCache(memory=memory, retrieve_tail=retrieve_tail.astype(cache.retrieve_tail.dtype),
                            write_tail=jnp.where(done, tail.astype(cache.write_tail.dtype), cache.write_tail),

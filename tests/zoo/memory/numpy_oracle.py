@@ -7,7 +7,7 @@
     retained = l_t W_{t-1}
     gd:       W = retained - rho u
     momentum: S = mu S - rho u;  W = retained + S
-    muon:     S = mu S - rho u;  W = retained + eta NS_5(S)
+    muon:     S = mu S - rho u;  W = retained + eta_t NS_5(S)
     y = q W                       (read after write)
 With an Omega window c (ATLAS Eq. 9-11), u is sum over the last c tokens i of the same document of
 gamma_i min(1, tau / ||u_i||) u_i, every u_i at W*.
@@ -44,13 +44,13 @@ def output_gradient(objective: str, out: np.ndarray, v: np.ndarray, delta: float
 
 
 def matrix_memory(objective: str, learner: str, semantics: str, chunk: int, w0, q, k, v, lr, log_ret, log_mu,
-                  muon_outer_lr: float = 0.01, retain=None, huber_delta=None, view=None, window: int = 1,
+                  muon_lr=None, retain=None, huber_delta=None, view=None, window: int = 1,
                   gamma=None, max_grad_norm: float = 0.0, segment_ids=None, lag_gamma=None):
     """Token by token in float64. `retain(W, log l_t)` replaces the scalar decay l_t W when given;
     `huber_delta [T]`: Huber's per-token threshold; `view(W)`: the weights the state reads as and
     takes gradients at (Moneta's A / ||A||_q^(q-2)); `window` c with weights `gamma [T]` (or per step
     and lag, `lag_gamma [T, c]`: token i in step t's window weighs lag_gamma[t, t - i]) and each
-    token's gradient clipped to `max_grad_norm` (> 0); `segment_ids [T]`: documents restart from w0
+    token's gradient clipped to `max_grad_norm` (> 0); `muon_lr [T]`: Muon's eta_t; `segment_ids [T]`: documents restart from w0
     (and their chunk grid: the engine's dual form needs them on it). Returns (y [T, dv], final W, final S)."""
     view = view or (lambda x: x)
     w = np.asarray(w0, np.float64)
@@ -80,7 +80,7 @@ def matrix_memory(objective: str, learner: str, semantics: str, chunk: int, w0, 
             w = retained - lr[t] * u
         else:
             s = np.exp(log_mu[t]) * s - lr[t] * u
-            w = retained + (s if learner == "momentum" else muon_outer_lr * newton_schulz(s))
+            w = retained + (s if learner == "momentum" else muon_lr[t] * newton_schulz(s))
         if (t + 1 - start) % chunk == 0:
             anchor = w.copy()
         ys.append(q[t] @ view(w))

@@ -73,7 +73,8 @@ def inputs(spec, t, seed=0):
                  log_momentum=-jax.nn.softplus(-(jax.random.normal(ks[5], (t,)) + 1.0)),
                  huber_delta=jax.nn.softplus(2.0 * jax.random.normal(ks[5], (t,))),  # both Huber branches
                  window_weight=jax.nn.sigmoid(2.0 * jax.random.normal(ks[3], (t,))),
-                 window_lag_weights=jax.nn.sigmoid(2.0 * jax.random.normal(ks[4], (t, spec.window))))
+                 window_lag_weights=jax.nn.sigmoid(2.0 * jax.random.normal(ks[4], (t, spec.window))),
+                 muon_lr=0.05 * jax.nn.sigmoid(2.0 * jax.random.normal(ks[7], (t,))))  # Muon's eta_t
     init = init_weights(spec, ks[6], DK, DV)  # an empty memory: the last layer is zero
     last = init[-1] + 0.3 * jax.random.normal(ks[7], init[-1].shape)
     init = init[:-1] + (last,)  # a non-empty learned initial state
@@ -370,7 +371,8 @@ def test_matrix_memory_equals_the_numpy_oracle(semantics):
         init = (3.0 * init[0],)  # residuals beyond Huber's threshold
         st, y = engine.chunk(spec, None, q, k, v, g, init=init)
         want_y, want_w, want_s = matrix_memory(objective, learner, semantics, 4, init[0], *map(np.asarray, (
-            q, k, v, g["lr"], g["log_retention"], g["log_momentum"])), huber_delta=np.asarray(g["huber_delta"]))
+            q, k, v, g["lr"], g["log_retention"], g["log_momentum"])), huber_delta=np.asarray(g["huber_delta"]),
+            muon_lr=np.asarray(g["muon_lr"]))
         try:
             close((y, st.weights[0]), (want_y, want_w), tol=1e-4)
             if spec.learner != "gd":

@@ -15,9 +15,9 @@ C = 8  # segment = memory chunk
 VOCAB = 61
 
 
-def build(num_layers=1, attn_conv_width=0, **memory):
+def build(num_layers=1, attn_conv_width=0, mac_write="input", **memory):
     cfg = ModelConfig(name="titans_mac", vocab_size=VOCAB, d_model=32, num_layers=num_layers, num_heads=2,
-                      persistent_tokens=2, attn_conv_width=attn_conv_width,
+                      persistent_tokens=2, attn_conv_width=attn_conv_width, mac_write=mac_write,
                       memory=zoo.registry.memory_config("titans_mac", chunk_size=C, expansion=2, **memory))
     return zoo.build_model(cfg, rngs=nnx.Rngs(0))
 
@@ -69,7 +69,8 @@ def reference_mix(block, x):
     """One MAC block's token mixing written out segment by segment with public pieces: retrieval
     at the segment-start memory (Eq. 21), attention over [P || retrieved || segment] with
     lower-triangular blocks (Eq. 22-23), and the write + per-position read as a plain
-    MemoryMixer call carrying its state from segment to segment (Eq. 24-25)."""
+    MemoryMixer call on the segment's tokens (`mac_write: input`) or on y_n (`attention`, Eq. 24),
+    carrying its state from segment to segment; its output gates y_n (Eq. 25)."""
     from zoo.layers import apply_rotary
     from zoo.memory import engine
 
@@ -94,13 +95,14 @@ def reference_mix(block, x):
         mask = jnp.concatenate([jnp.ones((n, pk.shape[0]), bool), tril, tril], 1)[None, None]
         y = attn.o(jax.nn.dot_product_attention(apply_rotary(attn.q(hs), pos), keys, values, mask=mask))
         y_n = block.attn_out_norm(y)
-        m, state = mixer(y_n, state=state)
+        m, state = mixer(hs if block.write_input else y_n, state=state)
         outs.append(y_n * jax.nn.sigmoid(block.mem_out_norm(m)))
     return x + jnp.concatenate(outs, 1)
 
 
-def test_block_matches_segment_by_segment_reference(model):
-    block = model.blocks[0]
+@pytest.mark.parametrize("mac_write", ["input", "attention"])
+def test_block_matches_segment_by_segment_reference(model, mac_write):
+    block = model.blocks[0] if mac_write == "input" else build(mac_write=mac_write).blocks[0]
     x = jax.random.normal(jax.random.key(2), (2, 21, 32))
     mix = jit(lambda blk, x: blk.mix(x, None, None)[0])
     np.testing.assert_allclose(mix(block, x), jit(reference_mix)(block, x), atol=1e-5, rtol=1e-5)
