@@ -6,7 +6,7 @@ shared memory engine:
 - `omeganet` (Eq. 10-11): the l2 loss over the last c tokens, gradient descent with the forget
   gate as retention, a deep MLP memory.
 - `atlas` (Eq. 32-33, App. D.4 convention): the same window loss with the Muon learner
-  (momentum, then Newton-Schulz-5, the outer step outside NS; zoo.memory.muon), chunk-parallel
+  (momentum, then Newton-Schulz-5, the data-dependent outer step eta_t outside NS; zoo.memory.muon), chunk-parallel
   with the momentum materialised at every position and NS applied to all of them at once (§3.6).
 - `dla` (Eq. 19): deep linear attention, the dot-product loss -<M(phi(k)), v> on a deep memory,
   c = 1, gradient descent with decay.
@@ -22,7 +22,7 @@ The block is the Llama-style memory block (x + memory(Norm x), x + SwiGLU(Norm x
 mixer's input path of §3.8 (Q/K/V, short conv of 4, normalised q and k); `model.hybrid_attention`
 interleaves attention blocks (§3.8's SWA hybrids; MAG / MAL are Titans' blocks). Choices the paper leaves
 open (window c = 4, the per-token window weights, phi of degree 2, no residual skip around a memory
-whose keys are lifted to 1 + d + d(d+1)/2 features, Muon's constant outer step) are named
+whose keys are lifted to 1 + d + d(d+1)/2 features, the range of Muon's data-dependent outer step eta_t) are named
 `model.memory` fields listed in docs/fidelity.md ("ATLAS").
 """
 

@@ -10,21 +10,31 @@ paper, causality fixes (i), (ii) of the spec §2.4):
     Eq. 22   S~ = [P || r || h_s]            persistent slots, retrieved tokens, segment tokens
     Eq. 23   y_s = Attn(S~)                  query i sees P, r_j and h_j for j <= i only (fix (i));
                                             nothing of other segments: the memory carries the context
-    Eq. 24   M_s = M_{s-1}(y_s)              write y_s (the mixer's full path: q, k, v, gates from y)
+    Eq. 24   M_s = M_{s-1}(y_s)              write y_s (the mixer's full path: q, k, v, gates from y);
+                                            `model.mac_write: input` (the default) writes h_s instead
     Eq. 25   o_i = y_i (x) M*_{<=i}(y_i)     read after writing y_{<=i} (fix (ii), the dual form with
-                                            memory chunk = segment), gated as in MAG:
+                                            memory chunk = segment; with `input`, the read of h_i
+                                            after writing h_{<=i}), gated as in MAG:
                                             o = RMSNorm_a(y) * sigmoid(RMSNorm_b(mem_out))
     x <- x + o,  x <- x + SwiGLU(Norm(x)).
+
+What the memory writes (`model.mac_write`, docs/fidelity.md "MAC"): "input", the default, makes it
+Titans' LMM over the block's normed input h (q, k, v, gates, the per-position read and its output
+gate all from h), so a segment's retrieval queries and the earlier segments' keys come from the
+same token stream; y only gates its read (Eq. 25). "attention" is Eq. 24 as printed: the memory
+writes and reads y_n. Measured on MQAR (mqar_tiny, 800 steps, 3 seeds): 0.997 median with
+"input", 0.129 with "attention".
 
 Choices where the paper is silent (see `MACBlock`):
 * The retrieved vectors r are mapped to d_model with the mixer's own output path (per-head RMSNorm,
   SiLU gate from h, W_O: the same path as the memory's other read) and then RMSNorm-ed, so
   attention sees them on the scale of its other (normed) inputs.
-* The write path reads y through RMSNorm_a (y_n = RMSNorm_a(y)); the same y_n is the gated side of
-  Eq. 25, so o = y_n * sigmoid(RMSNorm_b(mixer_out(y_n))).
+* y enters through RMSNorm_a (y_n = RMSNorm_a(y)): y_n is the gated side of Eq. 25,
+  o = y_n * sigmoid(RMSNorm_b(mixer_out(s))), s = h ("input") or y_n ("attention"), and with
+  "attention" also what the memory writes.
 * One memory mixer (one W_Q, conv kernel, W_O, W_0) serves both reads, as the paper has one memory
-  M; its short conv runs over two streams (Norm x for retrieval queries, y_n for writes), each with
-  its own carried tail. The tails stream across segment boundaries (reset at document starts), so
+  M; its short conv runs over two streams (Norm x for retrieval queries, the written stream, h or
+  y_n, for writes), each with its own carried tail. The tails stream across segment boundaries (reset at document starts), so
   the K-1 tokens before a segment reach it through the conv as well as through the memory.
 * Rotary positions are in-segment positions 0..C-1, the retrieved token r_j at the same position
   as its token h_j (attention is segment-local and RoPE relative, so absolute positions would give
@@ -73,7 +83,7 @@ class MACCache:
         segment's start (where retrievals read and inner gradients are taken).
     retrieve_tail: [batch, K-1, 3 * heads * head_dim] conv tail of the retrieval query path (Norm x).
     write_tail: [batch, K-1, 3 * heads * head_dim] conv tail of the write path at the segment start.
-    written: [batch, C, d_model] the write-path inputs y_n of the current segment's tokens so far.
+    written: [batch, C, d_model] the write-path inputs (h or y_n) of the current segment's tokens so far.
     k_mem, v_mem / k_seg, v_seg: [batch, C, kv_heads, head_dim] attention keys/values of the
         segment's retrieved tokens / segment tokens so far (slot = in-segment position).
     pos: [] int32, tokens of the current segment already seen (0 .. C-1).

@@ -134,3 +134,16 @@ def test_tiny_config_builds():
     assert cfg.model.name == "titans_mac" and cfg.data.align_documents == cfg.model.memory.chunk_size == 8
     model = zoo.build_model(cfg.model, rngs=nnx.Rngs(0))
     assert len(model.blocks) == 2
+
+
+def test_attention_writes_decode_after_a_mid_segment_prefill_like_the_forward():
+    """`model.mac_write: attention` (Eq. 24 as printed; the model contract runs the default): a
+    prefill ending mid-segment, then one token at a time, equals one forward call."""
+    model, toks = build(mac_write="attention", attn_conv_width=3), tokens(13)
+    step = nnx.jit(lambda m, t, c: m.extend(t, c))
+    logits, cache = step(model, toks[:, :C + 3], model.init_cache(2, 13))
+    pieces = [logits]
+    for t in range(C + 3, 13):
+        logits, cache = step(model, toks[:, t:t + 1], cache)
+        pieces.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(pieces, 1), forward(model, toks), atol=1e-5, rtol=1e-5)
