@@ -125,6 +125,8 @@ def test_registered_memory_defaults_sit_under_the_files_own_values():
 @pytest.mark.parametrize("override, expected", [
     ("model.memory.lr_init=0.2", ["model.memory.lr_init=0.2", "lr_max=0.1"]),
     ("model.memory.momentum_init=1.0", ["model.memory.momentum_init", "between 0 and 1"]),
+    ("model.memory.muon_lr_init=0.5", ["model.memory.muon_lr_init=0.5", "muon_lr_max=0.1"]),
+    ("model.mac_write=tokens", ["model.mac_write", "input", "attention"]),
     ("model.memory.huber_delta_init=0", ["model.memory.huber_delta_init must be > 0"]),
     ("model.memory.retention=lq", ["retention=lq with lq_q=4.0", "set model.memory.last_layer_std > 0"]),
     ("model.memory.gradient_at=retained", ["gradient_at='retained'", "semantics='exact'"]),
