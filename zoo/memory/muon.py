@@ -18,9 +18,8 @@ with a constant eta (its NS-0 form with eta = 1 is the momentum learner: tested)
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 import jax
+import jax.numpy as jnp
 
 from zoo.layers.gates import logit
 from zoo.memory.learners import MOMENTUM, momentum_terms, momentum_update

@@ -82,8 +82,11 @@ class MACCache:
     memory: MemState with leading axes [batch, heads]; its anchor is the state at the current
         segment's start (where retrievals read and inner gradients are taken).
     retrieve_tail: [batch, K-1, 3 * heads * head_dim] conv tail of the retrieval query path (Norm x).
-    write_tail: [batch, K-1, 3 * heads * head_dim] conv tail of the write path at the segment start.
-    written: [batch, C, d_model] the write-path inputs (h or y_n) of the current segment's tokens so far.
+    write_tail: [batch, K-1, 3 * heads * head_dim] conv tail of the write path at the segment start
+        (`mac_write: attention`; with `input` the retrieval path's conv is the write's, and this
+        stays at its initial value).
+    written: [batch, C, d_model] the write-path inputs y_n of the current segment's tokens so far
+        (`attention` only, like write_tail).
     k_mem, v_mem / k_seg, v_seg: [batch, C, kv_heads, head_dim] attention keys/values of the
         segment's retrieved tokens / segment tokens so far (slot = in-segment position).
     pos: [] int32, tokens of the current segment already seen (0 .. C-1).
@@ -200,15 +203,18 @@ class MACBlock(Block):
         gate); slots of the current segment that came in earlier calls are filled from the cache."""
         m, attn, spec = self.mixer, self.attn, self.mixer.spec
         forward = isinstance(offset, int)  # a fresh sequence (static offset 0) or a continued one
-        # Everything that depends only on h, for the whole piece at once.
-        q_ret, _, _, retrieve_tail = m.queries_keys_values(
+        # Everything that depends only on h, for the whole piece at once; with mac_write=input this
+        # includes the writes themselves (the memory's q, k, v and gates of the token stream).
+        q_ret, k_in, v_in, retrieve_tail = m.queries_keys_values(
             h, segment_ids=segment_ids, conv_tail=None if forward else cache.retrieve_tail)
+        tokens_first = lambda a: jnp.moveaxis(a, 2, 1)  # noqa: E731  [B, H, T, ...] -> [B, T, H, ...]
+        writes = jax.tree.map(tokens_first, (k_in, v_in, m.gates(h))) if self.write_input else None
         pos = (offset + jnp.arange(h.shape[1])) % self.segment
         h_attn, attn_tail = self._attention_input(h, segment_ids, None if forward else cache.attn_tail)
         q = self._rotary(attn.q(h_attn), pos)
         k_seg, v_seg = self._rotary(attn.k(h_attn), pos), attn.v(h_attn)
         seg = None if segment_ids is None else segment_ids.astype(jnp.int32)
-        xs = (h, jnp.moveaxis(q_ret, 1, 2), q, k_seg, v_seg, seg)  # all [B, T, ...]
+        xs = (h, tokens_first(q_ret), q, k_seg, v_seg, seg, writes)  # all [B, T, ...]
         fresh = self.init_cache(h.shape[0])
         hooks = engine.ChunkHooks(prologue=functools.partial(self._prologue, fresh.write_tail), epilogue=self._epilogue)
         memory, st, out = engine.scan_chunks(spec, None if forward else cache.memory, fresh.memory,
@@ -219,11 +225,14 @@ class MACBlock(Block):
 
     def _prologue(self, fresh_write_tail, anchor, st: MACCache, x, here, reset):
         """Eq. 21-23 for one segment, then the write path of Eq. 24: retrieve at the anchor, attend
-        within the segment, write the segment's tokens h (`model.mac_write: input`) or y_n (`attention`). x: the segment's h, retrieval queries, attention q/k/v and
-        segment ids (None without documents), each [B, C, ...]; here [C]: this call's tokens; reset [B]: document starts
+        within the segment, write the segment's tokens h (`model.mac_write: input`: the retrieval path's
+        k, v and h's gates, computed for the whole piece) or y_n (`attention`: its own q, k, v and
+        gates, the write conv carried across calls in `written`). x: the segment's h, retrieval
+        queries, attention q/k/v, segment ids (None without documents) and the input writes (None
+        with `attention`), each [B, C, ...]; here [C]: this call's tokens; reset [B]: document starts
         (which also reset the write conv; the retrieval conv already respects segment_ids)."""
         m, slots = self.mixer, jnp.arange(self.segment)
-        h_s, q_ret_s, q_s, k_s, v_s, seg_s = x
+        h_s, q_ret_s, q_s, k_s, v_s, seg_s, writes = x
         write_tail = where_leading(reset, fresh_write_tail, st.write_tail)
         k_mem, v_mem = self._retrieve(h_s, jnp.moveaxis(q_ret_s, 2, 1), anchor, slots)
         slot = here[None]  # [1, C]: this call's tokens, the rest from the cache
@@ -231,9 +240,13 @@ class MACBlock(Block):
         k_s, v_s = where_leading(slot, k_s, st.k_seg), where_leading(slot, v_s, st.v_seg)
         y = self._attend(q_s, k_mem, v_mem, k_s, v_s, slots, slots, None if seg_s is None else (seg_s, seg_s))
         y_n = self.attn_out_norm(y)
-        written = where_leading(slot, h_s if self.write_input else y_n, st.written)
+        st = st.replace(k_mem=k_mem, v_mem=v_mem, k_seg=k_s, v_seg=v_s)
+        if self.write_input:
+            km, vm, gates = jax.tree.map(lambda a: jnp.moveaxis(a, 1, 2), writes)  # back to [B, H, C, ...]
+            return (jnp.moveaxis(q_ret_s, 2, 1), km, vm, gates), st, (y_n, h_s, st.write_tail)
+        written = where_leading(slot, y_n, st.written)
         qm, km, vm, tail = m.queries_keys_values(written, conv_tail=write_tail)
-        st = st.replace(write_tail=write_tail, written=written, k_mem=k_mem, v_mem=v_mem, k_seg=k_s, v_seg=v_s)
+        st = st.replace(write_tail=write_tail, written=written)
         return (qm, km, vm, m.gates(written)), st, (y_n, written, tail)
 
     def _epilogue(self, mem_y, aux, st: MACCache, done):
@@ -250,7 +263,7 @@ class MACBlock(Block):
         m, attn, c, spec = self.mixer, self.attn, self.segment, self.mixer.spec
         r = cache.pos
         pos = r[None]
-        q_ret, _, _, retrieve_tail = m.queries_keys_values(h, conv_tail=cache.retrieve_tail)
+        q_ret, k_in, v_in, retrieve_tail = m.queries_keys_values(h, conv_tail=cache.retrieve_tail)
         k_mem, v_mem = self._retrieve(h, q_ret, cache.memory.anchor, pos)
 
         def put(buf, x):
@@ -261,10 +274,13 @@ class MACBlock(Block):
         k_seg, v_seg = put(cache.k_seg, self._rotary(attn.k(h_attn), pos)), put(cache.v_seg, attn.v(h_attn))
         y = self._attend(self._rotary(attn.q(h_attn), pos), k_mem, v_mem, k_seg, v_seg, pos, jnp.arange(c))
         y_n = self.attn_out_norm(y)
-        source = h if self.write_input else y_n
-        written = put(cache.written, source)
-        window = self._write_window(cache.write_tail, written, r)
-        qm, km, vm, tail = m.queries_keys_values(source, conv_tail=window)
+        if self.write_input:  # the retrieval path's q, k, v are the writes
+            source, written, tail = h, cache.written, cache.write_tail
+            qm, km, vm = q_ret, k_in, v_in
+        else:
+            source, written = y_n, put(cache.written, y_n)
+            window = self._write_window(cache.write_tail, written, r)
+            qm, km, vm, tail = m.queries_keys_values(y_n, conv_tail=window)
         gates = m.gates(source)
 
         def one(st, qt, kt, vt, gt: Gates):
