@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -86,22 +86,37 @@ def finish(out: jax.Array, z: jax.Array, residual: bool, output_norm: bool) -> j
     return out + z if residual else out
 
 
+Body = Callable[[Sequence[Callable[[jax.Array], jax.Array]], jax.Array, Callable], jax.Array]
+
+
+def chain(layers: Sequence[Callable[[jax.Array], jax.Array]], z: jax.Array, activation: Callable) -> jax.Array:
+    """The stack's body: p^l = layer_l(a^{l-1}), a^l = activation(p^l) between layers (none after
+    the last), a^0 = z. `layers[l](x)` is x W^l (a plain product, or a dual or per-position read of
+    layer l's weights); a structure's body says only how its layers connect (`mlp_forward`)."""
+    a = z
+    for i, layer in enumerate(layers):
+        p = layer(a)
+        a = activation(p) if i < len(layers) - 1 else p
+    return a
+
+
 def mlp_forward(weights: Weights, z: jax.Array, probes: Weights | None, activation: Callable,
-                residual: bool, output_norm: bool = False) -> tuple[jax.Array, list[jax.Array]]:
-    """M(z; W) for `z: [n, dk]` -> (`[n, dv]`, the input activation of every layer): layers
-    p^l = a^{l-1} W^l with `activation` between them (none after the last), then `finish`
-    (an optional LayerNorm, plus z when `residual`).
+                residual: bool, output_norm: bool = False, body: Body = chain) -> tuple[jax.Array, list[jax.Array]]:
+    """M(z; W) for `z: [n, dk]` -> (`[n, dv]`, the input activation of every layer): the layers
+    p^l = a W^l connected by `body` (`chain`: a stack with `activation` between layers), then
+    `finish` (an optional LayerNorm, plus z when `residual`).
     `probes` (one `[n, d_out]` zero array per layer) are added to the pre-activations, so a loss's
     gradient w.r.t. the probes is each token's delta (Titans spec §1.3)."""
-    a = z
-    inputs = []
-    for i, w in enumerate(weights):
-        inputs.append(a)
-        p = a @ w
-        if probes is not None:
-            p = p + probes[i]
-        a = activation(p) if i < len(weights) - 1 else p
-    return finish(a, z, residual, output_norm), inputs
+    inputs: list = [None] * len(weights)
+
+    def layer(i: int) -> Callable[[jax.Array], jax.Array]:
+        def apply(a):
+            inputs[i] = a
+            return a @ weights[i] if probes is None else a @ weights[i] + probes[i]
+        return apply
+
+    out = body([layer(i) for i in range(len(weights))], z, activation)
+    return finish(out, z, residual, output_norm), inputs
 
 
 def l2_loss(out: jax.Array, v: jax.Array) -> jax.Array:
@@ -184,7 +199,8 @@ def signed_channel_terms(gates: jax.Array, m: jax.Array, n: jax.Array, valid: ja
 
 def dual_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, beta, f, big_g, m, n, *,
               activation: Callable, residual: bool, momentum: bool, output_norm: bool = False,
-              transposed: bool = False, read: bool = True) -> tuple[tuple[Weights, Weights], jax.Array | None]:
+              transposed: bool = False, read: bool = True, body: Body = chain
+              ) -> tuple[tuple[Weights, Weights], jax.Array | None]:
     """The reads and the chunk-end state without per-token weights. Returns ((W_C, S_C), Y [C, dv]);
     S_C is `s_start` unchanged when the learner carries no momentum (`momentum` False). `read`
     False: the chunk-end state only, in O(C |W|) (no C x C read matrices), and Y None.
@@ -194,32 +210,37 @@ def dual_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, deltas, 
 
     `transposed` (one matrix layer, one decay per token): the reads are y_r = W_r q_r for `q: [C, dv]`
     -> Y `[C, dk]` (Trellis's value read V^T r, spec miras-lattice-trellis §3.6 step 4):
-    Y = diag(beta) (Q W_s^T) + diag(f) (Q S_s^T) - [(Q Delta^T) * G] A."""
+    Y = diag(beta) (Q W_s^T) + diag(f) (Q S_s^T) - [(Q Delta^T) * G] A.
+
+    `body` connects the layers' reads as the structure's forward does (`mlp_forward`; `chain`: a stack)."""
     channel = isinstance(beta, tuple)
     m_c, n_c = last_entry(m, 0), last_entry(n, 0)  # the chunk end's coefficients
     if transposed and (channel or len(w_start) != 1 or residual or output_norm):
         raise ValueError("a transposed read needs one matrix layer with one decay per token")
-    z = q
-    new_w, new_s = [], []
+    new_w, new_s, readers = [], [], []
     for layer, (ws, ss, a, d) in enumerate(zip(w_start, s_start, inputs, deltas, strict=True)):
         terms = (beta[layer], f[layer], big_g[layer]) if channel else (beta, f, big_g)
-        beta_l, f_l, g_l = terms
         beta_c, f_c, g_c = (last_entry(x, 0) for x in terms)
         if channel:
             new_w.append(beta_c[:, None] * ws + f_c[:, None] * ss - (a * g_c).T @ d)
         else:
             new_w.append(beta_c * ws + f_c * ss - (a * g_c[:, None]).T @ d)
         new_s.append(m_c * ss - (a * n_c[:, None]).T @ d if momentum else ss)
-        if not read:
-            continue
-        if transposed:
-            p = beta_l[:, None] * (z @ ws.T) + f_l[:, None] * (z @ ss.T) - ((z @ d.T) * g_l) @ a
-        elif channel:
-            p = (z * beta_l) @ ws + (z * f_l) @ ss - jnp.einsum("rd,id,rid->ri", z, a, g_l) @ d
-        else:
-            p = beta_l[:, None] * (z @ ws) + f_l[:, None] * (z @ ss) - ((z @ a.T) * g_l) @ d
-        z = activation(p) if layer < len(w_start) - 1 else p
-    return (tuple(new_w), tuple(new_s)), finish(z, q, residual, output_norm) if read else None
+        readers.append(functools.partial(_dual_layer_read, ws, ss, a, d, terms, channel, transposed))
+    if not read:
+        return (tuple(new_w), tuple(new_s)), None
+    return (tuple(new_w), tuple(new_s)), finish(body(readers, q, activation), q, residual, output_norm)
+
+
+def _dual_layer_read(ws, ss, a, d, terms, channel: bool, transposed: bool, z: jax.Array) -> jax.Array:
+    """Layer l's pre-activations p_r = z_r W_r at every position r without forming W_r (`dual_read`):
+    `z: [C, d_in]` (`[C, dv]` -> `[C, dk]` transposed), `terms` its (beta, f, G)."""
+    beta_l, f_l, g_l = terms
+    if transposed:
+        return beta_l[:, None] * (z @ ws.T) + f_l[:, None] * (z @ ss.T) - ((z @ d.T) * g_l) @ a
+    if channel:
+        return (z * beta_l) @ ws + (z * f_l) @ ss - jnp.einsum("rd,id,rid->ri", z, a, g_l) @ d
+    return beta_l[:, None] * (z @ ws) + f_l[:, None] * (z @ ss) - ((z @ a.T) * g_l) @ d
 
 
 def outer_sum(coefficients: jax.Array, a: jax.Array, d: jax.Array) -> jax.Array:
@@ -234,8 +255,8 @@ def positionwise_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, 
                       m: jax.Array, n: jax.Array, valid: jax.Array, *, write: Callable | None = None,
                       view: Callable | None = None, pullback: Callable | None = None,
                       write_gates: dict | None = None, channel_gates: jax.Array | None = None,
-                      activation: Callable,
-                      residual: bool, output_norm: bool = False) -> tuple[tuple[Weights, Weights], jax.Array]:
+                      activation: Callable, residual: bool, output_norm: bool = False, body: Body = chain
+                      ) -> tuple[tuple[Weights, Weights], jax.Array]:
     """The chunk step with the state materialised at every position (O(C^2 |W|) work and O(C |W|)
     memory per chunk), for what `dual_read`'s closed form cannot express:
 
@@ -256,8 +277,8 @@ def positionwise_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, 
       GLA form, whose factors the caller computes at the anchor; `signed_channel_terms`).
 
     `log_retention: [C]` (one decay per token), or without a write a tuple of `[C, d_in]` per layer
-    (one decay per input channel: a channel retention on a state with a view, Moneta's); m, n as in
-    `dual_read` (n may span a halo-extended key set). Returns ((W_C, S_C), Y [C, dv])."""
+    (one decay per input channel: a channel retention on a state with a view, Moneta's); m, n and
+    `body` as in `dual_read` (n may span a halo-extended key set). Returns ((W_C, S_C), Y [C, dv])."""
     layers = list(zip(w_start, s_start, inputs, deltas, strict=True))
     if channel_gates is not None or isinstance(log_retention, tuple):  # one decay per input channel
         if write is not None or (channel_gates is not None and len(layers) != 1):
@@ -287,11 +308,8 @@ def positionwise_read(w_start: Weights, s_start: Weights, q: jax.Array, inputs, 
         pulled = jax.vmap(pullback)(tuple(p - ws[None] for p, ws in zip(per_position, w_start, strict=True)))
         per_position = [ws[None] + p for p, ws in zip(pulled, w_start, strict=True)]
     read_weights = tuple(per_position) if view is None else jax.vmap(view)(tuple(per_position))
-    z = q
-    for layer, w in enumerate(read_weights):  # (d)
-        p = jnp.einsum("ra,rab->rb", z, w)
-        z = activation(p) if layer < len(read_weights) - 1 else p
-    return (tuple(w[-1] for w in per_position), tuple(new_s)), finish(z, q, residual, output_norm)
+    out = body([lambda z, w=w: jnp.einsum("ra,rab->rb", z, w) for w in read_weights], q, activation)  # (d)
+    return (tuple(w[-1] for w in per_position), tuple(new_s)), finish(out, q, residual, output_norm)
 
 
 def grouped_scan(body: Callable, carry, xs):

@@ -37,7 +37,7 @@ from zoo.memory.objectives import inner_loss
 from zoo.memory.retention import retain, split_channels
 from zoo.memory.spec import MemorySpec
 from zoo.memory.state import MemState, initial_state
-from zoo.memory.structures import Weights, activation, forward, has_residual
+from zoo.memory.structures import Weights, activation, body, forward, has_residual
 
 
 Gates = dict  # {gate name: per-token values}, the names of `MemorySpec.gate_names`
@@ -252,7 +252,8 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
             view=None if read_view is None else functools.partial(read_view, spec),
             pullback=pull if forget.riemannian and not gla else None,
             channel_gates=normal_gates(forget.normal_gate, w_grad, inputs, deltas, lr) if gla else None,
-            activation=functools.partial(activation, spec), residual=has_residual(spec), output_norm=spec.output_norm)
+            activation=functools.partial(activation, spec), residual=has_residual(spec), output_norm=spec.output_norm,
+            body=body(spec))
         return state, y, halo
     if isinstance(log_retention, tuple):  # per layer: its own (beta, f, G) over its input channels
         terms = [dual.decayed_terms(part, m, n, valid, last_only=not read) for part in log_retention]
@@ -261,7 +262,7 @@ def chunk_step(spec: MemorySpec, w_start: Weights, s_start: Weights, anchor: Wei
         beta, f, big_g = dual.decayed_terms(log_retention, m, n, valid, last_only=not read)
     state, y = dual.dual_read(w_start, s_start, q, inputs, deltas, beta, f, big_g, m, n,
                               activation=functools.partial(activation, spec), residual=has_residual(spec),
-                              output_norm=spec.output_norm, momentum=_dual_state(spec) is not None,
+                              output_norm=spec.output_norm, momentum=_dual_state(spec) is not None, body=body(spec),
                               transposed=spec.read == "transposed", read=read)
     return state, y, halo
 

@@ -3,8 +3,9 @@ attentional biases), learners (inner optimisers), retentions (forgetting) and fe
 queries and keys become before the memory sees them). A part declares what the engine needs to know about it, so the engine decides
 exactness and the parallel form from these declarations, never from a name:
 
-- a `Structure` gives the memory's layer shapes (every structure is a stack of linear layers with
-  an activation between them, so each token's gradient is an outer product per layer), whether it
+- a `Structure` gives the memory's layer shapes and how its linear layers connect (a stack with an
+  activation between them, or a gated MLP's branches: either way each token's gradient is an outer
+  product per layer), whether it
   is one linear layer (what the delta-rule kernels and channel retention need) and whether it
   honours `residual`;
 - an `Objective` gives the summed per-token loss and whether its gradient depends on the weights
@@ -33,6 +34,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from kernels.anchored_memory.chunked import chain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,12 +131,18 @@ class Structure:
     """layer_shapes(spec, dk, dv) -> [(d_in, d_out)] per layer, for keys of size dk and values of size dv.
 
     linear: one layer and no activation, M(z) = z W. residual: `spec.residual` adds z to the output
-    and `spec.output_norm` puts a LayerNorm before it."""
+    and `spec.output_norm` puts a LayerNorm before it. body(layers, z, activation): how the layers
+    connect, each `layers[l](x)` being x W^l (`kernels.anchored_memory.chunked.chain`, a stack, by
+    default); the engine's exact, dual and per-position reads all go through it, so a structure
+    whose layers are not a chain (the gated MLP) is one registration. input_layers: how many
+    leading layers read the keys themselves (their initial std is the first layer's)."""
 
     name: str
     layer_shapes: Callable
     linear: bool = False
     residual: bool = False
+    body: Callable = chain
+    input_layers: int = 1
     doc: str = ""
 
 

@@ -30,7 +30,9 @@ class MemorySpec:
     structure: a registered structure (zoo.memory.parts.STRUCTURES): "matrix" (W: [dk, dv],
         M(z) = z W) or "mlp" (`depth` layers, hidden width
         `expansion * dv` (the value size), `activation` between layers, optional residual z + MLP(z), optional
-        `output_norm`: a parameter-free LayerNorm on the MLP's output, z + LN(MLP(z)) (Miras §1.5.1)).
+        `output_norm`: a parameter-free LayerNorm on the MLP's output, z + LN(MLP(z)) (Miras §1.5.1)) or
+        "gated_mlp" (Atlas++, ATLAS Eq. 43: (act(z W_2) * (z W_3)) W_1, hidden width `expansion * dv`,
+        the same residual and output_norm options).
     objective: a registered objective (zoo.memory.parts.OBJECTIVES): "l2" = ||M(k) - v||^2 summed
         over features (Titans Eq. 12); "dot" = -<M(k), v> (Hebbian / linear attention; its gradient
         does not depend on W); "huber" (zoo.memory.huber: Yaad's, with a learned threshold gate); "lp"
@@ -166,7 +168,8 @@ class MemorySpec:
 
     @property
     def num_layers(self) -> int:
-        return 1 if parts.structure(self.structure).linear else self.depth
+        """The number of weight matrices (the layer count does not depend on the key and value sizes)."""
+        return len(parts.structure(self.structure).layer_shapes(self, 1, 1))
 
     @property
     def gate_names(self) -> tuple[str, ...]:

@@ -1,9 +1,10 @@
-"""What the fast weights are, as registered structures (zoo.memory.parts): a matrix or an MLP, as a
-tuple of per-layer matrices.
+"""What the fast weights are, as registered structures (zoo.memory.parts): a matrix, an MLP or a
+gated MLP, as a tuple of per-layer matrices.
 
-Every structure is a stack of linear layers p^l = a^{l-1} W^l with an activation between
-layers (none for the matrix), so each per-token gradient is an outer product a^T delta per layer
-(Titans spec §1.3). That is what lets one engine serve every structure.
+Every structure is linear layers p^l = a^l W^l connected by its body (a stack with an activation
+between layers, none for the matrix; the gated MLP's two branches), so each per-token gradient is
+an outer product a^T delta per layer (Titans spec §1.3). That is what lets one engine serve every
+structure.
 """
 
 from __future__ import annotations
@@ -32,9 +33,26 @@ def _mlp_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
     return list(zip(dims[:-1], dims[1:], strict=True))
 
 
+def _gated_mlp_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
+    if spec.residual and dk != dv:
+        raise ValueError(f"a residual gated_mlp memory needs key dim == value dim, got {dk} and {dv}")
+    hidden = spec.expansion * dv
+    return [(dk, hidden), (dk, hidden), (hidden, dv)]  # W_2 (gate), W_3 (up), W_1 (out)
+
+
+def gated_body(layers, z: jax.Array, activation) -> jax.Array:
+    """Atlas++'s memory (ATLAS Eq. 43; spec titans-atlas-tnt-hope §1.2, gated residual MLP):
+    (act(z W_2) * (z W_3)) W_1, the residual z added by `finish`; `layers` = (W_2, W_3, W_1)'s maps."""
+    gate, up, out = layers
+    return out(activation(gate(z)) * up(z))
+
+
 register_structure(Structure("matrix", _matrix_shapes, linear=True, doc="M(z) = z W, W: [dk, dv]"))
 register_structure(Structure("mlp", _mlp_shapes, residual=True,
                              doc="`depth` layers of hidden width `expansion * dv`, optional z + [LN] MLP(z)"))
+register_structure(Structure("gated_mlp", _gated_mlp_shapes, residual=True, body=gated_body, input_layers=2,
+                             doc="Atlas++ (Eq. 43): optional z + (act(z W_2) * (z W_3)) W_1, hidden width "
+                                 "`expansion * dv` (`depth` unused)"))
 
 
 def layer_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
@@ -55,18 +73,20 @@ def init_weights(spec: MemorySpec, key: jax.Array, dk: int, dv: int, *, first_la
     for models that read W_0 before any write (Titans MAC's first segment: a zero read has an
     infinite-gain RMSNorm after it).
 
-    An MLP's first layer is N(0, first_layer_std^2): its inputs are L2-normalised keys, so this
-    is the std of its pre-activations (0.5 keeps GELU / SiLU non-linear; the usual fan-in
-    N(0, 1/d_in) assumes unit-variance entries and leaves them near-linear at 1/sqrt(d_in)).
-    Later hidden layers use fan-in N(0, 1/d_in)."""
+    The layers that read the keys (an MLP's first, a gated MLP's gate and up: `Structure.input_layers`)
+    are N(0, first_layer_std^2): their inputs are L2-normalised keys, so this is the std of their
+    pre-activations (0.5 keeps GELU / SiLU non-linear; the usual fan-in N(0, 1/d_in) assumes
+    unit-variance entries and leaves them near-linear at 1/sqrt(d_in)). Later hidden layers use
+    fan-in N(0, 1/d_in)."""
     shapes = layer_shapes(spec, dk, dv)
+    input_layers = structure(spec.structure).input_layers
     keys = jax.random.split(key, len(shapes))
     weights = []
     for i, (k, (d_in, d_out)) in enumerate(zip(keys, shapes, strict=True)):
         if i == len(shapes) - 1:
             std = last_layer_std
         else:
-            std = first_layer_std if i == 0 else 1.0 / math.sqrt(d_in)
+            std = first_layer_std if i < input_layers else 1.0 / math.sqrt(d_in)
         weights.append(std * jax.random.normal(k, (d_in, d_out), jnp.float32))
     return tuple(weights)
 
@@ -82,4 +102,10 @@ def forward(spec: MemorySpec, weights: Weights, z: jax.Array, probes: Weights | 
     `probes` (one `[n, d_out]` zero array per layer) are added to the pre-activations, so the
     gradient of a loss w.r.t. the probes is each token's delta (Titans spec §1.3, JAX trick).
     """
-    return mlp_forward(weights, z, probes, ACTIVATIONS[spec.activation], has_residual(spec), spec.output_norm)
+    return mlp_forward(weights, z, probes, ACTIVATIONS[spec.activation], has_residual(spec), spec.output_norm,
+                       body(spec))
+
+
+def body(spec: MemorySpec):
+    """How the structure's layers connect (`zoo.memory.parts.Structure.body`)."""
+    return structure(spec.structure).body

@@ -8,6 +8,8 @@ shared memory engine:
 - `atlas` (Eq. 32-33, App. D.4 convention): the same window loss with the Muon learner
   (momentum, then Newton-Schulz-5, the data-dependent outer step eta_t outside NS; zoo.memory.muon), chunk-parallel
   with the momentum materialised at every position and NS applied to all of them at once (§3.6).
+- `atlas_pp` (Atlas++, Eq. 43; spec §1.2 and Table 6's "gated-MLP memory"): ATLAS with the gated
+  memory (act(z W_2) * (z W_3)) W_1 in place of the 2-layer MLP (zoo.memory.structures "gated_mlp").
 - `dla` (Eq. 19): deep linear attention, the dot-product loss -<M(phi(k)), v> on a deep memory,
   c = 1, gradient descent with decay.
 - `swla` (Eq. 20): sliding-window linear attention, the dot-product loss over c = 2 tokens on a
@@ -40,6 +42,7 @@ ATLAS_MEMORY = dict(structure="mlp", depth=2, expansion=4, residual=False, activ
                     qk_activation="poly2", retention="scalar", semantics="anchored", chunk_size=16, conv_width=4)
 OMEGANET_MEMORY = dict(ATLAS_MEMORY, objective="l2", learner="gd", window=4)
 ATLAS_MUON_MEMORY = dict(ATLAS_MEMORY, objective="l2", learner="muon", window=4)
+ATLAS_PP_MEMORY = dict(ATLAS_MUON_MEMORY, structure="gated_mlp")  # Eq. 43, the same GELU and expansion
 DLA_MEMORY = dict(ATLAS_MEMORY, objective="dot", learner="gd", window=1)
 SWLA_MEMORY = dict(ATLAS_MEMORY, structure="matrix", objective="dot", learner="gd", window=2, semantics="exact")
 DEEP_TRANSFORMER_MEMORY = dict(ATLAS_MEMORY, qk_activation="exp2", objective="dot", learner="gd", retention="none",
@@ -47,7 +50,8 @@ DEEP_TRANSFORMER_MEMORY = dict(ATLAS_MEMORY, qk_activation="exp2", objective="do
 DOT_MEMORY = dict(ATLAS_MEMORY, qk_activation="exp2", objective="l2", learner="gd", retention="none", window=4)
 
 
-for _name, _memory in [("omeganet", OMEGANET_MEMORY), ("atlas", ATLAS_MUON_MEMORY), ("dla", DLA_MEMORY),
+for _name, _memory in [("omeganet", OMEGANET_MEMORY), ("atlas", ATLAS_MUON_MEMORY), ("atlas_pp", ATLAS_PP_MEMORY),
+                       ("dla", DLA_MEMORY),
                        ("swla", SWLA_MEMORY), ("deeptransformer", DEEP_TRANSFORMER_MEMORY), ("dot", DOT_MEMORY)]:
     register(_name, family="ATLAS", paper=PAPER, tiny_config=f"configs/atlas/{_name}_tiny.yaml", uses_memory=True,
              hybrid=True, memory_defaults=_memory)(memory_language_model)

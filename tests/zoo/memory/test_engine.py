@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +52,10 @@ SPECS = {
     "mlp2_window3_muon": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, learner="muon", window=3),
     "mlp2_lag_window3_momentum": MemorySpec(structure="mlp", depth=2, expansion=2, residual=True, window=3,
                                             window_gates="lag"),  # the spec's per-lag gamma
+    # Atlas++'s gated MLP (a structure whose layers are not a chain): the dual read and, with Muon's
+    # write, the per-position read go through its body
+    "gated_momentum": MemorySpec(structure="gated_mlp", expansion=2, residual=True),
+    "gated_window3_muon": MemorySpec(structure="gated_mlp", expansion=2, learner="muon", window=3),
 }  # every registered objective and learner: test_grid_of_registered_parts_equals_its_oracle
 
 
@@ -213,9 +218,30 @@ def test_token_gradient_matches_closed_form():
     np.testing.assert_allclose(u, 2 * jnp.outer(k[0], k[0] @ init[0] - v[0]), atol=1e-6)
 
 
+def test_gated_mlp_is_atlas_pp_memory_and_its_token_gradients():
+    """Atlas++ (Eq. 43): M(z) = z + (gelu(z W_2) * (z W_3)) W_1; its per-token gradient is the
+    outer product of each matrix's input and delta (z for W_2 and W_3, the gated hidden for W_1)."""
+    spec = SPECS["gated_momentum"]
+    init, q, k, v, g = inputs(spec, 2)
+    w2, w3, w1 = (np.asarray(w, np.float64) for w in init)
+    z = np.asarray(k[0], np.float64)
+    gelu = lambda x: 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))  # noqa: E731
+    hidden = gelu(z @ w2) * (z @ w3)
+    np.testing.assert_allclose(engine.read(spec, init, k[0]), z + hidden @ w1, atol=1e-6)
+    u2, u3, u1 = engine.token_gradient(spec, init, k[0], v[0], {})
+    err = 2.0 * (z + hidden @ w1 - np.asarray(v[0], np.float64))  # d||M(z) - v||^2 / dM
+    d_hidden = w1 @ err
+    dgelu = np.vectorize(lambda x: 0.5 * (1.0 + math.erf(x / math.sqrt(2.0))) + x * math.exp(-0.5 * x * x)
+                         / math.sqrt(2.0 * math.pi))
+    np.testing.assert_allclose(u1, np.outer(hidden, err), atol=1e-5)
+    np.testing.assert_allclose(u2, np.outer(z, d_hidden * (z @ w3) * dgelu(z @ w2)), atol=1e-5)
+    np.testing.assert_allclose(u3, np.outer(z, d_hidden * gelu(z @ w2)), atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["matrix_l2_momentum", "mlp2_residual_momentum", "mlp2_first_order_silu",
                                   "mlp2_clipped_momentum", "mlp2_omega_window3_gd",
-                                  "mlp2_dot_channel_gd"])  # per-layer channel decays
+                                  "mlp2_dot_channel_gd",  # per-layer channel decays
+                                  "gated_window3_muon"])
 def test_outer_gradients_equal_the_reference_loop(name):
     spec = with_chunk(SPECS[name], 4)
     init, q, k, v, g = inputs(spec, 10)
