@@ -25,18 +25,22 @@ def _matrix_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
     return [(dk, dv)]
 
 
-def _mlp_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
+def _hidden_width(spec: MemorySpec, dk: int, dv: int) -> int:
+    """`expansion * dv`: the value size sets it (a lifted key, ATLAS's phi_2, 2145 wide at d = 64,
+    sets only the input); a residual memory needs dk == dv."""
     if spec.residual and dk != dv:
-        raise ValueError(f"a residual mlp memory needs key dim == value dim, got {dk} and {dv}")
-    hidden = spec.expansion * dv  # the value size: a lifted key (ATLAS's phi_2, 2145 wide at d = 64) sets only the input
+        raise ValueError(f"a residual {spec.structure} memory needs key dim == value dim, got {dk} and {dv}")
+    return spec.expansion * dv
+
+
+def _mlp_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
+    hidden = _hidden_width(spec, dk, dv)
     dims = [dk] + [hidden] * (spec.depth - 1) + [dv]
     return list(zip(dims[:-1], dims[1:], strict=True))
 
 
 def _gated_mlp_shapes(spec: MemorySpec, dk: int, dv: int) -> list[tuple[int, int]]:
-    if spec.residual and dk != dv:
-        raise ValueError(f"a residual gated_mlp memory needs key dim == value dim, got {dk} and {dv}")
-    hidden = spec.expansion * dv
+    hidden = _hidden_width(spec, dk, dv)
     return [(dk, hidden), (dk, hidden), (hidden, dv)]  # W_2 (gate), W_3 (up), W_1 (out)
 
 
